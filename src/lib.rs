@@ -1,0 +1,25 @@
+//! vaultgram — a secrets broker that operators drive from Telegram.
+//!
+//! The library is the transport-agnostic core; `src/main.rs` is a thin
+//! binary that parses the command line and calls into it.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML configuration of `SPEC.md`, environment overrides
+//!   (`VAULT_ADDR`/`BAO_ADDR`, `VAULT_CACERT`, `VAULT_TOKEN`) and validation
+//!   that names the offending key. Nothing here touches the network.
+//! - [`error`]: [`error::ErrorKind`], the kinds every boundary error maps to.
+//! - [`telemetry`]: `tracing` set-up (`--log-format pretty|json`).
+//! - [`tls`]: the one rustls `CryptoProvider` the process installs.
+//! - [`vault`]: the only module that imports `vaultrs`; builds Vault clients
+//!   from the config and maps failures to [`vault::VaultError`].
+//! - [`etcd`]: the only module that imports `etcd_client`; connects with a
+//!   client certificate and the broker's etcd user, maps failures to
+//!   [`etcd::EtcdError`].
+
+pub mod config;
+pub mod error;
+pub mod etcd;
+pub mod telemetry;
+pub mod tls;
+pub mod vault;

@@ -1,0 +1,45 @@
+//! Logging set-up: `tracing` to stderr, human-readable or JSON lines.
+//!
+//! Secret values never reach a log call in the first place (they live in
+//! `secrecy` types whose `Debug` is redacted); this module only decides the
+//! format and the filter.
+
+use std::str::FromStr;
+
+use tracing_subscriber::EnvFilter;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format `{other}` (expected pretty or json)"
+            )),
+        }
+    }
+}
+
+/// Installs the global subscriber. The filter comes from `VAULTGRAM_LOG`
+/// (same syntax as `RUST_LOG`), default `info`.
+pub fn init(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_env("VAULTGRAM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init: a second initialisation (tests) is not an error worth dying for.
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

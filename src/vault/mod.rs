@@ -1,0 +1,156 @@
+//! Vault (HashiCorp Vault or OpenBao; same HTTP API).
+//!
+//! The only module that imports `vaultrs`. One submodule per engine arrives
+//! with the Vault-core issue; this file holds the client construction and
+//! the boundary error every engine maps to.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+
+use crate::config::VaultConfig;
+
+mod sys;
+use crate::error::ErrorKind;
+
+/// Failures at the Vault boundary. Texts carry Vault's error strings (which
+/// name paths, never values) and no token.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("vault: client set-up failed: {0}")]
+    Setup(String),
+    #[error("vault denied the request: {0}")]
+    Denied(String),
+    #[error("vault: not found: {0}")]
+    NotFound(String),
+    #[error("vault rejected the request: {0}")]
+    Invalid(String),
+    #[error("vault: check-and-set conflict: {0}")]
+    Conflict(String),
+    #[error("vault unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl VaultError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            VaultError::Denied(_) => ErrorKind::Denied,
+            VaultError::NotFound(_) => ErrorKind::NotFound,
+            VaultError::Invalid(_) => ErrorKind::Invalid,
+            VaultError::Conflict(_) => ErrorKind::Conflict,
+            VaultError::Setup(_) | VaultError::Unavailable(_) => ErrorKind::Unavailable,
+        }
+    }
+
+    /// Maps an HTTP status from Vault to an error kind (SPEC.md: sealed or
+    /// unreachable → unavailable, 403 → denied, 404 → not_found, 400 →
+    /// invalid; a check-and-set mismatch is a 400 whose text says so).
+    pub fn from_status(code: u16, text: String) -> VaultError {
+        match code {
+            403 | 401 => VaultError::Denied(text),
+            404 => VaultError::NotFound(text),
+            400 if text.contains("check-and-set") => VaultError::Conflict(text),
+            400 | 405 | 409 | 412 | 422 => VaultError::Invalid(text),
+            _ => VaultError::Unavailable(format!("HTTP {code}: {text}")),
+        }
+    }
+}
+
+impl From<ClientError> for VaultError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::APIError { code, errors } => {
+                VaultError::from_status(code, errors.join("; "))
+            }
+            ClientError::RestClientError { source } => match source {
+                rustify::errors::ClientError::ServerResponseError { code, .. } => {
+                    // The body is not echoed: on some endpoints it may hold data.
+                    VaultError::from_status(code, "request failed".into())
+                }
+                other => VaultError::Unavailable(other.to_string()),
+            },
+            other => VaultError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Seal state as `sys/health` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub initialized: bool,
+    pub sealed: bool,
+    pub standby: bool,
+}
+
+/// A Vault client bound to one token. `Debug` shows the address only: the
+/// underlying settings hold the token as a plain string.
+pub struct Vault {
+    client: VaultClient,
+    addr: String,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("addr", &self.addr).finish()
+    }
+}
+
+impl Vault {
+    /// A client for `cfg.addr` that trusts `cfg.ca_cert` (or the system
+    /// roots) and sends `token`. Every setting is explicit so that stray
+    /// `VAULT_*` variables (e.g. `VAULT_SKIP_VERIFY`) cannot weaken TLS.
+    pub fn with_token(cfg: &VaultConfig, token: &SecretString) -> Result<Vault, VaultError> {
+        let mut settings = VaultClientSettingsBuilder::default();
+        settings
+            .address(&cfg.addr)
+            .token(token.expose_secret())
+            .verify(true)
+            .identity(None)
+            .timeout(Some(Duration::from_secs(cfg.request_timeout_secs)))
+            .ca_certs(
+                cfg.ca_cert
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
+            );
+        let settings = settings
+            .build()
+            .map_err(|e| VaultError::Setup(e.to_string()))?;
+        let client = VaultClient::new(settings).map_err(|e| VaultError::Setup(e.to_string()))?;
+        Ok(Vault {
+            client,
+            addr: cfg.addr.clone(),
+        })
+    }
+
+    /// `sys/health`: whether the server is initialised, sealed, standby.
+    pub async fn health(&self) -> Result<Health, VaultError> {
+        let r = vaultrs::api::exec_with_no_result(&self.client, sys::HealthRequest::always_ok())
+            .await?;
+        Ok(Health {
+            initialized: r.initialized,
+            sealed: r.sealed,
+            standby: r.standby,
+        })
+    }
+
+    /// `auth/token/lookup-self`: the policies and remaining TTL of the token.
+    pub async fn lookup_self(&self) -> Result<TokenInfo, VaultError> {
+        let r = vaultrs::token::lookup_self(&self.client).await?;
+        Ok(TokenInfo {
+            policies: r.policies,
+            ttl_secs: r.ttl,
+            display_name: r.display_name,
+        })
+    }
+}
+
+/// What `lookup-self` tells about a token (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub policies: Vec<String>,
+    pub ttl_secs: u64,
+    pub display_name: String,
+}

