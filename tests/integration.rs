@@ -7,7 +7,7 @@
 mod common;
 mod suite;
 
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock};
 
 use common::process::{port_open, processes_mentioning, started_pids};
 use common::Env;
@@ -15,16 +15,27 @@ use libtest_mimic::{Arguments, Trial};
 
 static ENV: OnceLock<Env> = OnceLock::new();
 
+/// Tests named `disruptive::…` seal, stop or restart shared servers: they
+/// run alone (write lock); every other test holds a read lock.
+static DISRUPT: RwLock<()> = RwLock::new(());
+
 fn env() -> &'static Env {
     ENV.get_or_init(Env::new)
 }
 
 fn main() {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    // The tests wait on servers far more than they compute.
+    args.test_threads = args.test_threads.or(Some(8));
     let trials: Vec<Trial> = suite::all()
         .into_iter()
         .map(|(name, f)| {
             Trial::test(name, move || {
+                let _guard = if name.starts_with("disruptive::") {
+                    Err(DISRUPT.write().unwrap_or_else(|e| e.into_inner()))
+                } else {
+                    Ok(DISRUPT.read().unwrap_or_else(|e| e.into_inner()))
+                };
                 f(env());
                 Ok(())
             })
@@ -34,9 +45,11 @@ fn main() {
 
     // Stop the cluster (if a test started it) and verify nothing survives.
     let mut leftovers = Vec::new();
+    let mut logs = vec![common::canary::log_path().to_path_buf()];
     if let Some(env) = ENV.get() {
         if let Some(cluster) = env.cluster_if_started() {
             cluster.shutdown();
+            logs.extend(cluster.log_files());
             let dir = cluster.path().display().to_string();
             for (pid, cmd) in processes_mentioning(&dir) {
                 leftovers.push(format!("pid {pid}: {cmd}"));
@@ -56,6 +69,18 @@ fn main() {
             leftovers.push(format!("{name} (pid {pid}) still exists: {}", state.trim()));
         }
     }
+    let hits = common::canary::search(&logs);
+    if !hits.is_empty() {
+        for (canary, file) in &hits {
+            eprintln!("harness: canary {canary} found in {}", file.display());
+        }
+        std::process::exit(101);
+    }
+    eprintln!(
+        "harness: {} canaries searched in {} log files: 0 hits",
+        common::canary::all().len(),
+        logs.len()
+    );
     if !leftovers.is_empty() {
         eprintln!(
             "harness: processes left behind:\n  {}",
@@ -67,5 +92,12 @@ fn main() {
         "harness: all {} processes started by the harness are gone",
         started_pids().lock().unwrap().len()
     );
+    // Keep the evidence when something failed (or when asked to).
+    if !conclusion.has_failed() && std::env::var_os("VAULTGRAM_KEEP_TEST_DIR").is_none() {
+        if let Some(cluster) = ENV.get().and_then(|e| e.cluster_if_started()) {
+            let _ = std::fs::remove_dir_all(cluster.path());
+        }
+        let _ = std::fs::remove_file(common::canary::log_path());
+    }
     conclusion.exit();
 }

@@ -22,8 +22,12 @@
 #                                 AppRole secret_id and token (default: none)
 #   VAULTGRAM_APPROLE_SECRET_ID_TTL       default 10m
 #   VAULTGRAM_APPROLE_SECRET_ID_NUM_USES  default 1
-#   VAULTGRAM_APPROLE_TOKEN_TTL           default 1h
-#   VAULTGRAM_APPROLE_TOKEN_MAX_TTL       default 4h
+#   VAULTGRAM_APPROLE_TOKEN_PERIOD        default 1h: the broker's token is periodic,
+#                                         renewed forever while the broker runs, so the
+#                                         single-use secret_id is never needed again;
+#                                         0 = use TOKEN_TTL / TOKEN_MAX_TTL instead
+#   VAULTGRAM_APPROLE_TOKEN_TTL           default 1h (only with TOKEN_PERIOD=0)
+#   VAULTGRAM_APPROLE_TOKEN_MAX_TTL       default 4h (only with TOKEN_PERIOD=0)
 #   VAULTGRAM_OPERATOR_TOKEN_MAX_TTL      explicit max TTL of operator child tokens, default 1h
 set -euo pipefail
 
@@ -105,9 +109,11 @@ SECRET_ID_TTL=${VAULTGRAM_APPROLE_SECRET_ID_TTL:-10m}
 SECRET_ID_NUM_USES=${VAULTGRAM_APPROLE_SECRET_ID_NUM_USES:-1}
 TOKEN_TTL=${VAULTGRAM_APPROLE_TOKEN_TTL:-1h}
 TOKEN_MAX_TTL=${VAULTGRAM_APPROLE_TOKEN_MAX_TTL:-4h}
+TOKEN_PERIOD=${VAULTGRAM_APPROLE_TOKEN_PERIOD:-1h}
 OPERATOR_MAX_TTL=${VAULTGRAM_OPERATOR_TOKEN_MAX_TTL:-1h}
 for pair in "VAULTGRAM_APPROLE_SECRET_ID_TTL=$SECRET_ID_TTL" "VAULTGRAM_APPROLE_TOKEN_TTL=$TOKEN_TTL" \
-  "VAULTGRAM_APPROLE_TOKEN_MAX_TTL=$TOKEN_MAX_TTL" "VAULTGRAM_OPERATOR_TOKEN_MAX_TTL=$OPERATOR_MAX_TTL"; do
+  "VAULTGRAM_APPROLE_TOKEN_MAX_TTL=$TOKEN_MAX_TTL" "VAULTGRAM_OPERATOR_TOKEN_MAX_TTL=$OPERATOR_MAX_TTL" \
+  "VAULTGRAM_APPROLE_TOKEN_PERIOD=$TOKEN_PERIOD"; do
   [[ ${pair#*=} =~ $TTL_RE ]] || die "invalid ${pair%%=*} '${pair#*=}' (a duration such as 90s, 10m, 4h)"
 done
 [[ $SECRET_ID_NUM_USES =~ ^[0-9]+$ ]] || die "invalid VAULTGRAM_APPROLE_SECRET_ID_NUM_USES '$SECRET_ID_NUM_USES' (a number, 0 = unlimited)"
@@ -316,12 +322,17 @@ fi
 
 # AppRole role for the broker. Every field is sent, so the role ends up exactly
 # as defined here (CIDRs are cleared when VAULTGRAM_APPROLE_CIDRS is empty).
+# A periodic token has no max TTL: the broker renews it at 2/3 of the period
+# and never needs its (single-use) secret_id again.
+if [[ $TOKEN_PERIOD != 0 && $TOKEN_PERIOD != 0s ]]; then
+  TOKEN_TTL=0 TOKEN_MAX_TTL=0
+fi
 "$CLI" write "auth/$APPROLE_MOUNT/role/$APPROLE_ROLE" \
   token_policies=vaultgram-broker \
   token_type=service \
   token_ttl="$TOKEN_TTL" \
   token_max_ttl="$TOKEN_MAX_TTL" \
-  token_period=0 \
+  token_period="$TOKEN_PERIOD" \
   token_num_uses=0 \
   token_no_default_policy=false \
   token_bound_cidrs="$CIDRS" \
@@ -329,7 +340,7 @@ fi
   secret_id_ttl="$SECRET_ID_TTL" \
   secret_id_num_uses="$SECRET_ID_NUM_USES" \
   secret_id_bound_cidrs="$CIDRS" >/dev/null || die "writing auth/$APPROLE_MOUNT/role/$APPROLE_ROLE failed"
-log "approle role auth/$APPROLE_MOUNT/role/$APPROLE_ROLE written (policy vaultgram-broker, secret_id ttl $SECRET_ID_TTL x$SECRET_ID_NUM_USES, token ttl $TOKEN_TTL max $TOKEN_MAX_TTL${CIDRS:+, bound to $CIDRS})"
+log "approle role auth/$APPROLE_MOUNT/role/$APPROLE_ROLE written (policy vaultgram-broker, secret_id ttl $SECRET_ID_TTL x$SECRET_ID_NUM_USES, token period $TOKEN_PERIOD ttl $TOKEN_TTL max $TOKEN_MAX_TTL${CIDRS:+, bound to $CIDRS})"
 
 # Token role through which the broker mints operators' child tokens. Both
 # allowed policies are given as globs and allowed_policies stays EMPTY on

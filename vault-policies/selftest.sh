@@ -125,7 +125,7 @@ import json, sys
 d = json.load(open(sys.argv[1]))["data"]
 assert d["token_policies"] == ["vaultgram-broker"]
 assert d["secret_id_ttl"] == 600 and d["secret_id_num_uses"] == 1
-assert d["token_ttl"] == 3600 and d["token_max_ttl"] == 14400 and d["token_type"] == "service"
+assert d["token_period"] == 3600 and d["token_ttl"] == 0 and d["token_max_ttl"] == 0 and d["token_type"] == "service"
 assert d["bind_secret_id"] is True and not d["secret_id_bound_cidrs"] and not d["token_bound_cidrs"]
 EOF
 

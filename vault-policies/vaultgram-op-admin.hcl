@@ -35,24 +35,51 @@ path "secret/subkeys/*" {
 # ---- ...except the userbot's MTProto session ---------------------------------
 # It is the userbot's identity: only the broker's own token (login flow) reads
 # or writes it. Admins see that it exists and its version history, no more.
+#
+# Every rule comes twice: the exact path, and the same path with a trailing
+# slash ("telegram-session/*" also matches "telegram-session/"). Vault accepts
+# DELETE on a path ending in "/" and KV v2 applies it to the key without the
+# slash, so with the exact rule alone an admin's
+# `DELETE secret/metadata/vaultgram/telegram-session/` (matched by the
+# secret/metadata/* glob) would delete the session with all its versions.
+# sys/capabilities trims the slash and does not show this; the integration
+# test tests/suite/policy_matrix.rs makes the real calls.
 path "secret/data/vaultgram/telegram-session" {
+  capabilities = ["deny"]
+}
+path "secret/data/vaultgram/telegram-session/*" {
   capabilities = ["deny"]
 }
 path "secret/subkeys/vaultgram/telegram-session" {
   capabilities = ["deny"]
 }
+path "secret/subkeys/vaultgram/telegram-session/*" {
+  capabilities = ["deny"]
+}
 path "secret/delete/vaultgram/telegram-session" {
+  capabilities = ["deny"]
+}
+path "secret/delete/vaultgram/telegram-session/*" {
   capabilities = ["deny"]
 }
 path "secret/undelete/vaultgram/telegram-session" {
   capabilities = ["deny"]
 }
+path "secret/undelete/vaultgram/telegram-session/*" {
+  capabilities = ["deny"]
+}
 path "secret/destroy/vaultgram/telegram-session" {
+  capabilities = ["deny"]
+}
+path "secret/destroy/vaultgram/telegram-session/*" {
   capabilities = ["deny"]
 }
 # Exact path beats the secret/metadata/* glob: read only (no write, no delete).
 path "secret/metadata/vaultgram/telegram-session" {
   capabilities = ["read"]
+}
+path "secret/metadata/vaultgram/telegram-session/*" {
+  capabilities = ["deny"]
 }
 
 # ---- Transit: encryption as a service ----------------------------------------

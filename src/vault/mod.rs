@@ -12,7 +12,14 @@ use vaultrs::error::ClientError;
 
 use crate::config::VaultConfig;
 
+pub mod auth;
+mod http;
+pub mod kv;
 mod sys;
+pub mod token;
+pub mod totp;
+pub mod transit;
+pub mod wrap;
 use crate::error::ErrorKind;
 
 /// Failures at the Vault boundary. Texts carry Vault's error strings (which
@@ -31,14 +38,22 @@ pub enum VaultError {
     Conflict(String),
     #[error("vault unavailable: {0}")]
     Unavailable(String),
+    /// A credential or token the broker will not use (wrong wrapping
+    /// path, already-unwrapped secret_id, non-renewable token).
+    #[error("vault: {0}")]
+    Refused(String),
+    /// Malformed input refused before any request was sent (a bad KV path,
+    /// wrap TTL, key name or TOTP code format).
+    #[error("{0}")]
+    Input(String),
 }
 
 impl VaultError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            VaultError::Denied(_) => ErrorKind::Denied,
+            VaultError::Denied(_) | VaultError::Refused(_) => ErrorKind::Denied,
             VaultError::NotFound(_) => ErrorKind::NotFound,
-            VaultError::Invalid(_) => ErrorKind::Invalid,
+            VaultError::Invalid(_) | VaultError::Input(_) => ErrorKind::Invalid,
             VaultError::Conflict(_) => ErrorKind::Conflict,
             VaultError::Setup(_) | VaultError::Unavailable(_) => ErrorKind::Unavailable,
         }
@@ -138,11 +153,17 @@ impl Vault {
 
     /// `auth/token/lookup-self`: the policies and remaining TTL of the token.
     pub async fn lookup_self(&self) -> Result<TokenInfo, VaultError> {
-        let r = vaultrs::token::lookup_self(&self.client).await?;
+        let mut r = vaultrs::token::lookup_self(&self.client).await?;
+        // The response carries the token itself (`id`): move it into a
+        // SecretString so it is zeroed when dropped.
+        drop(SecretString::from(std::mem::take(&mut r.id)));
         Ok(TokenInfo {
             policies: r.policies,
             ttl_secs: r.ttl,
             display_name: r.display_name,
+            renewable: r.renewable.unwrap_or(false),
+            meta: r.meta.unwrap_or_default().into_iter().collect(),
+            accessor: r.accessor,
         })
     }
 }
@@ -153,4 +174,9 @@ pub struct TokenInfo {
     pub policies: Vec<String>,
     pub ttl_secs: u64,
     pub display_name: String,
+    pub renewable: bool,
+    pub meta: std::collections::BTreeMap<String, String>,
+    /// Names the token for lookup/revocation by an operator; cannot be
+    /// used to authenticate.
+    pub accessor: String,
 }

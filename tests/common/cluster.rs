@@ -207,6 +207,16 @@ impl Cluster {
         cluster.start_bao();
         cluster.init_and_unseal_bao();
         cluster.apply_vault_policies();
+        // The userbot's app keys, as an operator puts them with the CLI.
+        let (code, v) = cluster
+            .vault_api(
+                reqwest::Method::POST,
+                "secret/data/telegram",
+                Some(&cluster.root_token),
+                Some(json!({"data": {"api_id": "123456", "api_hash": "abcdef1234567890"}})),
+            )
+            .unwrap();
+        assert_eq!(code, 200, "seeding secret/telegram: {v}");
         let broker_token = cluster.create_token(&["vaultgram-broker"], "1h");
         write_private(
             &root.join("broker-token"),
@@ -539,6 +549,19 @@ agent = "carol"
         }
     }
 
+    /// Every log the cluster's servers wrote (server logs and the OpenBao
+    /// audit log), for the canary search.
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        let mut v = vec![
+            self.path().join("bao.log"),
+            self.path().join("bao-audit.log"),
+        ];
+        for m in &self.etcd {
+            v.push(self.path().join(format!("{}.log", m.name)));
+        }
+        v
+    }
+
     /// Every port the cluster listens on.
     pub fn ports(&self) -> Vec<u16> {
         let mut p = vec![self.bao_port, self.bao_cluster_port];
@@ -560,4 +583,113 @@ pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).unwrap();
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---- Helpers for the policy matrix (tests/suite/policy_matrix.rs) ----------
+
+impl Cluster {
+    /// Like [`Cluster::vault_api`], with extra request headers (e.g.
+    /// `X-Vault-Wrap-TTL`). `method` may be any verb Vault knows, `LIST`
+    /// included.
+    pub fn vault_api_with_headers(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&SecretString>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Result<(u16, Value)> {
+        let mut req = self
+            .http()
+            .request(method, format!("{}/v1/{path}", self.vault_addr()));
+        if let Some(t) = token {
+            req = req.header("X-Vault-Token", t.expose_secret());
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send()?;
+        let status = resp.status().as_u16();
+        let value = resp.json::<Value>().unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
+    /// What Vault says `token` may do on each path (`sys/capabilities`,
+    /// asked with the root token): path -> sorted capabilities.
+    pub fn capabilities(
+        &self,
+        token: &SecretString,
+        paths: &[&str],
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        let (code, v) = self
+            .vault_api(
+                reqwest::Method::POST,
+                "sys/capabilities",
+                Some(&self.root_token),
+                Some(json!({"token": token.expose_secret(), "paths": paths})),
+            )
+            .unwrap();
+        assert_eq!(code, 200, "sys/capabilities: {v}");
+        caps_by_path(&v, paths)
+    }
+
+    /// The same question asked by the token itself (`sys/capabilities-self`).
+    pub fn capabilities_self(
+        &self,
+        token: &SecretString,
+        paths: &[&str],
+    ) -> std::collections::BTreeMap<String, Vec<String>> {
+        let (code, v) = self
+            .vault_api(
+                reqwest::Method::POST,
+                "sys/capabilities-self",
+                Some(token),
+                Some(json!({ "paths": paths })),
+            )
+            .unwrap();
+        assert_eq!(code, 200, "sys/capabilities-self: {v}");
+        caps_by_path(&v, paths)
+    }
+}
+
+fn caps_by_path(v: &Value, paths: &[&str]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let data = if v["data"].is_object() { &v["data"] } else { v };
+    paths
+        .iter()
+        .map(|p| {
+            let mut caps: Vec<String> = data[*p]
+                .as_array()
+                .unwrap_or_else(|| panic!("no capabilities for {p} in {v}"))
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            caps.sort();
+            (p.to_string(), caps)
+        })
+        .collect()
+}
+
+// ---- Helpers for the engine tests (tests/suite/vault_engines.rs) -----------
+
+impl Cluster {
+    /// Runs the operator's CLI (`bao`) against this cluster as `token`, in a
+    /// clean environment (no stray `VAULT_*`/`BAO_*` of the developer).
+    pub fn bao_cli(&self, token: &SecretString, args: &[&str]) -> std::process::Output {
+        static BAO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let home = self.path().join("bao-cli-home");
+        std::fs::create_dir_all(&home).unwrap();
+        Command::new(BAO.get_or_init(bao_binary))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("VAULT_ADDR", self.vault_addr())
+            .env("VAULT_CACERT", &self.ca_path)
+            .env("VAULT_TOKEN", token.expose_secret())
+            .args(args)
+            .output()
+            .expect("bao")
+    }
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the one integration-test binary: the real cluster
 //! (etcd ×3 + OpenBao over TLS), throw-away PKI, child-process hygiene.
 
+pub mod canary;
 pub mod cluster;
 pub mod pki;
 pub mod process;
@@ -19,6 +20,7 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         vaultgram::tls::install_crypto_provider();
+        canary::capture_logs();
         Env {
             cluster: OnceLock::new(),
             rt: tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,131 @@
+//! Per-operator child tokens.
+//!
+//! Every Vault call made for an operator's command runs with a token minted
+//! by the broker's own token through the token role (`vault.operator_token_role`,
+//! `vaultgram-operator`) and carrying only that operator's policy:
+//! `vaultgram-op-admin`, or `vaultgram-op-agent-<agent>`. Vault, not the
+//! broker, then enforces what the operator may touch, and Vault's audit log
+//! shows the operator in the token's display name and metadata.
+//!
+//! Children are cached until a third of their TTL remains. A child dies with
+//! its parent, so the cache also drops every child minted under an older
+//! broker token (see [`TokenManager::generation`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use vaultrs::api::token::requests::CreateRoleTokenRequestBuilder;
+
+use super::auth::{operator_meta, TokenManager};
+use super::{Vault, VaultError};
+use crate::config::{Operator, Role};
+
+/// How long a child token lives. Short: it is re-minted on demand.
+pub const CHILD_TTL: Duration = Duration::from_secs(300);
+
+/// The one Vault policy an operator's child token carries.
+pub fn policy_for(op: &Operator) -> String {
+    match (op.role, op.agent.as_deref()) {
+        (Role::Admin, _) => "vaultgram-op-admin".to_string(),
+        (Role::Agent, Some(agent)) => format!("vaultgram-op-agent-{agent}"),
+        // Config validation makes an agent without `agent` impossible;
+        // a policy that does not exist grants nothing.
+        (Role::Agent, None) => "vaultgram-op-agent-invalid".to_string(),
+    }
+}
+
+struct Cached {
+    vault: Arc<Vault>,
+    refresh_after: Instant,
+    generation: u64,
+}
+
+/// Mints and caches child tokens for operators.
+pub struct OperatorTokens {
+    broker: TokenManager,
+    ttl: Duration,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+impl std::fmt::Debug for OperatorTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorTokens")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl OperatorTokens {
+    pub fn new(broker: TokenManager) -> OperatorTokens {
+        Self::with_ttl(broker, CHILD_TTL)
+    }
+
+    pub fn with_ttl(broker: TokenManager, ttl: Duration) -> OperatorTokens {
+        OperatorTokens {
+            broker,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn broker(&self) -> &TokenManager {
+        &self.broker
+    }
+
+    /// A client whose token carries only `op`'s policy.
+    pub async fn for_operator(&self, op: &Operator) -> Result<Arc<Vault>, VaultError> {
+        let generation = self.broker.generation();
+        let mut cache = self.cache.lock().await;
+        if let Some(c) = cache.get(&op.name) {
+            if c.generation == generation && Instant::now() < c.refresh_after {
+                return Ok(c.vault.clone());
+            }
+        }
+        let (vault, lease) = self.mint(op).await?;
+        let now = Instant::now();
+        // Refresh when a third of the child's life is left, and never later
+        // than the parent's expiry (the child dies with it).
+        let mut refresh_after = now + lease * 2 / 3;
+        if let Some(parent_end) = self.broker.expires_at() {
+            refresh_after = refresh_after.min(parent_end);
+        }
+        let vault = Arc::new(vault);
+        cache.insert(
+            op.name.clone(),
+            Cached {
+                vault: vault.clone(),
+                refresh_after,
+                generation,
+            },
+        );
+        Ok(vault)
+    }
+
+    /// Forgets an operator's cached token (e.g. after Vault said it is
+    /// invalid).
+    pub async fn forget(&self, name: &str) {
+        self.cache.lock().await.remove(name);
+    }
+
+    async fn mint(&self, op: &Operator) -> Result<(Vault, Duration), VaultError> {
+        let cfg = self.broker.config();
+        let parent = self.broker.current();
+        let mut req = CreateRoleTokenRequestBuilder::default();
+        req.policies(vec![policy_for(op)])
+            .ttl(format!("{}s", self.ttl.as_secs()))
+            .renewable(false)
+            // Vault prefixes "token-": the audit log shows token-vaultgram-alice.
+            .display_name(format!("vaultgram-{}", op.name))
+            .meta(operator_meta(&op.name, op.telegram_id, op.role.as_str()));
+        let auth =
+            vaultrs::token::new_role(&parent.client, &cfg.operator_token_role, Some(&mut req))
+                .await?;
+        let lease = Duration::from_secs(auth.lease_duration);
+        let token = SecretString::from(auth.client_token);
+        Ok((Vault::with_token(cfg, &token)?, lease))
+    }
+}
