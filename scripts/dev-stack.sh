@@ -351,15 +351,8 @@ status() {
 case ${1:-up} in
   up)
     up
-    # The console arrives with the command-core issue; until then the
-    # stack opens what the binary has: the validated, redacted config.
-    if vaultgram --help 2>/dev/null | grep -q '^  console'; then
-      say "opening: vaultgram console --as $ADMIN"
-      vaultgram --config "$STATE/vaultgram.toml" console --as "$ADMIN"
-    else
-      say "vaultgram has no console yet (command-core issue); showing check-config instead"
-      vaultgram --config "$STATE/vaultgram.toml" check-config
-    fi
+    say "opening: vaultgram console --as $ADMIN (one command per line; Ctrl-D ends)"
+    vaultgram --config "$STATE/vaultgram.toml" console --as "$ADMIN"
     ;;
   start) up ;;
   down | stop) down ;;

@@ -5,10 +5,19 @@
 //! certificate of `[etcd]` and, when a `password_file` is set, as the etcd
 //! user named in `etcd.user`; RBAC on the cluster limits that user to the
 //! broker's prefix (`etcd/bootstrap-rbac.sh`).
+//!
+//! Every write the broker makes goes through the methods below (plain put,
+//! put with a lease, create-if-absent, delete-if-unchanged), so that a
+//! leader-only guard (a compare on the election key's revision) can later
+//! be added to each write transaction in one place.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::EtcdConfig;
@@ -30,6 +39,9 @@ pub enum EtcdError {
     Unavailable(String),
     #[error("etcd rejected the request: {0}")]
     Invalid(String),
+    /// A lease that expired or was revoked (gRPC NotFound).
+    #[error("etcd: not found: {0}")]
+    NotFound(String),
 }
 
 impl EtcdError {
@@ -37,6 +49,7 @@ impl EtcdError {
         match self {
             EtcdError::Denied(_) => ErrorKind::Denied,
             EtcdError::Invalid(_) => ErrorKind::Invalid,
+            EtcdError::NotFound(_) => ErrorKind::NotFound,
             EtcdError::ReadFile { .. } | EtcdError::Unavailable(_) => ErrorKind::Unavailable,
         }
     }
@@ -51,6 +64,7 @@ impl From<etcd_client::Error> for EtcdError {
                 let msg = status.message().to_string();
                 match status.code() {
                     Code::PermissionDenied | Code::Unauthenticated => EtcdError::Denied(msg),
+                    Code::NotFound => EtcdError::NotFound(msg),
                     Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
                         EtcdError::Invalid(msg)
                     }
@@ -130,6 +144,121 @@ impl Etcd {
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
+    /// Grants a lease of `ttl_secs` (at least 1 s); returns its id.
+    pub async fn lease_grant(&self, ttl_secs: u64) -> Result<i64, EtcdError> {
+        let ttl = i64::try_from(ttl_secs.max(1)).unwrap_or(i64::MAX);
+        let resp = self.client.lease_client().grant(ttl, None).await?;
+        Ok(resp.id())
+    }
+
+    /// Revokes a lease (and deletes the keys still attached to it); a lease
+    /// that is already gone is not an error.
+    pub async fn lease_revoke(&self, lease: i64) -> Result<(), EtcdError> {
+        match self.client.lease_client().revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(e) => match EtcdError::from(e) {
+                EtcdError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Writes one key attached to `lease` (0: no lease).
+    pub async fn put_leased(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        lease: i64,
+    ) -> Result<(), EtcdError> {
+        self.client
+            .kv_client()
+            .put(key, value, Some(put_opts(lease)))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes one key; `false` when it did not exist.
+    pub async fn delete(&self, key: &str) -> Result<bool, EtcdError> {
+        let resp = self.client.kv_client().delete(key, None).await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    /// Reads one key with its revision and lease; `None` when absent.
+    pub async fn get_entry(&self, key: &str) -> Result<Option<Entry>, EtcdError> {
+        let resp = self.client.kv_client().get(key, None).await?;
+        Ok(resp.kvs().first().map(Entry::from_kv))
+    }
+
+    /// Up to `limit` keys under `prefix` (0: no limit), in key order, or in
+    /// reverse key order when `newest_first` (keys that start with a
+    /// zero-padded time sort by time).
+    pub async fn list_prefix(
+        &self,
+        prefix: &str,
+        limit: i64,
+        newest_first: bool,
+    ) -> Result<Vec<Entry>, EtcdError> {
+        let mut opts = GetOptions::new().with_prefix().with_limit(limit);
+        if newest_first {
+            opts = opts.with_sort(SortTarget::Key, SortOrder::Descend);
+        }
+        let resp = self.client.kv_client().get(prefix, Some(opts)).await?;
+        Ok(resp.kvs().iter().map(Entry::from_kv).collect())
+    }
+
+    /// Writes every `(key, value, lease)` in one transaction, only if none
+    /// of the keys exists yet. `false`: at least one existed, nothing was
+    /// written.
+    pub async fn create_if_absent(&self, puts: &[(&str, &[u8], i64)]) -> Result<bool, EtcdError> {
+        let txn = Txn::new()
+            .when(
+                puts.iter()
+                    .map(|(k, _, _)| Compare::create_revision(*k, CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                puts.iter()
+                    .map(|(k, v, lease)| TxnOp::put(*k, v.to_vec(), Some(put_opts(*lease))))
+                    .collect::<Vec<_>>(),
+            );
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
+    /// Deletes `key` only if it still has `mod_revision` (nobody changed
+    /// or took it since it was read) and, in the same transaction, writes
+    /// `then_put` `(key, value, lease)`. `false`: the key was changed,
+    /// deleted or expired meanwhile, and nothing was written.
+    pub async fn delete_if_unchanged(
+        &self,
+        key: &str,
+        mod_revision: i64,
+        then_put: Option<(&str, &[u8], i64)>,
+    ) -> Result<bool, EtcdError> {
+        let mut ops = vec![TxnOp::delete(key, None)];
+        if let Some((k, v, lease)) = then_put {
+            ops.push(TxnOp::put(k, v.to_vec(), Some(put_opts(lease))));
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+            .and_then(ops);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
+    /// Writes `key` only if it still has `mod_revision`. `false`: it was
+    /// changed or deleted meanwhile, nothing was written.
+    pub async fn put_if_unchanged(
+        &self,
+        key: &str,
+        mod_revision: i64,
+        value: &[u8],
+        lease: i64,
+    ) -> Result<bool, EtcdError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+            .and_then([TxnOp::put(key, value.to_vec(), Some(put_opts(lease)))]);
+        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+    }
+
     /// Member count and the cluster's leader id, from the first endpoint that
     /// answers.
     pub async fn status(&self) -> Result<(usize, u64), EtcdError> {
@@ -137,4 +266,130 @@ impl Etcd {
         let status = self.client.maintenance_client().status().await?;
         Ok((members.members().len(), status.leader()))
     }
+}
+
+fn put_opts(lease: i64) -> PutOptions {
+    let opts = PutOptions::new();
+    if lease != 0 {
+        opts.with_lease(lease)
+    } else {
+        opts
+    }
+}
+
+/// One key as read: its revision and lease make compare-and-swap possible.
+#[derive(Clone)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+    pub lease: i64,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Values are coordination records, but keep them out of Debug anyway.
+        f.debug_struct("Entry")
+            .field("key", &self.key)
+            .field("mod_revision", &self.mod_revision)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Entry {
+    fn from_kv(kv: &etcd_client::KeyValue) -> Entry {
+        Entry {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        }
+    }
+}
+
+/// A long lease shared by many keys (audit records, the approvals log):
+/// bounded retention without one lease per key. A lease is granted with
+/// `ttl`, and a new one once the current is older than `reuse_for`, so a
+/// key lives between `ttl - reuse_for` and `ttl`. Replicas and restarts
+/// share the current lease through `meta_key` (itself attached to the
+/// lease), so the number of live leases stays about `ttl / reuse_for`.
+#[derive(Debug)]
+pub struct SharedLease {
+    meta_key: String,
+    ttl: Duration,
+    reuse_for: Duration,
+    cached: Mutex<Option<(i64, Instant)>>,
+}
+
+impl SharedLease {
+    pub fn new(meta_key: String, ttl: Duration, reuse_for: Duration) -> SharedLease {
+        SharedLease {
+            meta_key,
+            ttl,
+            reuse_for,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The lease to attach a new key to.
+    pub async fn get(&self, etcd: &Etcd) -> Result<i64, EtcdError> {
+        if let Some((id, at)) = *self.cached.lock().unwrap_or_else(|e| e.into_inner()) {
+            if at.elapsed() < self.reuse_for {
+                return Ok(id);
+            }
+        }
+        let now = unix_secs();
+        // Another process's lease, if it is young enough.
+        if let Some(e) = etcd.get_entry(&self.meta_key).await? {
+            let text = String::from_utf8_lossy(&e.value).into_owned();
+            if let Some((id, granted)) = text
+                .split_once(' ')
+                .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<u64>().ok()?)))
+            {
+                let age = now.saturating_sub(granted);
+                if id == e.lease && age < self.reuse_for.as_secs() {
+                    let at = Instant::now()
+                        .checked_sub(Duration::from_secs(age))
+                        .unwrap_or_else(Instant::now);
+                    *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, at));
+                    return Ok(id);
+                }
+            }
+        }
+        let id = etcd.lease_grant(self.ttl.as_secs()).await?;
+        etcd.put_leased(&self.meta_key, format!("{id} {now}"), id)
+            .await?;
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, Instant::now()));
+        Ok(id)
+    }
+
+    /// Forgets the cached lease (after a write was refused because the
+    /// lease is gone).
+    pub fn invalidate(&self) {
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Puts `key` with the shared lease; when the lease has vanished
+    /// (revoked by hand), grants a fresh one and retries once.
+    pub async fn put(&self, etcd: &Etcd, key: &str, value: &[u8]) -> Result<(), EtcdError> {
+        let lease = self.get(etcd).await?;
+        match etcd.put_leased(key, value.to_vec(), lease).await {
+            Err(EtcdError::NotFound(_)) => {
+                // The meta key was attached to that lease: it is gone too.
+                self.invalidate();
+                let lease = self.get(etcd).await?;
+                etcd.put_leased(key, value.to_vec(), lease).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }

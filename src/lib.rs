@@ -13,13 +13,29 @@
 //! - [`tls`]: the one rustls `CryptoProvider` the process installs.
 //! - [`vault`]: the only module that imports `vaultrs`; builds Vault clients
 //!   from the config and maps failures to [`vault::VaultError`].
+//! - [`command`]: the chat command table (one `enum Command`, one file per
+//!   group: kv, transit, agent, panel, mtproto, approvals, info), parsing
+//!   from `&str`, `/help` generated from the table, and each group's
+//!   execution.
+//! - [`dispatch`]: parse → role check → approval gate → execute with the
+//!   operator's child token → audit; [`dispatch::Reply`] is what every
+//!   transport renders.
+//! - [`approvals`]: pending requests in etcd with a lease; TOTP-checked
+//!   `/approve`.
+//! - [`audit`]: the broker's audit trail (log + etcd), never a value.
+//! - [`transport`]: console (stdin/stdout), Unix socket (`run` + `ctl`).
 //! - [`etcd`]: the only module that imports `etcd_client`; connects with a
 //!   client certificate and the broker's etcd user, maps failures to
 //!   [`etcd::EtcdError`].
 
+pub mod approvals;
+pub mod audit;
+pub mod command;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod etcd;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 pub mod vault;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vaultgram::config::{self, Config};
 use vaultgram::telemetry::{self, LogFormat};
@@ -28,6 +29,28 @@ enum Command {
     /// Validate the config (no network) and print the effective config with
     /// every secret redacted.
     CheckConfig,
+    /// The service: Unix-socket server (Telegram and HTTP arrive with their
+    /// issues). Stops on SIGTERM or Ctrl-C: stop intake, finish, exit.
+    Run,
+    /// Send one command to a running `run` over its Unix socket.
+    Ctl {
+        /// Print the JSON reply instead of its text.
+        #[arg(long)]
+        json: bool,
+        /// The command, e.g. `/kv get secret/telegram`.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
+    },
+    /// Read commands line by line from stdin, one reply per command on
+    /// stdout (the same dispatcher as Telegram).
+    Console {
+        /// Operator to act as (default: the one whose unix_user is you).
+        #[arg(long = "as")]
+        as_operator: Option<String>,
+        /// One JSON object per reply.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,5 +80,110 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", cfg.redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(run_service(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ctl { json, words } => {
+            let line = vaultgram::transport::socket::join_words(&words);
+            let rt = tokio::runtime::Runtime::new()?;
+            let reply = rt.block_on(vaultgram::transport::socket::request(
+                &cfg.ipc.socket,
+                &line,
+            ))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&reply).context("the broker sent a reply that is not JSON")?;
+            if json {
+                println!("{reply}");
+            } else if v["ok"] == true {
+                println!("{}", v["text"].as_str().unwrap_or_default());
+            } else {
+                eprintln!(
+                    "error ({}): {}",
+                    v["error"]["kind"].as_str().unwrap_or("?"),
+                    v["error"]["message"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(if v["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Console { as_operator, json } => {
+            let op = match as_operator {
+                Some(name) => cfg
+                    .operator_by_name(&name)
+                    .cloned()
+                    .with_context(|| format!("no operator named `{name}` in the config"))?,
+                None => {
+                    let me = current_unix_user()?;
+                    cfg.operators
+                        .iter()
+                        .find(|o| o.unix_user.as_deref() == Some(me.as_str()))
+                        .cloned()
+                        .with_context(|| {
+                            format!("no operator has unix_user = \"{me}\"; use --as NAME")
+                        })?
+                }
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let app = vaultgram::dispatch::App::start(cfg).await?;
+                let renewer = tokio::spawn(app.broker.clone().run_renewer(std::future::pending()));
+                let failed = vaultgram::transport::console::run(app, op, json).await?;
+                renewer.abort();
+                Ok(if failed == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            })
+        }
     }
+}
+
+/// The login name of the real uid (for `unix_user` matching).
+fn current_unix_user() -> anyhow::Result<String> {
+    let uid = unsafe { libc::getuid() };
+    vaultgram::transport::socket::user_name(uid)
+        .with_context(|| format!("uid {uid} has no entry in /etc/passwd"))
+}
+
+/// `run`: start the core, serve until SIGTERM/Ctrl-C, then shut down in
+/// order: stop intake, finish what is in flight, stop renewing, exit.
+async fn run_service(cfg: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    use tokio_util::sync::CancellationToken;
+
+    let socket_path = cfg.ipc.socket.clone();
+    // Bind before logging in: a second broker on the same socket fails fast.
+    let listener = vaultgram::transport::socket::bind(&socket_path).await?;
+    let app = vaultgram::dispatch::App::start(cfg).await?;
+    let shutdown = CancellationToken::new();
+    let renewer = tokio::spawn({
+        let stop = shutdown.clone();
+        app.broker
+            .clone()
+            .run_renewer(async move { stop.cancelled().await })
+    });
+    let server = tokio::spawn(vaultgram::transport::socket::serve(
+        app.clone(),
+        listener,
+        socket_path.clone(),
+        shutdown.clone(),
+        std::time::Duration::from_secs(10),
+    ));
+    tracing::info!(socket = %socket_path.display(), "vaultgram running");
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+    }
+    shutdown.cancel();
+    server.await?;
+    renewer.await?;
+    tracing::info!("stopped");
+    Ok(())
 }

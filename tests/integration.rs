@@ -48,6 +48,20 @@ fn main() {
     let mut logs = vec![common::canary::log_path().to_path_buf()];
     if let Some(env) = ENV.get() {
         if let Some(cluster) = env.cluster_if_started() {
+            // Everything the broker keeps in etcd (audit trail, approvals)
+            // is searched for canaries too.
+            let dump = cluster.path().join("etcd-dump.txt");
+            let out = cluster.etcdctl(&["get", "--prefix", "/"], true);
+            if out.status.success() {
+                std::fs::write(&dump, &out.stdout).unwrap();
+                logs.push(dump);
+            } else {
+                eprintln!(
+                    "harness: etcd dump failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                leftovers.push("etcd dump for the canary search failed".into());
+            }
             cluster.shutdown();
             logs.extend(cluster.log_files());
             let dir = cluster.path().display().to_string();
@@ -83,7 +97,7 @@ fn main() {
     );
     if !leftovers.is_empty() {
         eprintln!(
-            "harness: processes left behind:\n  {}",
+            "harness: end-of-run checks failed:\n  {}",
             leftovers.join("\n  ")
         );
         std::process::exit(101);

@@ -344,7 +344,7 @@ impl Cluster {
             .add_root_certificate(
                 reqwest::Certificate::from_pem(self.ca.cert_pem.as_bytes()).unwrap(),
             )
-            .timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
             .build()
             .unwrap()
     }
@@ -559,6 +559,14 @@ agent = "carol"
         for m in &self.etcd {
             v.push(self.path().join(format!("{}.log", m.name)));
         }
+        // What console and `run` processes printed on stderr (the broker's
+        // logs). Replies (stdout) carry secrets by design and are not
+        // searched.
+        v.extend(
+            super::console::output_files(self.path())
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "err")),
+        );
         v
     }
 

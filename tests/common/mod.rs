@@ -3,6 +3,7 @@
 
 pub mod canary;
 pub mod cluster;
+pub mod console;
 pub mod pki;
 pub mod process;
 

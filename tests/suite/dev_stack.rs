@@ -19,7 +19,13 @@ struct Stack {
 
 impl Stack {
     fn run(&self, arg: &str) -> Output {
-        Command::new(repo_root().join("scripts/dev-stack.sh"))
+        self.run_with_input(arg, "")
+    }
+
+    /// Runs the script with `input` on stdin (the console reads it).
+    fn run_with_input(&self, arg: &str, input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(repo_root().join("scripts/dev-stack.sh"))
             .arg(arg)
             .env("VAULTGRAM_DEV_DIR", self.state())
             .env(
@@ -28,9 +34,18 @@ impl Stack {
             )
             .env("VAULTGRAM_DEV_BAO_PORT", self.bao_port.to_string())
             .env("VAULTGRAM_BIN", env!("CARGO_BIN_EXE_vaultgram"))
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
             .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
     }
 
     fn state(&self) -> PathBuf {
@@ -75,8 +90,16 @@ fn up_twice_then_down(_env: &Env) {
     assert!(first.status.success(), "first up: {}", show(&first));
     let cfg = stack.state().join("vaultgram.toml");
     assert!(cfg.exists());
-    let second = stack.run("up");
+    // The second run keeps the stack and opens the console as the admin.
+    let second = stack.run_with_input("up", "/get_keys\n/whoami\n");
     assert!(second.status.success(), "second up: {}", show(&second));
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(
+        out.contains("API_ID: 123456\nAPI_HASH: abcdef1234567890"),
+        "{}",
+        show(&second)
+    );
+    assert!(out.contains("alice"), "{}", show(&second));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(
         err.contains("already running"),

@@ -2,10 +2,15 @@
 
 use crate::common::Env;
 
+mod approvals;
 mod cli;
+mod commands;
+mod commands_domain;
+mod commands_kv;
 mod dev_stack;
 mod etcd;
 mod policy_matrix;
+mod socket;
 mod vault;
 mod vault_auth;
 mod vault_engines;
@@ -20,6 +25,11 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(vault_auth::TESTS);
     t.extend(vault_engines::TESTS);
     t.extend(cli::TESTS);
+    t.extend(commands::TESTS);
+    t.extend(commands_domain::TESTS);
+    t.extend(commands_kv::TESTS);
+    t.extend(approvals::TESTS);
+    t.extend(socket::TESTS);
     t.extend(dev_stack::TESTS);
     t
 }

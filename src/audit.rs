@@ -1,0 +1,267 @@
+//! The broker's own audit trail: one record per command — time, request
+//! id, operator, transport, command name, target, result kind; never a
+//! value or a secret-bearing argument.
+//!
+//! Each record is a `tracing` line (target `vaultgram::audit`) and a JSON
+//! value in etcd under `<prefix>audit/<unix nanos, 20 digits>-<request id>`,
+//! so keys sort by time and `/audit N` (a descending range read with a
+//! limit) works across restarts and replicas. Retention is bounded by a
+//! shared 7-day lease, re-granted daily ([`SharedLease`]): a record lives
+//! 6 to 7 days. A failed etcd write never fails the command: it is logged
+//! as a warning (without the record's content) and the command goes on.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Config, Role};
+use crate::dispatch::{CommandError, CommandResult, Ctx, Reply, Transport};
+use crate::etcd::{Etcd, SharedLease};
+
+/// How long records are kept in etcd (upper bound).
+pub const RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// How long one retention lease is reused before a new one is granted.
+const LEASE_REUSE: Duration = Duration::from_secs(86_400);
+/// An audit write never holds a command up longer than this.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `/audit` without N.
+pub const DEFAULT_N: u16 = 20;
+/// `/audit N` upper bound.
+pub const MAX_N: u16 = 500;
+
+/// One audit record.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub request_id: String,
+    pub operator: String,
+    pub transport: String,
+    pub command: String,
+    pub target: Option<String>,
+    /// `ok`, an error kind, or `ignored` (unknown sender); for the
+    /// lifecycle of an approval-gated request also `approved`, `denied`,
+    /// `expired`.
+    pub result: String,
+    /// The admin who approved (or denied) the request this record is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_by: Option<String>,
+    /// `time` in nanoseconds since the epoch: orders the etcd keys exactly
+    /// as `time` orders the records.
+    #[serde(skip)]
+    at_nanos: u128,
+}
+
+impl AuditRecord {
+    pub fn new(
+        request_id: &str,
+        operator: &str,
+        transport: Transport,
+        command: &str,
+        target: Option<String>,
+        result: &str,
+    ) -> AuditRecord {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        AuditRecord {
+            time: rfc3339(now),
+            at_nanos: now.as_nanos(),
+            request_id: request_id.to_string(),
+            operator: operator.to_string(),
+            transport: transport.as_str().to_string(),
+            command: command.to_string(),
+            target,
+            result: result.to_string(),
+            approved_by: None,
+        }
+    }
+
+    /// Names the second admin of an approval-gated request.
+    pub fn approved_by(mut self, admin: &str) -> AuditRecord {
+        self.approved_by = Some(admin.to_string());
+        self
+    }
+
+    /// One line for `/audit`.
+    pub fn render(&self) -> String {
+        let mut line = format!(
+            "{} {} {} ({}) /{} {} -> {}",
+            self.time,
+            self.request_id,
+            self.operator,
+            self.transport,
+            self.command,
+            self.target.as_deref().unwrap_or("-"),
+            self.result
+        );
+        if let Some(a) = &self.approved_by {
+            line.push_str(&format!(" (by {a})"));
+        }
+        line
+    }
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC), without a date crate.
+pub fn now_rfc3339() -> String {
+    rfc3339(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// A time since the epoch as RFC 3339 (UTC, milliseconds).
+fn rfc3339(now: Duration) -> String {
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+/// Writes audit records to the log and to etcd.
+pub struct AuditLog {
+    etcd: Etcd,
+    prefix: String,
+    lease: SharedLease,
+}
+
+impl AuditLog {
+    pub fn new(etcd: Etcd, cfg: &Config) -> AuditLog {
+        AuditLog {
+            etcd,
+            prefix: format!("{}audit/", cfg.etcd.prefix),
+            lease: SharedLease::new(
+                format!("{}leases/audit", cfg.etcd.prefix),
+                RETENTION,
+                LEASE_REUSE,
+            ),
+        }
+    }
+
+    pub async fn record(&self, rec: AuditRecord) {
+        tracing::info!(
+            target: "vaultgram::audit",
+            request_id = %rec.request_id,
+            operator = %rec.operator,
+            transport = %rec.transport,
+            command = %rec.command,
+            target_path = rec.target.as_deref().unwrap_or("-"),
+            result = %rec.result,
+            approved_by = rec.approved_by.as_deref().unwrap_or("-"),
+            "audit"
+        );
+        let key = format!(
+            "{}{}",
+            self.prefix,
+            record_key(rec.at_nanos, &rec.request_id)
+        );
+        let value = match serde_json::to_vec(&rec) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit record not serialisable");
+                return;
+            }
+        };
+        let write = self.lease.put(&self.etcd, &key, &value);
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                request_id = %rec.request_id,
+                error = %e,
+                "audit record not written to etcd (kept in the log only)"
+            ),
+            Err(_) => tracing::warn!(
+                request_id = %rec.request_id,
+                "audit record not written to etcd: timed out (kept in the log only)"
+            ),
+        }
+    }
+
+    /// The last `n` records, oldest first.
+    pub async fn last(&self, n: u16) -> Result<Vec<AuditRecord>, CommandError> {
+        let entries = self
+            .etcd
+            .list_prefix(&self.prefix, i64::from(n), true)
+            .await?;
+        let mut out: Vec<AuditRecord> = entries
+            .iter()
+            .filter_map(|e| serde_json::from_slice(&e.value).ok())
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+}
+
+/// `<unix nanos, 20 digits>-<request id>`: keys sort by the records'
+/// `time` (taken when the record was made, not when it was written); the
+/// request id keeps two records of the same nanosecond apart. Anything but
+/// `[0-9A-Za-z_-]` in the id is replaced (it is ours, but keys must stay
+/// one path segment).
+fn record_key(at_nanos: u128, request_id: &str) -> String {
+    let nanos = if at_nanos == 0 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    } else {
+        at_nanos
+    };
+    let rid: String = request_id
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{nanos:020}-{rid}")
+}
+
+/// `/audit [N]` (admins): the last N records (default 20, at most 500),
+/// oldest first, one line each.
+pub async fn execute_audit(ctx: &Ctx<'_>, n: Option<u16>) -> CommandResult {
+    if ctx.op.role != Role::Admin {
+        return Err(CommandError::denied("/audit is for admins"));
+    }
+    let n = n.unwrap_or(DEFAULT_N).clamp(1, MAX_N);
+    let records = ctx.app.audit.last(n).await?;
+    let text = if records.is_empty() {
+        "no audit records".to_string()
+    } else {
+        records
+            .iter()
+            .map(AuditRecord::render)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Ok(Reply::text(text).with_data(serde_json::json!({ "records": records })))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_shape() {
+        let t = super::now_rfc3339();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T');
+    }
+}

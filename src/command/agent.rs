@@ -1,0 +1,476 @@
+//! `/agent …`: panel agents' API tokens (ValhallaBot-style: 32 random
+//! bytes, urlsafe base64, stored with their SHA-256 for look-ups).
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use clap::Subcommand;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::info::{wrap_ttl, wrapped_reply};
+use super::WrapArg;
+use crate::config::Role;
+use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::vault::kv::{KvData, KvPath};
+use crate::vault::VaultError;
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum AgentCommand {
+    /// Create an agent and its API token (shown once).
+    #[command(override_usage = "/agent add ID")]
+    Add { id: String },
+    /// Issue a new API token for an agent (shown once; the old one stays in KV history).
+    #[command(override_usage = "/agent token [-wrap-ttl=DURATION] ID")]
+    Token {
+        #[command(flatten)]
+        wrap: WrapArg,
+        id: String,
+    },
+    /// List agents (an agent sees itself).
+    #[command(override_usage = "/agent list")]
+    List,
+    /// Revoke an agent's token (needs approval).
+    #[command(override_usage = "/agent revoke ID")]
+    Revoke { id: String },
+}
+
+/// Agent operators may list (themselves) — issuing and revoking is an
+/// admin's job.
+pub fn agent_may_use(sub: &str) -> bool {
+    sub == "list"
+}
+
+impl AgentCommand {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AgentCommand::Add { .. } => "add",
+            AgentCommand::Token { .. } => "token",
+            AgentCommand::List => "list",
+            AgentCommand::Revoke { .. } => "revoke",
+        }
+    }
+
+    pub fn target(&self) -> Option<String> {
+        match self {
+            AgentCommand::Add { id }
+            | AgentCommand::Token { id, .. }
+            | AgentCommand::Revoke { id } => Some(id.clone()),
+            AgentCommand::List => None,
+        }
+    }
+
+    pub fn allowed_for_agent(&self) -> bool {
+        agent_may_use(self.name())
+    }
+
+    pub fn reply_is_secret(&self) -> bool {
+        matches!(self, AgentCommand::Add { .. } | AgentCommand::Token { .. })
+    }
+}
+
+/// Where agent records live, below the KV mount.
+const AGENTS_DIR: &str = "vaultgram/agents";
+
+/// The owner id of admin-issued MTProto secrets (`mtproto/admin/`); never
+/// an agent id.
+pub(super) const RESERVED_OWNER: &str = "admin";
+
+impl AgentCommand {
+    /// Runs the command with the operator's child token. Role rules were
+    /// checked by the dispatcher; they are checked again here so that a
+    /// call from elsewhere cannot skip them, and Vault's ACL is the
+    /// boundary behind both.
+    pub async fn execute(&self, ctx: &Ctx<'_>) -> CommandResult {
+        if ctx.op.role != Role::Admin && !self.allowed_for_agent() {
+            return Err(CommandError::denied(format!(
+                "/agent {} is for admins",
+                self.name()
+            )));
+        }
+        match self {
+            AgentCommand::Add { id } => add(ctx, id).await,
+            AgentCommand::Token { wrap, id } => rotate(ctx, wrap, id).await,
+            AgentCommand::List => list(ctx).await,
+            AgentCommand::Revoke { id } => revoke(ctx, id).await,
+        }
+    }
+}
+
+/// A new API token: 32 random bytes, urlsafe base64 without padding (43
+/// characters, as Python's `secrets.token_urlsafe(32)`).
+fn new_token() -> Result<Zeroizing<String>, CommandError> {
+    let bytes = random::<32>()?;
+    Ok(Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..]),
+    ))
+}
+
+/// The record stored at `vaultgram/agents/ID`.
+fn token_record(token: &str, extra: &[(&str, String)]) -> KvData {
+    let mut d = KvData::new();
+    d.insert("token".into(), SecretString::from(token.to_string()));
+    d.insert("token_sha256".into(), SecretString::from(sha256_hex(token)));
+    for (k, v) in extra {
+        d.insert((*k).to_string(), SecretString::from(v.clone()));
+    }
+    d
+}
+
+fn token_text(headline: &str, id: &str, token: &str) -> String {
+    format!(
+        "{headline}\nAPI token (shown once; store it now):\n{token}\nsha256: {}\nagent: {id}",
+        sha256_hex(token)
+    )
+}
+
+async fn add(ctx: &Ctx<'_>, id: &str) -> CommandResult {
+    check_agent_id(id)?;
+    let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+    let token = new_token()?;
+    let digest = sha256_hex(&token);
+    let wrap = wrap_ttl(ctx, &WrapArg::default())?;
+    let vault = ctx.vault().await?;
+    // Wrap before storing: if the write then fails, the wrapping token
+    // (never shown) holds a token that was never valid.
+    let wrapped = match wrap {
+        Some(ttl) => Some(vault.wrap_data(&token_fields(id, &token), ttl).await?),
+        None => None,
+    };
+    let record = token_record(
+        &token,
+        &[
+            ("created_at", now_rfc3339()),
+            ("created_by", ctx.op.name.clone()),
+        ],
+    );
+    let version = vault
+        .kv_put(&path, &record, Some(0))
+        .await
+        .map_err(|e| match e {
+            VaultError::Conflict(_) => CommandError::conflict(format!(
+                "agent {id} already exists; /agent token {id} issues a new token"
+            )),
+            other => other.into(),
+        })?;
+    let data = json!({"agent": id, "token_sha256": digest, "version": version});
+    Ok(match wrapped {
+        Some(w) => wrapped_reply(&w, data),
+        None => {
+            Reply::secret(token_text(&format!("agent {id} created."), id, &token)).with_data(data)
+        }
+    })
+}
+
+fn token_fields(id: &str, token: &str) -> BTreeMap<String, SecretString> {
+    let mut m = BTreeMap::new();
+    m.insert("agent".into(), SecretString::from(id.to_string()));
+    m.insert("token".into(), SecretString::from(token.to_string()));
+    m.insert("token_sha256".into(), SecretString::from(sha256_hex(token)));
+    m
+}
+
+/// `/agent token ID`: a new token as a new version of the record (written
+/// with check-and-set on the version read, so two rotations cannot both
+/// win); the old token stays in the record's version history.
+async fn rotate(ctx: &Ctx<'_>, wrap: &WrapArg, id: &str) -> CommandResult {
+    check_agent_id(id)?;
+    let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+    let wrap = wrap_ttl(ctx, wrap)?;
+    let vault = ctx.vault().await?;
+    let current = vault.kv_get(&path, None).await.map_err(|e| match e {
+        VaultError::NotFound(_) => {
+            CommandError::not_found(format!("no agent {id}; /agent add {id} creates it"))
+        }
+        other => other.into(),
+    })?;
+    let token = new_token()?;
+    let digest = sha256_hex(&token);
+    let wrapped = match wrap {
+        Some(ttl) => Some(vault.wrap_data(&token_fields(id, &token), ttl).await?),
+        None => None,
+    };
+    let mut extra = Vec::new();
+    for k in ["created_at", "created_by"] {
+        if let Some(v) = field(&current.data, k) {
+            extra.push((k, v.to_string()));
+        }
+    }
+    extra.push(("rotated_at", now_rfc3339()));
+    extra.push(("rotated_by", ctx.op.name.clone()));
+    let record = token_record(&token, &extra);
+    let version = vault
+        .kv_put(&path, &record, Some(current.version))
+        .await
+        .map_err(|e| match e {
+            VaultError::Conflict(_) => CommandError::conflict(format!(
+                "agent {id} changed while the token was issued; try again"
+            )),
+            other => other.into(),
+        })?;
+    let data = json!({
+        "agent": id,
+        "token_sha256": digest,
+        "version": version,
+        "previous_version": current.version,
+    });
+    let headline = format!(
+        "agent {id}: new API token (version {version}; version {} stays in the history)",
+        current.version
+    );
+    Ok(match wrapped {
+        Some(w) => headed(&headline, wrapped_reply(&w, data)),
+        None => Reply::secret(token_text(&headline, id, &token)).with_data(data),
+    })
+}
+
+/// Admins: every agent id. An agent: its own record, as the first 12 hex
+/// characters of the token's SHA-256 (never the token).
+async fn list(ctx: &Ctx<'_>) -> CommandResult {
+    let vault = ctx.vault().await?;
+    if ctx.op.role == Role::Admin {
+        let dir = kv_path(ctx, &format!("{AGENTS_DIR}/"))?;
+        let mut ids: Vec<String> = list_or_empty(vault.kv_list(&dir).await)?
+            .into_iter()
+            .filter(|k| !k.ends_with('/'))
+            .collect();
+        ids.sort();
+        let text = if ids.is_empty() {
+            "no agents".to_string()
+        } else {
+            format!("agents ({}):\n{}", ids.len(), ids.join("\n"))
+        };
+        return Ok(Reply::text(text).with_data(json!({ "agents": ids })));
+    }
+    let id = op_agent(ctx)?;
+    let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+    match vault.kv_get(&path, None).await {
+        Ok(rec) => {
+            let digest = field(&rec.data, "token_sha256")
+                .map(str::to_string)
+                .or_else(|| field(&rec.data, "token").map(sha256_hex))
+                .unwrap_or_default();
+            let prefix: String = digest.chars().take(12).collect();
+            let created = field(&rec.data, "rotated_at")
+                .or_else(|| field(&rec.data, "created_at"))
+                .unwrap_or(rec.created_time.as_str())
+                .to_string();
+            Ok(Reply::text(format!(
+                "agent {id}: token sha256 {prefix}…, version {}, issued {created}",
+                rec.version
+            ))
+            .with_data(json!({"agents": [{
+                "agent": id,
+                "token_sha256_prefix": prefix,
+                "version": rec.version,
+                "issued_at": created,
+            }]})))
+        }
+        Err(VaultError::NotFound(_)) => Ok(Reply::text(format!(
+            "agent {id}: no API token on record (an admin issues it with /agent add {id})"
+        ))
+        .with_data(json!({"agents": []}))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `/agent revoke ID` (approved by a second admin before this runs):
+/// deletes the record's metadata, i.e. every version of the token for
+/// good. A soft delete would leave the token readable by `undelete`, and a
+/// destroy would leave an empty record that `/agent token` could silently
+/// bring back to life; after a revoke the id is free for a fresh
+/// `/agent add`. Who revoked it is in the audit trails, not in KV.
+async fn revoke(ctx: &Ctx<'_>, id: &str) -> CommandResult {
+    check_agent_id(id)?;
+    let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+    let vault = ctx.vault().await?;
+    let meta = vault.kv_metadata_get(&path).await.map_err(|e| match e {
+        VaultError::NotFound(_) => CommandError::not_found(format!("no agent {id}")),
+        other => other.into(),
+    })?;
+    vault.kv_metadata_delete(&path).await?;
+    let versions = meta.versions.len();
+    Ok(Reply::text(format!(
+        "agent {id}: API token revoked ({versions} version(s) deleted for good)"
+    ))
+    .with_data(json!({"agent": id, "versions_deleted": versions})))
+}
+
+// ---------------------------------------------------------------------------
+// Shared by the agent, panel and mtproto groups
+// ---------------------------------------------------------------------------
+
+/// `n` bytes from the OS.
+pub(super) fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, CommandError> {
+    let mut b = Zeroizing::new([0u8; N]);
+    getrandom::fill(&mut b[..])
+        .map_err(|_| CommandError::unavailable("the OS random number generator failed"))?;
+    Ok(b)
+}
+
+/// Lowercase hex.
+pub(super) fn hex(bytes: &[u8]) -> String {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(D[(b >> 4) as usize] as char);
+        s.push(D[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Hex of SHA-256 of the string's bytes.
+pub(super) fn sha256_hex(s: &str) -> String {
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
+/// `vaultgram/...` under the configured KV mount.
+pub(super) fn kv_path(ctx: &Ctx<'_>, path: &str) -> Result<KvPath, CommandError> {
+    KvPath::new(&ctx.cfg().vault.kv_mount, path).map_err(|e| CommandError::invalid(e.to_string()))
+}
+
+/// A field of a KV record, if present.
+pub(super) fn field<'a>(data: &'a KvData, key: &str) -> Option<&'a str> {
+    data.get(key).map(|v| v.expose_secret())
+}
+
+/// A `kv list` that found nothing is an empty list.
+pub(super) fn list_or_empty(
+    r: Result<Vec<String>, VaultError>,
+) -> Result<Vec<String>, CommandError> {
+    match r {
+        Ok(keys) => Ok(keys),
+        Err(VaultError::NotFound(_)) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An agent id (SPEC/`apply.sh`): `[a-z0-9][a-z0-9_-]{0,62}`, and not
+/// `admin` (the owner id of admin-issued MTProto secrets).
+pub(super) fn check_agent_id(id: &str) -> Result<(), CommandError> {
+    if !is_name(id, false) {
+        return Err(CommandError::invalid(
+            "invalid agent id: use 1-63 of a-z, 0-9, '_', '-', starting with a letter or digit",
+        ));
+    }
+    if id == RESERVED_OWNER {
+        return Err(CommandError::invalid(
+            "invalid agent id: `admin` is reserved (owner of admin-issued MTProto secrets)",
+        ));
+    }
+    Ok(())
+}
+
+/// `[a-z0-9][a-z0-9_-]{0,62}` (plus `.` inside when `dots`).
+pub(super) fn is_name(s: &str, dots: bool) -> bool {
+    let b = s.as_bytes();
+    let first = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 63
+        && first(b[0])
+        && b[1..]
+            .iter()
+            .all(|&c| first(c) || c == b'_' || c == b'-' || (dots && c == b'.'))
+}
+
+/// The agent an agent operator acts for.
+pub(super) fn op_agent<'a>(ctx: &'a Ctx<'_>) -> Result<&'a str, CommandError> {
+    ctx.op
+        .agent
+        .as_deref()
+        .ok_or_else(|| CommandError::denied("this operator has no agent id in the config"))
+}
+
+/// A (wrapped) reply with a first line saying what it is.
+pub(super) fn headed(headline: &str, mut r: Reply) -> Reply {
+    let data = std::mem::take(&mut r.data);
+    let text = format!("{headline}\n{}", r.as_str());
+    if r.secret {
+        Reply::secret(text).with_data(data)
+    } else {
+        Reply::text(text).with_data(data)
+    }
+}
+
+/// Now, as RFC 3339 UTC to the second (`2026-01-02T03:04:05Z`).
+pub(super) fn now_rfc3339() -> String {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    rfc3339(unix)
+}
+
+fn rfc3339(unix: u64) -> String {
+    // Days → civil date (Howard Hinnant's algorithm).
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_43_urlsafe_characters() {
+        let t = new_token().unwrap();
+        assert_eq!(t.len(), 43);
+        assert!(t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_ne!(*t, *new_token().unwrap());
+    }
+
+    #[test]
+    fn sha256_hex_matches_a_known_digest() {
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn agent_ids() {
+        for ok in ["bob", "it-agent1", "a", "0_x", &"a".repeat(63)] {
+            check_agent_id(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "admin",
+            "Bob",
+            "-x",
+            "_x",
+            "a/b",
+            "a.b",
+            "..",
+            &"a".repeat(64),
+            "b\u{0}",
+        ] {
+            assert!(check_agent_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_795_302_766), "2026-11-21T23:12:46Z");
+    }
+}

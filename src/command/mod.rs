@@ -1,0 +1,335 @@
+//! The chat command table: one `enum Command`, one file per command group.
+//!
+//! The table is clap's: each variant's doc comment is its `/help` line and
+//! `override_usage` its usage, so `/help` is generated from this file and
+//! cannot drift from what the parser accepts. Lines are split by
+//! [`lexer`], Vault-style `-flag=value` becomes `--flag=value`, and clap
+//! parses the rest. Parsing is pure (no I/O) and tested from `&str`.
+
+pub mod agent;
+pub mod approvals;
+pub mod info;
+pub mod kv;
+pub mod lexer;
+pub mod mtproto;
+pub mod panel;
+pub mod transit;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use secrecy::SecretString;
+
+use crate::config::Role;
+
+pub use agent::AgentCommand;
+pub use kv::KvCommand;
+pub use mtproto::MtprotoCommand;
+pub use panel::PanelCommand;
+pub use transit::TransitCommand;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vaultgram",
+    no_binary_name = true,
+    disable_help_flag = true,
+    disable_help_subcommand = true,
+    disable_version_flag = true
+)]
+struct Line {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+/// Every chat command (SPEC.md "Chat commands").
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Commands you may use.
+    #[command(override_usage = "/help")]
+    Help,
+    /// Who you are to Vault: operator, role, policies, token TTLs.
+    #[command(override_usage = "/whoami")]
+    Whoami,
+    /// The userbot's Telegram app keys (API_ID, API_HASH).
+    #[command(name = "get_keys", override_usage = "/get_keys [-wrap-ttl=DURATION]")]
+    GetKeys(WrapArg),
+    /// KV v2 secrets, as the Vault CLI.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Encryption as a service (transit).
+    #[command(subcommand)]
+    Transit(TransitCommand),
+    /// Panel agents' API tokens.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Panel credentials.
+    #[command(subcommand)]
+    Panel(PanelCommand),
+    /// Per-user MTProto proxy secrets.
+    #[command(subcommand)]
+    Mtproto(MtprotoCommand),
+    /// Approve a pending request with your TOTP code.
+    #[command(override_usage = "/approve ID CODE")]
+    Approve { id: String, code: SecretArg },
+    /// Deny a pending request.
+    #[command(override_usage = "/deny ID")]
+    Deny { id: String },
+    /// Requests waiting for approval.
+    #[command(override_usage = "/pending")]
+    Pending,
+    /// Vault, etcd and Telegram status.
+    #[command(override_usage = "/health")]
+    Health,
+    /// The last N audit records (default 20).
+    #[command(override_usage = "/audit [N]")]
+    Audit {
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=500))]
+        n: Option<u16>,
+    },
+}
+
+/// `-wrap-ttl=DURATION` on a command whose reply carries a secret: the
+/// reply is then a single-use Vault response-wrapping token.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WrapArg {
+    #[arg(long = "wrap-ttl", value_name = "DURATION")]
+    pub wrap_ttl: Option<String>,
+}
+
+/// A secret given on the command line (a password, a TOTP code, a value to
+/// encrypt). `Debug` is redacted.
+#[derive(Clone)]
+pub struct SecretArg(pub SecretString);
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretArg(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(SecretArg(SecretString::from(s.to_string())))
+    }
+}
+
+/// A `key=value` pair whose value is secret.
+#[derive(Clone)]
+pub struct Pair {
+    pub key: String,
+    pub value: SecretString,
+}
+
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}=<redacted>", self.key)
+    }
+}
+
+impl std::str::FromStr for Pair {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((k, v)) = s.split_once('=') else {
+            // Never echo the word: it may be a value typed without its key.
+            return Err("expected key=value".into());
+        };
+        if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("invalid key in key=value".into());
+        }
+        Ok(Pair {
+            key: k.to_string(),
+            value: SecretString::from(v.to_string()),
+        })
+    }
+}
+
+/// Why a line is not a command. The message never quotes a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+impl Command {
+    /// Parses one chat line (`/kv get secret/x`, with or without the slash).
+    pub fn parse(line: &str) -> Result<Command, ParseError> {
+        let mut words = lexer::split(line).map_err(|e| ParseError(e.to_string()))?;
+        let Some(first) = words.first_mut() else {
+            return Err(ParseError("empty command; try /help".into()));
+        };
+        // "/kv" or "kv"; Telegram may append "@botname" in groups.
+        let name = first.trim_start_matches('/');
+        let name = name.split('@').next().unwrap_or(name).to_string();
+        *first = name;
+        let words: Vec<String> = words.into_iter().map(lexer::vault_style_flag).collect();
+        let matches = Line::command()
+            .try_get_matches_from(words)
+            .map_err(|e| ParseError(clap_message(&e)))?;
+        Line::from_arg_matches(&matches)
+            .map(|l| l.cmd)
+            .map_err(|e| ParseError(clap_message(&e)))
+    }
+
+    /// The name used in `approvals.required`, the audit trail and metrics
+    /// (`kv get`, `panel show --reveal`, …): bounded, never a value.
+    pub fn name(&self) -> String {
+        match self {
+            Command::Help => "help".into(),
+            Command::Whoami => "whoami".into(),
+            Command::GetKeys(_) => "get_keys".into(),
+            Command::Kv(c) => format!("kv {}", c.name()),
+            Command::Transit(c) => format!("transit {}", c.name()),
+            Command::Agent(c) => format!("agent {}", c.name()),
+            Command::Panel(c) => format!("panel {}", c.name()),
+            Command::Mtproto(c) => format!("mtproto {}", c.name()),
+            Command::Approve { .. } => "approve".into(),
+            Command::Deny { .. } => "deny".into(),
+            Command::Pending => "pending".into(),
+            Command::Health => "health".into(),
+            Command::Audit { .. } => "audit".into(),
+        }
+    }
+
+    /// What the command acts on (a KV path, an agent id, a panel name), for
+    /// the audit trail; never a value.
+    pub fn target(&self) -> Option<String> {
+        match self {
+            Command::Kv(c) => c.target(),
+            Command::Transit(c) => c.target(),
+            Command::Agent(c) => c.target(),
+            Command::Panel(c) => c.target(),
+            Command::Mtproto(c) => c.target(),
+            Command::Approve { id, .. } | Command::Deny { id } => Some(id.clone()),
+            Command::GetKeys(_) => Some("telegram".into()),
+            _ => None,
+        }
+    }
+
+    /// Whether `role` may run this command at all (Vault's policies are the
+    /// real boundary; this gives a clear `denied` before any call).
+    pub fn allowed_for(&self, role: Role) -> bool {
+        match role {
+            Role::Admin => true,
+            Role::Agent => match self {
+                Command::Help | Command::Whoami | Command::Health => true,
+                Command::Agent(c) => c.allowed_for_agent(),
+                Command::Panel(c) => c.allowed_for_agent(),
+                Command::Mtproto(_) => true,
+                _ => false,
+            },
+        }
+    }
+
+    /// The reply carries a secret value (deleted from the chat after
+    /// `telegram.secret_reply_ttl_secs`; `-wrap-ttl` applies).
+    pub fn reply_is_secret(&self) -> bool {
+        match self {
+            Command::GetKeys(_) => true,
+            Command::Kv(c) => c.reply_is_secret(),
+            Command::Transit(c) => c.reply_is_secret(),
+            Command::Agent(c) => c.reply_is_secret(),
+            Command::Panel(c) => c.reply_is_secret(),
+            Command::Mtproto(c) => c.reply_is_secret(),
+            _ => false,
+        }
+    }
+
+    /// The message itself carried a secret (deleted once handled).
+    pub fn input_is_secret(&self) -> bool {
+        match self {
+            Command::Kv(c) => c.input_is_secret(),
+            Command::Transit(c) => c.input_is_secret(),
+            Command::Panel(c) => c.input_is_secret(),
+            Command::Approve { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// clap's first error line, without its `Usage:` block and `--help` tips,
+/// and without the offending word: clap quotes it, and it may be a secret
+/// typed in the wrong place.
+fn clap_message(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind as K};
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(a)) => a.trim_start_matches("--").to_string(),
+        _ => "argument".to_string(),
+    };
+    match e.kind() {
+        K::InvalidSubcommand => {
+            // The command name itself is not a value: say which one.
+            match e.get(ContextKind::InvalidSubcommand) {
+                Some(ContextValue::String(s)) if s.len() <= 32 => {
+                    format!("unknown command `{s}`; try /help")
+                }
+                _ => "unknown command; try /help".into(),
+            }
+        }
+        K::MissingSubcommand | K::DisplayHelpOnMissingArgumentOrSubcommand => {
+            "incomplete command; try /help".into()
+        }
+        K::ValueValidation => {
+            let why = std::error::Error::source(e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "invalid value".into());
+            format!("invalid {arg}: {why}")
+        }
+        K::InvalidValue => format!("invalid value for {arg}"),
+        K::UnknownArgument => {
+            "unexpected argument (quote values that contain spaces; try /help)".into()
+        }
+        K::MissingRequiredArgument => match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::Strings(v)) => format!("missing {}", v.join(", ")),
+            _ => "missing argument; try /help".into(),
+        },
+        K::TooManyValues | K::TooFewValues | K::WrongNumberOfValues => {
+            format!("wrong number of values for {arg}")
+        }
+        K::ArgumentConflict => "conflicting arguments".into(),
+        _ => "invalid command; try /help".into(),
+    }
+}
+
+/// One `/help` line per command `role` may use, generated from the table.
+pub fn help(role: Role) -> String {
+    let mut lines = Vec::new();
+    let root = Line::command();
+    for sub in root.get_subcommands() {
+        let leaves: Vec<&clap::Command> = if sub.has_subcommands() {
+            sub.get_subcommands().collect()
+        } else {
+            vec![sub]
+        };
+        for leaf in leaves {
+            // clap renders "Usage: <override_usage>".
+            let usage = leaf.clone().render_usage().to_string();
+            let usage = usage.trim().trim_start_matches("Usage:").trim().to_string();
+            // Check the role rule on a parse of the usage's command words.
+            let words: Vec<&str> = usage
+                .trim_start_matches('/')
+                .split_whitespace()
+                .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                .collect();
+            if !role_may_use(role, &words) {
+                continue;
+            }
+            let about = leaf.get_about().map(|a| a.to_string()).unwrap_or_default();
+            lines.push(format!("{usage} — {about}"));
+        }
+    }
+    lines.join("\n")
+}
+
+/// Role rule by command words, for `/help` (mirrors [`Command::allowed_for`]).
+fn role_may_use(role: Role, words: &[&str]) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Agent => match words {
+            ["help"] | ["whoami"] | ["health"] => true,
+            ["agent", sub, ..] => agent::agent_may_use(sub),
+            ["panel", sub, ..] => panel::agent_may_use(sub),
+            ["mtproto", ..] => true,
+            _ => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+//! The dispatcher: every transport (console, Unix socket, Telegram) hands
+//! `(operator, command text)` here and renders the [`Reply`] it gets back.
+//!
+//! parse → authorize by role → approval gate → execute with the operator's
+//! Vault child token → audit. Unknown senders, unparsable lines and role
+//! violations never reach Vault.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::OnceCell;
+use zeroize::Zeroizing;
+
+use crate::approvals::Approvals;
+use crate::audit::{AuditLog, AuditRecord};
+use crate::command::{Command, ParseError};
+use crate::config::{Config, Operator};
+use crate::error::ErrorKind;
+use crate::etcd::{Etcd, EtcdError};
+use crate::vault::auth::TokenManager;
+use crate::vault::token::OperatorTokens;
+use crate::vault::{Vault, VaultError};
+
+/// Where a command came from (audit trail, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Console,
+    Socket,
+    Telegram,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Console => "console",
+            Transport::Socket => "socket",
+            Transport::Telegram => "telegram",
+        }
+    }
+}
+
+/// What a command answers. `text` may hold a secret value (then `secret`
+/// is true): it is zeroed on drop and `Debug` does not show it. `data`
+/// is structured and never holds a secret value.
+pub struct Reply {
+    text: Zeroizing<String>,
+    pub secret: bool,
+    pub data: serde_json::Value,
+}
+
+impl Reply {
+    pub fn text(text: impl Into<String>) -> Reply {
+        Reply {
+            text: Zeroizing::new(text.into()),
+            secret: false,
+            data: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    /// A reply carrying a secret value.
+    pub fn secret(text: impl Into<String>) -> Reply {
+        Reply {
+            secret: true,
+            ..Reply::text(text)
+        }
+    }
+
+    pub fn with_data(mut self, data: serde_json::Value) -> Reply {
+        self.data = data;
+        self
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text: &str = if self.secret {
+            "<redacted>"
+        } else {
+            &self.text
+        };
+        f.debug_struct("Reply")
+            .field("text", &text)
+            .field("secret", &self.secret)
+            .field("data", &self.data)
+            .finish()
+    }
+}
+
+/// A failed command, as the operator sees it. Never carries a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl CommandError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> CommandError {
+        CommandError {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn denied(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Denied, m)
+    }
+    pub fn invalid(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, m)
+    }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, m)
+    }
+}
+
+impl From<VaultError> for CommandError {
+    fn from(e: VaultError) -> Self {
+        CommandError::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<EtcdError> for CommandError {
+    fn from(e: EtcdError) -> Self {
+        CommandError::new(e.kind(), e.to_string())
+    }
+}
+
+impl From<ParseError> for CommandError {
+    fn from(e: ParseError) -> Self {
+        CommandError::invalid(e.0)
+    }
+}
+
+pub type CommandResult = Result<Reply, CommandError>;
+
+/// Failures while starting the core.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
+/// Everything a command needs, shared by all transports.
+pub struct App {
+    pub cfg: Arc<Config>,
+    pub broker: TokenManager,
+    pub tokens: OperatorTokens,
+    pub etcd: Etcd,
+    pub audit: AuditLog,
+    pub approvals: Approvals,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("broker", &self.broker).finish()
+    }
+}
+
+/// One command being handled: who, from where, and (on first use) the
+/// operator's Vault client.
+pub struct Ctx<'a> {
+    pub app: &'a App,
+    pub op: &'a Operator,
+    pub transport: Transport,
+    pub request_id: &'a str,
+    /// The command line as the operator typed it (the approval gate keeps
+    /// it to run the command later; never logged).
+    pub line: &'a str,
+    vault: OnceCell<Arc<Vault>>,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for `op` outside a transport's dispatch: an approved
+    /// request runs with its *requester's* identity and child token.
+    pub fn for_operator(
+        app: &'a App,
+        op: &'a Operator,
+        transport: Transport,
+        request_id: &'a str,
+    ) -> Ctx<'a> {
+        Ctx {
+            app,
+            op,
+            transport,
+            request_id,
+            line: "",
+            vault: OnceCell::new(),
+        }
+    }
+
+    /// Sets the command line this context runs.
+    pub fn with_line(mut self, line: &'a str) -> Ctx<'a> {
+        self.line = line;
+        self
+    }
+}
+
+impl Ctx<'_> {
+    /// The operator's child-token client (minted on first use, cached by
+    /// [`OperatorTokens`]).
+    pub async fn vault(&self) -> Result<Arc<Vault>, CommandError> {
+        let v = self
+            .vault
+            .get_or_try_init(|| self.app.tokens.for_operator(self.op))
+            .await?;
+        Ok(v.clone())
+    }
+
+    pub fn cfg(&self) -> &Config {
+        &self.app.cfg
+    }
+}
+
+fn request_id() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl App {
+    /// Logs in to Vault and connects to etcd.
+    pub async fn start(cfg: Config) -> Result<Arc<App>, StartError> {
+        let broker = TokenManager::login(&cfg.vault).await?;
+        let etcd = Etcd::connect(&cfg.etcd).await?;
+        let cfg = Arc::new(cfg);
+        Ok(Arc::new(App {
+            tokens: OperatorTokens::new(broker.clone()),
+            audit: AuditLog::new(etcd.clone(), &cfg),
+            approvals: Approvals::new(etcd.clone(), &cfg),
+            broker,
+            etcd,
+            cfg,
+        }))
+    }
+
+    /// Handles one line. `None`: the sender is not an operator and gets no
+    /// reply at all (one audit record is written). `sender` names the
+    /// sender for that record when `op` is `None` (a Telegram id, a uid).
+    pub async fn dispatch(
+        &self,
+        op: Option<&Operator>,
+        sender: &str,
+        transport: Transport,
+        text: &str,
+    ) -> Option<CommandResult> {
+        let rid = request_id();
+        let Some(op) = op else {
+            self.audit
+                .record(AuditRecord::new(
+                    &rid,
+                    &format!("unknown:{sender}"),
+                    transport,
+                    "-",
+                    None,
+                    "ignored",
+                ))
+                .await;
+            return None;
+        };
+        let (name, target, result) = match Command::parse(text) {
+            Err(e) => ("-".to_string(), None, Err(CommandError::from(e))),
+            Ok(cmd) => {
+                let ctx = Ctx {
+                    app: self,
+                    op,
+                    transport,
+                    request_id: &rid,
+                    line: text.trim(),
+                    vault: OnceCell::new(),
+                };
+                let r = self.run_gated(&ctx, &cmd).await;
+                (cmd.name(), cmd.target(), r)
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.kind.as_str(),
+        };
+        self.audit
+            .record(AuditRecord::new(
+                &rid, &op.name, transport, &name, target, outcome,
+            ))
+            .await;
+        Some(result)
+    }
+
+    /// Role check, then the approval gate, then execution.
+    async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
+        if !cmd.allowed_for(ctx.op.role) {
+            return Err(CommandError::denied(format!(
+                "/{} is not available to {} operators",
+                cmd.name(),
+                ctx.op.role
+            )));
+        }
+        if self.cfg.approvals.required.iter().any(|r| *r == cmd.name()) {
+            // Either a grant from an earlier approval is consumed here, or a
+            // pending request is created and the command stops.
+            self.approvals.gate(ctx, cmd).await?;
+        }
+        execute(ctx, cmd).await
+    }
+}
+
+/// Runs a parsed, authorised, approved command.
+pub async fn execute(ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
+    match cmd {
+        Command::Help
+        | Command::Whoami
+        | Command::GetKeys(_)
+        | Command::Health
+        | Command::Audit { .. } => crate::command::info::execute(ctx, cmd).await,
+        Command::Kv(c) => c.execute(ctx).await,
+        Command::Transit(c) => c.execute(ctx).await,
+        Command::Agent(c) => c.execute(ctx).await,
+        Command::Panel(c) => c.execute(ctx).await,
+        Command::Mtproto(c) => c.execute(ctx).await,
+        Command::Approve { .. } | Command::Deny { .. } | Command::Pending => {
+            crate::command::approvals::execute(ctx, cmd).await
+        }
+    }
+}

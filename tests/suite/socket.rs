@@ -1,0 +1,180 @@
+//! `vaultgram run` (Unix-socket server) and `vaultgram ctl`: the peer's
+//! uid decides the operator, the socket is 0660, SIGTERM shuts down in
+//! order.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use super::TestFn;
+use crate::common::process::Proc;
+use crate::common::Env;
+
+pub const TESTS: &[(&str, TestFn)] = &[(
+    "socket::run_ctl_peercred_and_sigterm",
+    run_ctl_peercred_and_sigterm,
+)];
+
+/// A `vaultgram run` on its own socket, with `alice` mapped to our uid.
+pub struct Broker {
+    pub proc: Proc,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start(env: &Env, name: &str) -> Broker {
+        let c = env.cluster();
+        // World-traversable, so a test can connect as another uid.
+        let dir = tempfile::Builder::new()
+            .prefix("vaultgram-sock-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("vaultgram.sock");
+        let me = vaultgram::transport::socket::user_name(unsafe { libc::getuid() }).unwrap();
+        let base = std::fs::read_to_string(&c.config_path).unwrap();
+        let text = base
+            .replace(
+                &format!("socket = \"{}/vaultgram.sock\"", c.path().display()),
+                &format!("socket = \"{}\"", socket.display()),
+            )
+            .replacen(
+                "role = \"admin\"\n",
+                &format!("role = \"admin\"\nunix_user = \"{me}\"\n"),
+                1,
+            );
+        assert!(
+            text.contains(&socket.display().to_string()),
+            "socket path not replaced"
+        );
+        let config = c.path().join(format!("run-{name}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let out_dir = c.path().join("console-output");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vaultgram"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("VAULTGRAM_LOG", "info,vaultgram=debug")
+            .args(["--log-format", "json", "--config"])
+            .arg(&config)
+            .arg("run");
+        let proc = Proc::spawn(
+            &format!("run-{name}"),
+            cmd,
+            &out_dir.join(format!("run-{name}.err")),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "run did not open its socket:\n{}",
+                proc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker {
+            proc,
+            config,
+            socket,
+            dir,
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vaultgram"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("ctl")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Sends one line to the socket as `uid` (python3 from /usr/bin, since the
+/// test binary's files are not readable by other users).
+fn send_as(uid: u32, socket: &Path, line: &str) -> Output {
+    Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); \
+             s.sendall(sys.argv[2].encode()+b'\\n'); s.shutdown(socket.SHUT_WR); \
+             print(s.makefile().readline().strip())",
+        ])
+        .arg(socket)
+        .arg(line)
+        .uid(uid)
+        .gid(uid)
+        .current_dir("/")
+        .output()
+        .unwrap()
+}
+
+fn run_ctl_peercred_and_sigterm(env: &Env) {
+    let mut b = Broker::start(env, "ctl");
+    // The socket is created 0660.
+    let mode = std::fs::metadata(&b.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode {mode:o}");
+
+    // Our uid is alice's unix_user: the seeded app keys come back.
+    let out = b.ctl(&["/get_keys"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "API_ID: 123456\nAPI_HASH: abcdef1234567890\n"
+    );
+    // Quoting survives the trip: ctl re-quotes words with spaces.
+    let out = b.ctl(&["--json", "/kv", "get", "secret/../x"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "invalid", "{v}");
+    assert_eq!(out.status.code(), Some(1));
+
+    // Another uid: no operator maps to it — refused, nothing executed.
+    std::fs::set_permissions(&b.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = send_as(65534, &b.socket, "/get_keys");
+    let reply = text(&out.stdout);
+    assert!(
+        reply.contains("\"denied\"") && reply.contains("uid 65534"),
+        "{reply} {}",
+        text(&out.stderr)
+    );
+    assert!(!reply.contains("123456"));
+
+    // SIGTERM: stop intake, finish, exit 0, socket file gone.
+    let pid = b.proc_pid();
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let status = b
+        .proc
+        .wait_timeout(Duration::from_secs(15))
+        .expect("run did not exit after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        b.proc.log_text()
+    );
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert!(!b.socket.exists(), "socket file left behind");
+    let log = b.proc.log_text();
+    assert!(
+        log.contains("SIGTERM: shutting down") && log.contains("\"stopped\""),
+        "{log}"
+    );
+    let _ = &b.dir;
+}
+
+impl Broker {
+    fn proc_pid(&self) -> u32 {
+        self.proc.pid().expect("running")
+    }
+}
