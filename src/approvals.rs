@@ -47,10 +47,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{now_rfc3339, AuditRecord};
+use crate::audit::{now_rfc3339, AuditLog, AuditRecord};
 use crate::command::Command;
 use crate::config::{Config, Operator, Role};
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::dispatch::{CommandError, CommandResult, Ctx, Reply, Transport};
 use crate::error::ErrorKind;
 use crate::etcd::{unix_secs, Entry, Etcd, EtcdError, SharedLease};
 use crate::vault::VaultError;
@@ -291,29 +291,8 @@ impl Approvals {
         match log.status.as_str() {
             "pending" | "expired" => {
                 if log.status == "pending" {
-                    // First to notice: record the expiry once.
-                    let mut done = log.clone();
-                    done.status = "expired".into();
-                    done.updated_at = Some(now_rfc3339());
-                    if self
-                        .etcd
-                        .put_if_unchanged(&e.key, e.mod_revision, &encode(&done), e.lease)
-                        .await
-                        .unwrap_or(false)
-                    {
-                        let r = &log.request;
-                        ctx.app
-                            .audit
-                            .record(AuditRecord::new(
-                                &r.id,
-                                &r.requester,
-                                ctx.transport,
-                                &r.command,
-                                r.target.clone(),
-                                "expired",
-                            ))
-                            .await;
-                    }
+                    self.mark_expired(&ctx.app.audit, ctx.transport, &e, &log)
+                        .await;
                 }
                 Err(CommandError::not_found(format!(
                     "request {id} expired: nobody approved it within {} s; run the command again to file a new request",
@@ -328,6 +307,69 @@ impl Approvals {
             ))),
             _ => Err(CommandError::not_found(format!("no pending request {id}"))),
         }
+    }
+
+    /// Records an expiry once (whoever notices first wins the
+    /// transaction): the log entry becomes `expired`, one audit record.
+    async fn mark_expired(
+        &self,
+        audit: &AuditLog,
+        transport: Transport,
+        e: &Entry,
+        log: &LogEntry,
+    ) {
+        let mut done = log.clone();
+        done.status = "expired".into();
+        done.updated_at = Some(now_rfc3339());
+        if self
+            .etcd
+            .put_if_unchanged(&e.key, e.mod_revision, &encode(&done), e.lease)
+            .await
+            .unwrap_or(false)
+        {
+            let r = &log.request;
+            audit
+                .record(AuditRecord::new(
+                    &r.id,
+                    &r.requester,
+                    transport,
+                    &r.command,
+                    r.target.clone(),
+                    "expired",
+                ))
+                .await;
+        }
+    }
+
+    /// Finds requests whose lease ran out unseen and records their expiry
+    /// (`run` calls this periodically, so expiry is audited even when
+    /// nobody tries to approve). Returns how many it recorded.
+    pub async fn sweep_expired(&self, audit: &AuditLog, transport: Transport) -> usize {
+        let Ok(entries) = self
+            .etcd
+            .list_prefix(&format!("{}log/", self.prefix), 1000, false)
+            .await
+        else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries {
+            let Ok(log) = decode::<LogEntry>(&e.value, "approval log") else {
+                continue;
+            };
+            if log.status != "pending" {
+                continue;
+            }
+            if let Ok(None) = self
+                .etcd
+                .get_entry(&self.pending_key(&log.request.id))
+                .await
+            {
+                self.mark_expired(audit, transport, &e, &log).await;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Takes the pending request (compare revision, delete) and records

@@ -13,6 +13,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Role};
 use crate::dispatch::{CommandError, CommandResult, Ctx, Reply, Transport};
@@ -135,22 +136,45 @@ fn rfc3339(now: Duration) -> String {
 }
 
 /// Writes audit records to the log and to etcd.
+///
+/// The log line is written before `record` returns. The etcd copy (what
+/// `/audit` reads) goes through a queue and one writer task, so a command
+/// does not wait for an etcd write — three fsyncs on a replicated
+/// cluster, several times the cost of the Vault read itself. `flush`
+/// waits for the queue; `/audit`, the console's end and `run`'s shutdown
+/// call it, so nothing queued is lost on an orderly exit.
 pub struct AuditLog {
     etcd: Etcd,
     prefix: String,
-    lease: SharedLease,
+    queue: mpsc::Sender<Job>,
 }
 
+enum Job {
+    Write {
+        key: String,
+        value: Vec<u8>,
+        request_id: String,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Records waiting for etcd; past this, records stay in the log only.
+const QUEUE: usize = 4096;
+
 impl AuditLog {
+    /// Starts the writer task (needs a Tokio runtime).
     pub fn new(etcd: Etcd, cfg: &Config) -> AuditLog {
+        let lease = SharedLease::new(
+            format!("{}leases/audit", cfg.etcd.prefix),
+            RETENTION,
+            LEASE_REUSE,
+        );
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(writer(etcd.clone(), lease, rx));
         AuditLog {
             etcd,
             prefix: format!("{}audit/", cfg.etcd.prefix),
-            lease: SharedLease::new(
-                format!("{}leases/audit", cfg.etcd.prefix),
-                RETENTION,
-                LEASE_REUSE,
-            ),
+            queue,
         }
     }
 
@@ -178,23 +202,31 @@ impl AuditLog {
                 return;
             }
         };
-        let write = self.lease.put(&self.etcd, &key, &value);
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(
+        let job = Job::Write {
+            key,
+            value,
+            request_id: rec.request_id.clone(),
+        };
+        if self.queue.try_send(job).is_err() {
+            tracing::warn!(
                 request_id = %rec.request_id,
-                error = %e,
-                "audit record not written to etcd (kept in the log only)"
-            ),
-            Err(_) => tracing::warn!(
-                request_id = %rec.request_id,
-                "audit record not written to etcd: timed out (kept in the log only)"
-            ),
+                "audit queue full or closed: record kept in the log only"
+            );
+        }
+    }
+
+    /// Waits until every record queued so far is written (or given up on).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Job::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
         }
     }
 
     /// The last `n` records, oldest first.
     pub async fn last(&self, n: u16) -> Result<Vec<AuditRecord>, CommandError> {
+        // Include this process's own most recent records.
+        self.flush().await;
         let entries = self
             .etcd
             .list_prefix(&self.prefix, i64::from(n), true)
@@ -205,6 +237,33 @@ impl AuditLog {
             .collect();
         out.reverse();
         Ok(out)
+    }
+}
+
+/// The one task that writes queued records to etcd, in order.
+async fn writer(etcd: Etcd, lease: SharedLease, mut rx: mpsc::Receiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        match job {
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+            Job::Write {
+                key,
+                value,
+                request_id,
+            } => match tokio::time::timeout(WRITE_TIMEOUT, lease.put(&etcd, &key, &value)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    request_id = %request_id,
+                    error = %e,
+                    "audit record not written to etcd (kept in the log only)"
+                ),
+                Err(_) => tracing::warn!(
+                    request_id = %request_id,
+                    "audit record not written to etcd: timed out (kept in the log only)"
+                ),
+            },
+        }
     }
 }
 

@@ -24,6 +24,8 @@
 //!   `/approve`.
 //! - [`audit`]: the broker's audit trail (log + etcd), never a value.
 //! - [`transport`]: console (stdin/stdout), Unix socket (`run` + `ctl`).
+//! - [`migrate`]: `import vpnbot|valhalla` and `export mtproxy`, run as an
+//!   admin operator's child token (no etcd).
 //! - [`etcd`]: the only module that imports `etcd_client`; connects with a
 //!   client certificate and the broker's etcd user, maps failures to
 //!   [`etcd::EtcdError`].
@@ -35,6 +37,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod etcd;
+pub mod migrate;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use vaultgram::config::{self, Config};
+use vaultgram::config::{self, Config, Operator};
+use vaultgram::migrate;
 use vaultgram::telemetry::{self, LogFormat};
 
 /// Secrets broker driven from Telegram: operator commands become Vault KV v2
@@ -51,11 +52,85 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move existing secrets into Vault (vpnbot, ValhallaBot), as an admin
+    /// operator.
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+    /// Write files other programs read, from Vault, as an admin operator.
+    Export {
+        #[command(subcommand)]
+        target: ExportTarget,
+    },
+}
+
+/// Flags every import takes.
+#[derive(Debug, clap::Args)]
+struct ImportFlags {
+    /// Admin operator to act as (default: the one whose unix_user is you).
+    #[arg(long = "as")]
+    as_operator: Option<String>,
+    /// Report what would change; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace a different stored secret instead of skipping the row.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportSource {
+    /// vpnbot's managed-secrets.json: user MTProto secrets to
+    /// mtproto/admin/<owner_user_id>, the placeholder, the generation.
+    Vpnbot {
+        /// The managed-secrets.json (`-`: stdin).
+        file: PathBuf,
+        #[command(flatten)]
+        flags: ImportFlags,
+    },
+    /// ValhallaBot's export `[{"agent","token_sha256","token_encrypted"}]`:
+    /// Fernet-decrypted, digest-checked agent tokens to agents/<agent>.
+    Valhalla {
+        /// The JSON export (`-`: stdin).
+        file: PathBuf,
+        /// File with the current Fernet key (AGENT_TOKEN_ENCRYPTION_KEY).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// File with older keys (AGENT_TOKEN_ENCRYPTION_OLD_KEYS), comma-
+        /// and/or newline-separated.
+        #[arg(long)]
+        old_keys_file: Option<PathBuf>,
+        #[command(flatten)]
+        flags: ImportFlags,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ExportTarget {
+    /// vpnbot-compatible managed-secrets.json for the MTProto proxy: every
+    /// live secret under mtproto/*/*.
+    Mtproxy {
+        /// Admin operator to act as (default: the one whose unix_user is you).
+        #[arg(long = "as")]
+        as_operator: Option<String>,
+        /// The document's generation (default: the stored one, else 0).
+        #[arg(long)]
+        generation: Option<u64>,
+        /// Write here atomically with mode 0600 (default: stdout).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Import { .. } | Command::Export { .. } => {
+            telemetry::init_with_default(cli.log_format, telemetry::QUIET_TOOL_FILTER)
+        }
+        _ => telemetry::init(cli.log_format),
+    }
     vaultgram::tls::install_crypto_provider();
     match run(cli) {
         Ok(code) => code,
@@ -112,22 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Console { as_operator, json } => {
-            let op = match as_operator {
-                Some(name) => cfg
-                    .operator_by_name(&name)
-                    .cloned()
-                    .with_context(|| format!("no operator named `{name}` in the config"))?,
-                None => {
-                    let me = current_unix_user()?;
-                    cfg.operators
-                        .iter()
-                        .find(|o| o.unix_user.as_deref() == Some(me.as_str()))
-                        .cloned()
-                        .with_context(|| {
-                            format!("no operator has unix_user = \"{me}\"; use --as NAME")
-                        })?
-                }
-            };
+            let op = resolve_operator(&cfg, as_operator.as_deref())?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
                 let app = vaultgram::dispatch::App::start(cfg).await?;
@@ -140,6 +200,97 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ExitCode::from(1)
                 })
             })
+        }
+        Command::Import { source } => run_import(&cfg, source),
+        Command::Export {
+            target:
+                ExportTarget::Mtproxy {
+                    as_operator,
+                    generation,
+                    output,
+                },
+        } => {
+            let op = resolve_operator(&cfg, as_operator.as_deref())?;
+            let opts = migrate::vpnbot::ExportOptions { generation, output };
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(async {
+                let session = migrate::Session::open(&cfg, &op).await?;
+                migrate::vpnbot::export(&session, &opts).await
+            })?;
+            let secrets = report.secrets;
+            let generation = report.generation;
+            match &report.written {
+                migrate::vpnbot::Written::Stdout => {
+                    eprintln!("exported {secrets} secret(s), generation {generation}, to stdout")
+                }
+                migrate::vpnbot::Written::File(p) => eprintln!(
+                    "exported {secrets} secret(s), generation {generation}, to {} (mode 0600)",
+                    p.display()
+                ),
+                migrate::vpnbot::Written::Unchanged(p) => eprintln!(
+                    "{} unchanged ({secrets} secret(s), generation {generation})",
+                    p.display()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `import vpnbot|valhalla`: per-row lines on stderr (from the library),
+/// the summary on stdout; exit 1 when a row was rejected.
+fn run_import(cfg: &Config, source: ImportSource) -> anyhow::Result<ExitCode> {
+    let flags = match &source {
+        ImportSource::Vpnbot { flags, .. } | ImportSource::Valhalla { flags, .. } => flags,
+    };
+    let op = resolve_operator(cfg, flags.as_operator.as_deref())?;
+    let opts = migrate::ImportOptions {
+        dry_run: flags.dry_run,
+        overwrite: flags.overwrite,
+    };
+    // Key files are checked before anything touches Vault.
+    let keys = match &source {
+        ImportSource::Valhalla {
+            key_file,
+            old_keys_file,
+            ..
+        } => Some(migrate::valhalla::Keys::load(
+            key_file,
+            old_keys_file.as_deref(),
+        )?),
+        ImportSource::Vpnbot { .. } => None,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let summary = rt.block_on(async {
+        let session = migrate::Session::open(cfg, &op).await?;
+        match (&source, &keys) {
+            (ImportSource::Vpnbot { file, .. }, _) => {
+                migrate::vpnbot::import(&session, file, opts).await
+            }
+            (ImportSource::Valhalla { file, .. }, Some(keys)) => {
+                migrate::valhalla::import(&session, file, keys, opts).await
+            }
+            (ImportSource::Valhalla { .. }, None) => unreachable!("keys are loaded above"),
+        }
+    })?;
+    println!("{summary}");
+    Ok(ExitCode::from(summary.exit_code()))
+}
+
+/// `--as NAME`, else the operator whose `unix_user` is the current user.
+fn resolve_operator(cfg: &Config, as_operator: Option<&str>) -> anyhow::Result<Operator> {
+    match as_operator {
+        Some(name) => cfg
+            .operator_by_name(name)
+            .cloned()
+            .with_context(|| format!("no operator named `{name}` in the config")),
+        None => {
+            let me = current_unix_user()?;
+            cfg.operators
+                .iter()
+                .find(|o| o.unix_user.as_deref() == Some(me.as_str()))
+                .cloned()
+                .with_context(|| format!("no operator has unix_user = \"{me}\"; use --as NAME"))
         }
     }
 }
@@ -175,6 +326,26 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
         std::time::Duration::from_secs(10),
     ));
+    // Approval requests whose lease ran out unseen are audited as expired.
+    let sweeper = tokio::spawn({
+        let app = app.clone();
+        let stop = shutdown.clone();
+        async move {
+            // Often enough that an expiry is recorded within half a TTL.
+            let every = (app.cfg.approvals.ttl_secs / 2).clamp(5, 30);
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        app.approvals
+                            .sweep_expired(&app.audit, vaultgram::dispatch::Transport::Socket)
+                            .await;
+                    }
+                }
+            }
+        }
+    });
     tracing::info!(socket = %socket_path.display(), "vaultgram running");
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
@@ -183,6 +354,8 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     server.await?;
+    sweeper.await?;
+    app.audit.flush().await;
     renewer.await?;
     tracing::info!("stopped");
     Ok(())

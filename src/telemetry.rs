@@ -32,8 +32,19 @@ impl FromStr for LogFormat {
 /// Installs the global subscriber. The filter comes from `VAULTGRAM_LOG`
 /// (same syntax as `RUST_LOG`), default `info`.
 pub fn init(format: LogFormat) {
+    init_with_default(format, "info");
+}
+
+/// The default filter of one-shot tools whose own output is the report
+/// (`import`, `export`): warnings only, and none of rustify's and vaultrs's
+/// per-request error lines (an expected 404 is not an error there; a real
+/// failure reaches the user as the command's own error).
+pub const QUIET_TOOL_FILTER: &str = "warn,rustify=off,vaultrs=off";
+
+/// [`init`] with another default filter (`VAULTGRAM_LOG` still wins).
+pub fn init_with_default(format: LogFormat, default_filter: &str) {
     let filter =
-        EnvFilter::try_from_env("VAULTGRAM_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        EnvFilter::try_from_env("VAULTGRAM_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

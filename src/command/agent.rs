@@ -72,11 +72,11 @@ impl AgentCommand {
 }
 
 /// Where agent records live, below the KV mount.
-const AGENTS_DIR: &str = "vaultgram/agents";
+pub(crate) const AGENTS_DIR: &str = "vaultgram/agents";
 
 /// The owner id of admin-issued MTProto secrets (`mtproto/admin/`); never
 /// an agent id.
-pub(super) const RESERVED_OWNER: &str = "admin";
+pub(crate) const RESERVED_OWNER: &str = "admin";
 
 impl AgentCommand {
     /// Runs the command with the operator's child token. Role rules were
@@ -109,7 +109,7 @@ fn new_token() -> Result<Zeroizing<String>, CommandError> {
 }
 
 /// The record stored at `vaultgram/agents/ID`.
-fn token_record(token: &str, extra: &[(&str, String)]) -> KvData {
+pub(crate) fn token_record(token: &str, extra: &[(&str, String)]) -> KvData {
     let mut d = KvData::new();
     d.insert("token".into(), SecretString::from(token.to_string()));
     d.insert("token_sha256".into(), SecretString::from(sha256_hex(token)));
@@ -303,7 +303,7 @@ async fn revoke(ctx: &Ctx<'_>, id: &str) -> CommandResult {
 // ---------------------------------------------------------------------------
 
 /// `n` bytes from the OS.
-pub(super) fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, CommandError> {
+pub(crate) fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, CommandError> {
     let mut b = Zeroizing::new([0u8; N]);
     getrandom::fill(&mut b[..])
         .map_err(|_| CommandError::unavailable("the OS random number generator failed"))?;
@@ -311,7 +311,7 @@ pub(super) fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, CommandErro
 }
 
 /// Lowercase hex.
-pub(super) fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const D: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -322,7 +322,7 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Hex of SHA-256 of the string's bytes.
-pub(super) fn sha256_hex(s: &str) -> String {
+pub(crate) fn sha256_hex(s: &str) -> String {
     hex(&Sha256::digest(s.as_bytes()))
 }
 
@@ -332,7 +332,7 @@ pub(super) fn kv_path(ctx: &Ctx<'_>, path: &str) -> Result<KvPath, CommandError>
 }
 
 /// A field of a KV record, if present.
-pub(super) fn field<'a>(data: &'a KvData, key: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(data: &'a KvData, key: &str) -> Option<&'a str> {
     data.get(key).map(|v| v.expose_secret())
 }
 
@@ -349,7 +349,7 @@ pub(super) fn list_or_empty(
 
 /// An agent id (SPEC/`apply.sh`): `[a-z0-9][a-z0-9_-]{0,62}`, and not
 /// `admin` (the owner id of admin-issued MTProto secrets).
-pub(super) fn check_agent_id(id: &str) -> Result<(), CommandError> {
+pub(crate) fn check_agent_id(id: &str) -> Result<(), CommandError> {
     if !is_name(id, false) {
         return Err(CommandError::invalid(
             "invalid agent id: use 1-63 of a-z, 0-9, '_', '-', starting with a letter or digit",
@@ -395,7 +395,7 @@ pub(super) fn headed(headline: &str, mut r: Reply) -> Reply {
 }
 
 /// Now, as RFC 3339 UTC to the second (`2026-01-02T03:04:05Z`).
-pub(super) fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

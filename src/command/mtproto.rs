@@ -71,7 +71,7 @@ impl MtprotoCommand {
 }
 
 /// `vaultgram/mtproto/OWNER/USER`; OWNER is the issuing agent or `admin`.
-const MTPROTO_DIR: &str = "vaultgram/mtproto";
+pub(crate) const MTPROTO_DIR: &str = "vaultgram/mtproto";
 
 /// Whose secret a command is about: `USER` (the operator's own: its agent,
 /// or `admin`), or `OWNER/USER` (admins: anyone's; agents: only their own).

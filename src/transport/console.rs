@@ -59,5 +59,6 @@ pub async fn run(app: Arc<App>, op: Operator, json: bool) -> std::io::Result<usi
         out.write_all(text.as_bytes()).await?;
         out.flush().await?;
     }
+    app.audit.flush().await;
     Ok(failed)
 }

@@ -9,6 +9,7 @@ mod commands_domain;
 mod commands_kv;
 mod dev_stack;
 mod etcd;
+mod migration;
 mod policy_matrix;
 mod socket;
 mod vault;
@@ -31,5 +32,6 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(approvals::TESTS);
     t.extend(socket::TESTS);
     t.extend(dev_stack::TESTS);
+    t.extend(migration::TESTS);
     t
 }

@@ -12,10 +12,13 @@ use super::TestFn;
 use crate::common::process::Proc;
 use crate::common::Env;
 
-pub const TESTS: &[(&str, TestFn)] = &[(
-    "socket::run_ctl_peercred_and_sigterm",
-    run_ctl_peercred_and_sigterm,
-)];
+pub const TESTS: &[(&str, TestFn)] = &[
+    (
+        "socket::run_ctl_peercred_and_sigterm",
+        run_ctl_peercred_and_sigterm,
+    ),
+    ("socket::unseen_expiry_is_audited", unseen_expiry_is_audited),
+];
 
 /// A `vaultgram run` on its own socket, with `alice` mapped to our uid.
 pub struct Broker {
@@ -27,6 +30,11 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(env: &Env, name: &str) -> Broker {
+        Self::start_with(env, name, |t| t)
+    }
+
+    /// Like `start`, with the config text passed through `edit`.
+    pub fn start_with(env: &Env, name: &str, edit: impl Fn(String) -> String) -> Broker {
         let c = env.cluster();
         // World-traversable, so a test can connect as another uid.
         let dir = tempfile::Builder::new()
@@ -52,7 +60,7 @@ impl Broker {
             "socket path not replaced"
         );
         let config = c.path().join(format!("run-{name}.toml"));
-        std::fs::write(&config, text).unwrap();
+        std::fs::write(&config, edit(text)).unwrap();
         let out_dir = c.path().join("console-output");
         std::fs::create_dir_all(&out_dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vaultgram"));
@@ -176,5 +184,34 @@ fn run_ctl_peercred_and_sigterm(env: &Env) {
 impl Broker {
     fn proc_pid(&self) -> u32 {
         self.proc.pid().expect("running")
+    }
+}
+
+/// A request nobody approves is audited as expired by `run` itself.
+fn unseen_expiry_is_audited(env: &Env) {
+    let b = Broker::start_with(env, "expiry", |t| {
+        format!("{t}\n[approvals]\nttl_secs = 10\n")
+    });
+    let out = b.ctl(&["--json", "/transit", "rotate", "it-sock-expiry"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "approval_required", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    let id = msg.split_whitespace().nth(1).unwrap().to_string();
+    // ttl 10 s, sweep every 5 s: recorded within ~15 s.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let out = b.ctl(&["/audit", "50"]);
+        let text = text(&out.stdout);
+        if text
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("expired"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no expired record for {id}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
     }
 }
