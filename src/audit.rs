@@ -103,7 +103,7 @@ impl AuditRecord {
     }
 }
 
-/// Seconds since the epoch as RFC 3339 (UTC), without a date crate.
+/// Now as RFC 3339 (UTC, milliseconds).
 pub fn now_rfc3339() -> String {
     rfc3339(
         std::time::SystemTime::now()
@@ -113,26 +113,8 @@ pub fn now_rfc3339() -> String {
 }
 
 /// A time since the epoch as RFC 3339 (UTC, milliseconds).
-fn rfc3339(now: Duration) -> String {
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_millis()
-    )
+fn rfc3339(since_epoch: Duration) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since_epoch).to_string()
 }
 
 /// Writes audit records to the log and to etcd.

@@ -659,26 +659,13 @@ fn is_at_or_before(ts: &str, now_unix: u64) -> bool {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` (UTC) for a Unix time (days → civil date after
-/// Howard Hinnant's algorithm).
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) for a Unix time: the prefix every Vault
+/// timestamp shares, so string comparison orders them.
 fn rfc3339_seconds(unix: u64) -> String {
-    let days = (unix / 86400) as i64;
-    let secs = unix % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    let mut s = humantime::format_rfc3339_seconds(t).to_string();
+    s.pop(); // the trailing 'Z'
+    s
 }
 
 #[cfg(test)]

@@ -337,70 +337,20 @@ impl Vault {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Base64 (standard alphabet, padded), as the transit API uses it. Small and
-// local rather than a new dependency; tested below against RFC 4648.
-// ---------------------------------------------------------------------------
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
+/// Standard base64 with padding, as the transit API uses it.
 fn base64_encode(input: &[u8]) -> String {
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(input)
 }
 
-/// Strict decoding: padded, standard alphabet, no whitespace. The result is
-/// zeroized when dropped.
+/// Strict decoding (padded, standard alphabet, canonical trailing bits, no
+/// whitespace); the result is zeroized when dropped.
 fn base64_decode(input: &str) -> Option<Zeroizing<Vec<u8>>> {
-    fn val(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let bytes = input.as_bytes();
-    if bytes.len() % 4 != 0 {
-        return None;
-    }
-    let mut out = Zeroizing::new(Vec::with_capacity(bytes.len() / 4 * 3));
-    let chunks = bytes.len() / 4;
-    for (i, chunk) in bytes.chunks(4).enumerate() {
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && i + 1 != chunks) {
-            return None;
-        }
-        let mut n: u32 = 0;
-        for &c in &chunk[..4 - pad] {
-            n = (n << 6) | val(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let got = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        // Non-canonical trailing bits would decode two texts to one value.
-        if got[3 - pad..].iter().any(|&b| b != 0) {
-            return None;
-        }
-        out.extend_from_slice(&got[..3 - pad]);
-    }
-    Some(out)
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(input)
+        .ok()
+        .map(Zeroizing::new)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use super::TestFn;
 use crate::common::canary;
 use crate::common::cluster::random_hex;
 use crate::common::console::{console, console_with_config, ConsoleRun};
+use crate::common::totp::{base32, step_now, totp};
 use crate::common::Env;
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -57,44 +58,6 @@ pub const TESTS: &[(&str, TestFn)] = &[
 // ---------------------------------------------------------------------------
 // TOTP (RFC 6238, HMAC-SHA1, 6 digits, 30 s)
 // ---------------------------------------------------------------------------
-
-fn base32(bytes: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::new();
-    let (mut buf, mut bits) = (0u32, 0);
-    for &b in bytes {
-        buf = (buf << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            out.push(A[((buf >> (bits - 5)) & 31) as usize] as char);
-            bits -= 5;
-        }
-    }
-    if bits > 0 {
-        out.push(A[((buf << (5 - bits)) & 31) as usize] as char);
-    }
-    out
-}
-
-fn totp(key: &[u8], counter: u64) -> String {
-    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key);
-    let mac = ring::hmac::sign(&k, &counter.to_be_bytes());
-    let h = mac.as_ref();
-    let off = (h[19] & 0x0f) as usize;
-    let bin = (u32::from(h[off] & 0x7f) << 24)
-        | (u32::from(h[off + 1]) << 16)
-        | (u32::from(h[off + 2]) << 8)
-        | u32::from(h[off + 3]);
-    format!("{:06}", bin % 1_000_000)
-}
-
-fn step_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 30
-}
 
 /// A TOTP key in Vault, created with the root token.
 struct TotpKey {
@@ -140,7 +103,7 @@ fn fresh_code(key: &TotpKey) -> String {
             let set = u.entry(key.name.clone()).or_default();
             for step in [s, s + 1] {
                 if set.insert(step) {
-                    return totp(&key.seed, step);
+                    return totp(&key.seed, step, 6);
                 }
             }
         }
@@ -151,7 +114,7 @@ fn fresh_code(key: &TotpKey) -> String {
 /// A 6-digit code that no step near now produces.
 fn wrong_code(key: &TotpKey) -> String {
     let s = step_now();
-    let near: Vec<String> = (s - 3..=s + 3).map(|t| totp(&key.seed, t)).collect();
+    let near: Vec<String> = (s - 3..=s + 3).map(|t| totp(&key.seed, t, 6)).collect();
     (0..1_000_000u32)
         .map(|n| format!("{n:06}"))
         .find(|w| !near.contains(w))

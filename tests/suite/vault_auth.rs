@@ -279,12 +279,13 @@ fn read_loop(env: &Env, mgr: &TokenManager, dur: Duration) -> (u64, Vec<String>)
 
 fn reads_survive_renewals_and_relogin(env: &Env) {
     let c = env.cluster();
-    // TTL 3 s, explicit max 8 s: renewals every 2 s, a forced re-login
-    // about every 6–8 s.
+    // TTL 6 s, explicit max 15 s: renewals every 4 s, a forced re-login
+    // about every 12 s (with 3 s of the old token left, so a loaded
+    // machine does not turn the switch-over into failed reads).
     short_role(
         c,
         "vaultgram-short",
-        json!({"token_ttl": "3s", "token_max_ttl": "8s"}),
+        json!({"token_ttl": "6s", "token_max_ttl": "15s"}),
     );
     let sid = secret_id(c, "vaultgram-short", 0);
     let cfg = approle_config(env, "vaultgram-short", &sid, false);
@@ -299,20 +300,20 @@ fn reads_survive_renewals_and_relogin(env: &Env) {
     );
     assert!(failures.is_empty(), "failed reads: {failures:?}");
     assert!(reads > 500, "only {reads} reads");
-    assert!(st.renewals >= 5, "{st:?}");
-    assert!(st.relogins >= 3, "{st:?}");
+    assert!(st.renewals >= 4, "{st:?}");
+    assert!(st.relogins >= 2, "{st:?}");
 }
 
 fn periodic_token_renewed(env: &Env) {
     let c = env.cluster();
-    short_role(c, "vaultgram-periodic", json!({"token_period": "3s"}));
+    short_role(c, "vaultgram-periodic", json!({"token_period": "6s"}));
     let sid = secret_id(c, "vaultgram-periodic", 0);
     let cfg = approle_config(env, "vaultgram-periodic", &sid, false);
     let mgr = env.rt.block_on(TokenManager::login(&cfg)).unwrap();
-    let (_, failures) = read_loop(env, &mgr, Duration::from_secs(10));
+    let (_, failures) = read_loop(env, &mgr, Duration::from_secs(14));
     let st = mgr.status();
     assert!(failures.is_empty(), "{failures:?}");
-    assert!(st.renewals >= 3, "{st:?}");
+    assert!(st.renewals >= 2, "{st:?}");
     assert_eq!(
         st.relogins, 0,
         "a periodic token never needs a re-login: {st:?}"
