@@ -45,3 +45,69 @@ pub fn step_now() -> u64 {
         .as_secs()
         / 30
 }
+
+/// A TOTP key in Vault, created with the root token; the test keeps the
+/// seed to compute codes.
+pub struct TotpKey {
+    pub name: String,
+    pub seed: [u8; 20],
+}
+
+/// Creates `totp/keys/<name>` (SHA1, 6 digits, 30 s) with a random seed.
+pub fn create_totp_key(env: &super::Env, name: &str) -> TotpKey {
+    let c = env.cluster();
+    let mut seed = [0u8; 20];
+    getrandom::fill(&mut seed).unwrap();
+    let (code, body) = c
+        .vault_api(
+            reqwest::Method::POST,
+            &format!("totp/keys/{name}"),
+            Some(&c.root_token),
+            Some(serde_json::json!({
+                "generate": false, "key": base32(&seed), "issuer": "vaultgram-it",
+                "account_name": name, "digits": 6, "period": 30, "algorithm": "SHA1"
+            })),
+        )
+        .unwrap();
+    assert!(
+        code == 200 || code == 204,
+        "create TOTP key {name}: {code} {body}"
+    );
+    TotpKey {
+        name: name.to_string(),
+        seed,
+    }
+}
+
+/// A valid code of `key` that this run has not used yet (Vault refuses a
+/// code twice): the current step, else the next one (Vault's default skew
+/// accepts it), else wait for the next period.
+pub fn fresh_code(key: &TotpKey) -> String {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Mutex, OnceLock};
+    static USED: OnceLock<Mutex<HashMap<String, HashSet<u64>>>> = OnceLock::new();
+    let used = USED.get_or_init(Default::default);
+    loop {
+        let s = step_now();
+        {
+            let mut u = used.lock().unwrap();
+            let set = u.entry(key.name.clone()).or_default();
+            for step in [s, s + 1] {
+                if set.insert(step) {
+                    return totp(&key.seed, step, 6);
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
+/// A 6-digit code that no step near now produces.
+pub fn wrong_code(key: &TotpKey) -> String {
+    let s = step_now();
+    let near: Vec<String> = (s - 3..=s + 3).map(|t| totp(&key.seed, t, 6)).collect();
+    (0..1_000_000u32)
+        .map(|n| format!("{n:06}"))
+        .find(|w| !near.contains(w))
+        .unwrap()
+}

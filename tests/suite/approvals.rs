@@ -7,11 +7,9 @@
 //! (`totp/keys/NAME`, a known seed, `generate=false`) and computes codes
 //! itself (RFC 6238). Vault refuses a code twice, so each test uses its own
 //! TOTP key names (a copy of the harness config with `totp_key` set), and
-//! [`fresh_code`] never hands out the same step twice per key.
+//! `common::totp::fresh_code` never hands out the same step twice per key.
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -21,7 +19,7 @@ use super::TestFn;
 use crate::common::canary;
 use crate::common::cluster::random_hex;
 use crate::common::console::{console, console_with_config, ConsoleRun};
-use crate::common::totp::{base32, step_now, totp};
+use crate::common::totp::{create_totp_key, fresh_code, wrong_code, TotpKey};
 use crate::common::Env;
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -58,68 +56,6 @@ pub const TESTS: &[(&str, TestFn)] = &[
 // ---------------------------------------------------------------------------
 // TOTP (RFC 6238, HMAC-SHA1, 6 digits, 30 s)
 // ---------------------------------------------------------------------------
-
-/// A TOTP key in Vault, created with the root token.
-struct TotpKey {
-    name: String,
-    seed: [u8; 20],
-}
-
-fn create_totp_key(env: &Env, name: &str) -> TotpKey {
-    let c = env.cluster();
-    let mut seed = [0u8; 20];
-    getrandom::fill(&mut seed).unwrap();
-    let (code, body) = c
-        .vault_api(
-            Method::POST,
-            &format!("totp/keys/{name}"),
-            Some(&c.root_token),
-            Some(json!({
-                "generate": false, "key": base32(&seed), "issuer": "vaultgram-it",
-                "account_name": name, "digits": 6, "period": 30, "algorithm": "SHA1"
-            })),
-        )
-        .unwrap();
-    assert!(
-        code == 200 || code == 204,
-        "create TOTP key {name}: {code} {body}"
-    );
-    TotpKey {
-        name: name.to_string(),
-        seed,
-    }
-}
-
-/// A valid code of `key` that this run has not used yet: the current step,
-/// else the next one (Vault's default skew accepts it), else wait for the
-/// next period.
-fn fresh_code(key: &TotpKey) -> String {
-    static USED: OnceLock<Mutex<HashMap<String, HashSet<u64>>>> = OnceLock::new();
-    let used = USED.get_or_init(Default::default);
-    loop {
-        let s = step_now();
-        {
-            let mut u = used.lock().unwrap();
-            let set = u.entry(key.name.clone()).or_default();
-            for step in [s, s + 1] {
-                if set.insert(step) {
-                    return totp(&key.seed, step, 6);
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
-/// A 6-digit code that no step near now produces.
-fn wrong_code(key: &TotpKey) -> String {
-    let s = step_now();
-    let near: Vec<String> = (s - 3..=s + 3).map(|t| totp(&key.seed, t, 6)).collect();
-    (0..1_000_000u32)
-        .map(|n| format!("{n:06}"))
-        .find(|w| !near.contains(w))
-        .unwrap()
-}
 
 // ---------------------------------------------------------------------------
 // helpers

@@ -6,10 +6,7 @@
 //! Names used only here: agents `it-agent*`, panels `it-p*`, MTProto users
 //! `9xxx`, TOTP keys `it-dom-*` (tests run in parallel on one cluster).
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use reqwest::Method;
 use secrecy::SecretString;
@@ -19,7 +16,7 @@ use sha2::{Digest, Sha256};
 use super::TestFn;
 use crate::common::canary;
 use crate::common::console::{console, console_with_config, ConsoleRun};
-use crate::common::totp::{base32, totp};
+use crate::common::totp::{create_totp_key, fresh_code, TotpKey};
 use crate::common::Env;
 use vaultgram::vault::auth::TokenManager;
 use vaultgram::vault::kv::KvPath;
@@ -181,35 +178,6 @@ fn kv_root_metadata(env: &Env, path: &str) -> (u16, Value) {
 
 // ---- TOTP for the approved paths (RFC 6238, HMAC-SHA1, 6 digits, 30 s) ----
 
-struct TotpKey {
-    name: String,
-    seed: [u8; 20],
-}
-
-/// A valid code of `key` not used before in this run (Vault refuses a
-/// code twice): the current step, else the next one, else wait.
-fn fresh_code(key: &TotpKey) -> String {
-    static USED: OnceLock<Mutex<HashMap<String, HashSet<u64>>>> = OnceLock::new();
-    let used = USED.get_or_init(Default::default);
-    loop {
-        let s = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            / 30;
-        {
-            let mut u = used.lock().unwrap();
-            let set = u.entry(key.name.clone()).or_default();
-            for step in [s, s + 1] {
-                if set.insert(step) {
-                    return totp(&key.seed, step, 6);
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
-}
-
 /// A copy of the harness config where alice and dave approve with the
 /// TOTP keys `<tag>-alice` / `<tag>-dave` (created here with root).
 struct Approvers {
@@ -222,22 +190,7 @@ fn approvers(env: &Env, tag: &str) -> Approvers {
     let c = env.cluster();
     let mut keys = Vec::new();
     for op in ["alice", "dave"] {
-        let name = format!("{tag}-{op}");
-        let mut seed = [0u8; 20];
-        getrandom::fill(&mut seed).unwrap();
-        let (code, body) = c
-            .vault_api(
-                Method::POST,
-                &format!("totp/keys/{name}"),
-                Some(&c.root_token),
-                Some(json!({
-                    "generate": false, "key": base32(&seed), "issuer": "vaultgram-it",
-                    "account_name": name, "digits": 6, "period": 30, "algorithm": "SHA1"
-                })),
-            )
-            .unwrap();
-        assert!(code == 200 || code == 204, "TOTP key {name}: {code} {body}");
-        keys.push(TotpKey { name, seed });
+        keys.push(create_totp_key(env, &format!("{tag}-{op}")));
     }
     let mut text = std::fs::read_to_string(&c.config_path).unwrap();
     for (op, key) in ["alice", "dave"].iter().zip(&keys) {
