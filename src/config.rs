@@ -263,6 +263,31 @@ pub struct TelegramConfig {
     /// `socks5://[user:password@]host:port`, if Telegram must be reached
     /// through a proxy.
     pub proxy: Option<String>,
+    /// `false`: `run` serves the socket (and HTTP) only: no election, no
+    /// Telegram client.
+    pub enabled: bool,
+    /// Which client talks to Telegram: `grammers` (MTProto), or `file`, a
+    /// TEST-ONLY stand-in for the grammers client (JSONL inbox/outbox in
+    /// `file_dir`) so everything around it runs for real in tests.
+    pub backend: TelegramBackend,
+    pub file_dir: Option<PathBuf>,
+    /// How often the leader writes the session (auth keys, update state)
+    /// back to Vault.
+    pub session_save_secs: u64,
+    /// A FLOOD_WAIT up to this long is slept through; a longer one is
+    /// reported instead.
+    pub flood_wait_max_secs: u64,
+    /// How long handled message ids are remembered (etcd lease).
+    pub dedup_ttl_secs: u64,
+}
+
+/// `telegram.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TelegramBackend {
+    #[default]
+    Grammers,
+    File,
 }
 
 impl Default for TelegramConfig {
@@ -275,6 +300,12 @@ impl Default for TelegramConfig {
             mtproto_proxy_port: 443,
             wrap_ttl: BTreeMap::new(),
             proxy: None,
+            enabled: true,
+            backend: TelegramBackend::Grammers,
+            file_dir: None,
+            session_save_secs: 60,
+            flood_wait_max_secs: 60,
+            dedup_ttl_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -289,6 +320,12 @@ impl fmt::Debug for TelegramConfig {
             .field("mtproto_proxy_port", &self.mtproto_proxy_port)
             .field("wrap_ttl", &self.wrap_ttl)
             .field("proxy", &self.proxy.as_deref().map(redact_url_password))
+            .field("enabled", &self.enabled)
+            .field("backend", &self.backend)
+            .field("file_dir", &self.file_dir)
+            .field("session_save_secs", &self.session_save_secs)
+            .field("flood_wait_max_secs", &self.flood_wait_max_secs)
+            .field("dedup_ttl_secs", &self.dedup_ttl_secs)
             .finish()
     }
 }
@@ -372,7 +409,7 @@ impl fmt::Display for Role {
 }
 
 /// One `[[operators]]` entry: a Telegram account allowed to give commands.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operator {
     pub name: String,
     pub telegram_id: i64,
@@ -504,6 +541,7 @@ impl Config {
             &mut e.cert,
             &mut e.key,
             &mut e.password_file,
+            &mut self.telegram.file_dir,
         ]
         .into_iter()
         .flatten()
@@ -923,6 +961,14 @@ impl Config {
         check_kv_path("telegram.app_path", &t.app_path)?;
         check_kv_path("telegram.session_path", &t.session_path)?;
         check_at_least("telegram.secret_reply_ttl_secs", t.secret_reply_ttl_secs, 1)?;
+        check_at_least("telegram.session_save_secs", t.session_save_secs, 1)?;
+        check_at_least("telegram.dedup_ttl_secs", t.dedup_ttl_secs, 60)?;
+        if t.backend == TelegramBackend::File && t.file_dir.is_none() {
+            return Err(invalid(
+                "telegram.file_dir",
+                "required with backend = \"file\" (the test stand-in for the grammers client)",
+            ));
+        }
         let host = &t.mtproto_proxy_host;
         if host.trim().is_empty() {
             return Err(invalid("telegram.mtproto_proxy_host", "must not be empty"));

@@ -160,6 +160,41 @@ pub struct App {
     pub etcd: Etcd,
     pub audit: AuditLog,
     pub approvals: Approvals,
+    /// What `vaultgram run` is doing (election, Telegram client), for
+    /// `/health`; empty in `console` and the one-shot tools.
+    pub runtime: Runtime,
+}
+
+/// The service's moving parts, as `/health` (and later `doctor`/metrics)
+/// report them.
+#[derive(Default)]
+pub struct Runtime {
+    pub elector: std::sync::OnceLock<Arc<crate::leader::Elector>>,
+    pub telegram: std::sync::Mutex<TelegramStatus>,
+}
+
+/// The Telegram client of this process.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TelegramStatus {
+    pub connected: bool,
+    pub backend: Option<&'static str>,
+    /// Unix seconds of the last update received.
+    pub last_update: Option<u64>,
+    /// Why the client is not running, when it should.
+    pub problem: Option<String>,
+}
+
+impl Runtime {
+    pub fn telegram(&self) -> TelegramStatus {
+        self.telegram
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_telegram(&self, f: impl FnOnce(&mut TelegramStatus)) {
+        f(&mut self.telegram.lock().unwrap_or_else(|e| e.into_inner()));
+    }
 }
 
 impl std::fmt::Debug for App {
@@ -239,6 +274,7 @@ impl App {
             tokens: OperatorTokens::new(broker.clone()),
             audit: AuditLog::new(etcd.clone(), &cfg),
             approvals: Approvals::new(etcd.clone(), &cfg),
+            runtime: Runtime::default(),
             broker,
             etcd,
             cfg,

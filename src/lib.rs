@@ -23,7 +23,12 @@
 //! - [`approvals`]: pending requests in etcd with a lease; TOTP-checked
 //!   `/approve`.
 //! - [`audit`]: the broker's audit trail (log + etcd), never a value.
-//! - [`transport`]: console (stdin/stdout), Unix socket (`run` + `ctl`).
+//! - [`transport`]: console (stdin/stdout), Unix socket (`run` + `ctl`),
+//!   Telegram (`transport::telegram`: the leader's runner, exactly-once
+//!   claims, deletions, the session store; only its `grammers` file imports
+//!   `grammers_*`).
+//! - [`leader`]: etcd leader election with fencing (lease proven alive or
+//!   the Telegram client stops) and the [`etcd::Guard`] on leader writes.
 //! - [`migrate`]: `import vpnbot|valhalla` and `export mtproxy`, run as an
 //!   admin operator's child token (no etcd).
 //! - [`etcd`]: the only module that imports `etcd_client`; connects with a
@@ -37,6 +42,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod etcd;
+pub mod leader;
 pub mod migrate;
 pub mod telemetry;
 pub mod tls;

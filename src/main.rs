@@ -30,9 +30,13 @@ enum Command {
     /// Validate the config (no network) and print the effective config with
     /// every secret redacted.
     CheckConfig,
-    /// The service: Unix-socket server (Telegram and HTTP arrive with their
-    /// issues). Stops on SIGTERM or Ctrl-C: stop intake, finish, exit.
+    /// The service: the Telegram userbot (etcd election leader only) and the
+    /// Unix-socket server. Stops on SIGTERM or Ctrl-C: stop intake, save the
+    /// Telegram session, quit the client, finish handlers, resign, exit.
     Run,
+    /// Interactive Telegram login (phone, code, 2FA password); stores the
+    /// transit-encrypted session in Vault, never on disk.
+    Login,
     /// Send one command to a running `run` over its Unix socket.
     Ctl {
         /// Print the JSON reply instead of its text.
@@ -159,6 +163,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(run_service(cfg))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Login => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                let app = vaultgram::dispatch::App::start(cfg).await?;
+                let version = vaultgram::transport::telegram::login(&app, &mut TerminalPrompt)
+                    .await
+                    .context("login")?;
+                eprintln!(
+                    "session stored in Vault at {}/{} (version {version}), transit-encrypted",
+                    app.cfg.vault.kv_mount, app.cfg.telegram.session_path
+                );
+                Ok(ExitCode::SUCCESS)
+            })
         }
         Command::Ctl { json, words } => {
             let line = vaultgram::transport::socket::join_words(&words);
@@ -302,8 +320,52 @@ fn current_unix_user() -> anyhow::Result<String> {
         .with_context(|| format!("uid {uid} has no entry in /etc/passwd"))
 }
 
+/// `login`'s questions on the terminal; the code and the password are read
+/// without echo.
+struct TerminalPrompt;
+
+impl vaultgram::transport::telegram::LoginPrompt for TerminalPrompt {
+    fn phone(&mut self) -> Result<String, vaultgram::transport::telegram::ChatError> {
+        use std::io::Write;
+        eprint!("Phone number (international format, e.g. +4915…): ");
+        let _ = std::io::stderr().flush();
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| vaultgram::transport::telegram::ChatError::Prompt(e.to_string()))?;
+        let phone = line.trim().to_string();
+        if phone.is_empty() {
+            return Err(vaultgram::transport::telegram::ChatError::Prompt(
+                "no phone number given".into(),
+            ));
+        }
+        Ok(phone)
+    }
+
+    fn code(&mut self) -> Result<secrecy::SecretString, vaultgram::transport::telegram::ChatError> {
+        rpassword::prompt_password("Login code (sent by Telegram; hidden): ")
+            .map(secrecy::SecretString::from)
+            .map_err(|e| vaultgram::transport::telegram::ChatError::Prompt(e.to_string()))
+    }
+
+    fn password(
+        &mut self,
+        hint: Option<&str>,
+    ) -> Result<secrecy::SecretString, vaultgram::transport::telegram::ChatError> {
+        let prompt = match hint {
+            Some(h) if !h.is_empty() => format!("2FA password (hint: {h}; hidden): "),
+            _ => "2FA password (hidden): ".to_string(),
+        };
+        rpassword::prompt_password(prompt)
+            .map(secrecy::SecretString::from)
+            .map_err(|e| vaultgram::transport::telegram::ChatError::Prompt(e.to_string()))
+    }
+}
+
 /// `run`: start the core, serve until SIGTERM/Ctrl-C, then shut down in
-/// order: stop intake, finish what is in flight, stop renewing, exit.
+/// order: stop intake (socket, Telegram), sync and save the Telegram
+/// session, quit the client, finish handlers, resign leadership, stop
+/// renewing, exit.
 async fn run_service(cfg: Config) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     use tokio_util::sync::CancellationToken;
@@ -346,6 +408,19 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
             }
         }
     });
+    // Only the election leader runs the Telegram client.
+    let telegram = app.cfg.telegram.enabled.then(|| {
+        let elector = std::sync::Arc::new(vaultgram::leader::Elector::new(
+            app.etcd.clone(),
+            &app.cfg.etcd,
+            vaultgram::leader::node_id(),
+        ));
+        tokio::spawn(vaultgram::transport::telegram::run(
+            app.clone(),
+            elector,
+            shutdown.clone(),
+        ))
+    });
     tracing::info!(socket = %socket_path.display(), "vaultgram running");
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
@@ -353,6 +428,9 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
     }
     shutdown.cancel();
+    if let Some(t) = telegram {
+        t.await?;
+    }
     server.await?;
     sweeper.await?;
     app.audit.flush().await;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::{Command, WrapArg};
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply, Transport};
+use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
 use crate::vault::kv::{KvPath, KvPathError};
 use crate::vault::wrap::{WrapTtl, Wrapped};
 use crate::vault::VaultError;
@@ -224,21 +224,45 @@ async fn health(ctx: &Ctx<'_>) -> Reply {
         ),
     };
 
-    // The Telegram client runs in `vaultgram run` (election leader only);
-    // this command only knows about it when it came through it.
-    let (tg_line, tg_data) = match ctx.transport {
-        Transport::Telegram => (
-            "telegram: ok (this command came through it)".to_string(),
-            json!({"running": true}),
-        ),
-        Transport::Console => (
-            "telegram: not running in this process (console)".to_string(),
+    // The Telegram client runs in `vaultgram run`, on the election leader
+    // only; `console` has neither.
+    let rt = &ctx.app.runtime;
+    let (tg_line, tg_data) = match rt.elector.get() {
+        None => (
+            format!(
+                "telegram: not running in this process ({})",
+                ctx.transport.as_str()
+            ),
             json!({"running": false}),
         ),
-        Transport::Socket => (
-            "telegram: not reported over the socket (see /readyz of `vaultgram run`)".to_string(),
-            json!({"running": null}),
-        ),
+        Some(el) => {
+            let lead = el.status();
+            let tg = rt.telegram();
+            let line = if lead.leading && tg.connected {
+                let last = tg
+                    .last_update
+                    .map(|t| format!("{} s ago", crate::etcd::unix_secs().saturating_sub(t)))
+                    .unwrap_or_else(|| "none yet".into());
+                format!(
+                    "telegram: connected on this node (leader {}), last update {last}",
+                    lead.node
+                )
+            } else if lead.leading {
+                format!(
+                    "telegram: NOT connected on the leader ({})",
+                    tg.problem.as_deref().unwrap_or("starting")
+                )
+            } else {
+                format!(
+                    "telegram: this node follows; leader {}",
+                    lead.leader.as_deref().unwrap_or("unknown")
+                )
+            };
+            (
+                line,
+                json!({"running": tg.connected, "leader": lead, "client": tg}),
+            )
+        }
     };
     let ok = vault_ok && etcd_ok;
     let text = format!(

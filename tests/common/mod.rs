@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod console;
 pub mod pki;
 pub mod process;
+pub mod tcpproxy;
 pub mod totp;
 
 use std::sync::OnceLock;

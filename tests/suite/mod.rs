@@ -12,6 +12,8 @@ mod etcd;
 mod migration;
 mod policy_matrix;
 mod socket;
+mod telegram;
+mod telegram_failover;
 mod vault;
 mod vault_auth;
 mod vault_engines;
@@ -33,5 +35,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(socket::TESTS);
     t.extend(dev_stack::TESTS);
     t.extend(migration::TESTS);
+    t.extend(telegram::TESTS);
+    t.extend(telegram_failover::TESTS);
     t
 }

@@ -1,0 +1,110 @@
+//! The userbot's session in Vault: transit-encrypted with the broker's key,
+//! stored as KV v2 at `telegram.session_path`, read and written with the
+//! broker's own token (the only policy allowed there). Never on disk.
+
+use std::collections::BTreeMap;
+
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+use crate::vault::kv::KvPath;
+use crate::vault::{Vault, VaultError};
+
+/// Session bytes as a client exported them, and what wrote them
+/// (`grammers-0.11`, or `file-v1` for the test stand-in).
+pub struct StoredSession {
+    pub format: String,
+    pub bytes: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for StoredSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSession")
+            .field("format", &self.format)
+            .field(
+                "bytes",
+                &format_args!("<{} bytes redacted>", self.bytes.len()),
+            )
+            .finish()
+    }
+}
+
+/// Where and how the session is kept.
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    path: KvPath,
+    transit_mount: String,
+    transit_key: String,
+}
+
+impl SessionStore {
+    pub fn new(cfg: &Config) -> Result<SessionStore, VaultError> {
+        let path = KvPath::new(&cfg.vault.kv_mount, &cfg.telegram.session_path)
+            .map_err(|e| VaultError::Input(format!("telegram.session_path: {e}")))?;
+        Ok(SessionStore {
+            path,
+            transit_mount: cfg.vault.transit_mount.clone(),
+            transit_key: cfg.vault.transit_key.clone(),
+        })
+    }
+
+    pub fn path(&self) -> &KvPath {
+        &self.path
+    }
+
+    /// The stored session; `None` when there is none (never logged in, or
+    /// its latest version deleted).
+    pub async fn load(&self, vault: &Vault) -> Result<Option<StoredSession>, VaultError> {
+        let secret = match vault.kv_get(&self.path, None).await {
+            Ok(s) => s,
+            Err(VaultError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let ciphertext = secret
+            .data
+            .get("session")
+            .ok_or_else(|| VaultError::Invalid(format!("{}: no `session` field", self.path)))?;
+        let format = secret
+            .data
+            .get("format")
+            .map(|f| f.expose_secret().to_string())
+            .unwrap_or_default();
+        let plain = vault
+            .transit_decrypt_bytes(
+                &self.transit_mount,
+                &self.transit_key,
+                ciphertext.expose_secret(),
+            )
+            .await?;
+        Ok(Some(StoredSession {
+            format,
+            bytes: Zeroizing::new(plain.expose_secret().to_vec()),
+        }))
+    }
+
+    /// Encrypts with transit first, then writes a new version: Vault's KV
+    /// and its storage only ever see ciphertext.
+    pub async fn save(
+        &self,
+        vault: &Vault,
+        session: &StoredSession,
+        node: &str,
+    ) -> Result<u64, VaultError> {
+        let ciphertext = vault
+            .transit_encrypt_bytes(&self.transit_mount, &self.transit_key, &session.bytes)
+            .await?;
+        let mut data = BTreeMap::new();
+        data.insert("session".to_string(), SecretString::from(ciphertext));
+        data.insert(
+            "format".to_string(),
+            SecretString::from(session.format.clone()),
+        );
+        data.insert("saved_by".to_string(), SecretString::from(node.to_string()));
+        data.insert(
+            "saved_at".to_string(),
+            SecretString::from(crate::audit::now_rfc3339()),
+        );
+        vault.kv_put(&self.path, &data, None).await
+    }
+}

@@ -1,0 +1,603 @@
+//! The Telegram runner in-process, against the real etcd and OpenBao, with
+//! the `file` stand-in in place of the grammers client: session store,
+//! guarded writes of a deposed leader, the chat flow (allowlist, replies,
+//! splitting, deletions, exactly-once) and deletions finished after a
+//! leader change.
+//!
+//! All are `disruptive::` because they share the one session path the
+//! broker's policy allows (`secret/vaultgram/telegram-session`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use vaultgram::config::{Config, TelegramBackend};
+use vaultgram::dispatch::App;
+use vaultgram::etcd::{Campaign, Claim, Etcd};
+use vaultgram::leader::Elector;
+use vaultgram::transport::telegram::session::{SessionStore, StoredSession};
+use zeroize::Zeroizing;
+
+use super::TestFn;
+use crate::common::cluster::random_hex;
+use crate::common::{canary, Env};
+
+pub const TESTS: &[(&str, TestFn)] = &[
+    (
+        "disruptive::telegram::session_store_round_trip_is_ciphertext_everywhere",
+        session_store_round_trip_is_ciphertext_everywhere,
+    ),
+    (
+        "disruptive::telegram::deposed_leaders_guarded_writes_fail",
+        deposed_leaders_guarded_writes_fail,
+    ),
+    (
+        "disruptive::telegram::chat_flow_allowlist_replies_and_deletions",
+        chat_flow_allowlist_replies_and_deletions,
+    ),
+];
+
+/// The harness config with its own etcd prefix and the file stand-in.
+fn tg_config(env: &Env, dir: &Path) -> Config {
+    let mut cfg = env.config();
+    cfg.etcd.prefix = format!("/vaultgram/tg-{}/", random_hex(4));
+    cfg.etcd.lease_ttl_secs = 3;
+    cfg.telegram.enabled = true;
+    cfg.telegram.backend = TelegramBackend::File;
+    cfg.telegram.file_dir = Some(dir.to_path_buf());
+    cfg.telegram.session_save_secs = 1;
+    cfg.telegram.secret_reply_ttl_secs = 2;
+    // The stand-in account's own id (Saved Messages).
+    cfg.operators.push(vaultgram::config::Operator {
+        name: "selfop".into(),
+        telegram_id: 100,
+        role: vaultgram::config::Role::Admin,
+        unix_user: None,
+        agent: None,
+        totp_key: None,
+    });
+    cfg
+}
+
+fn file_dir(env: &Env, name: &str) -> PathBuf {
+    let d = env
+        .cluster()
+        .path()
+        .join(format!("tg-{name}-{}", random_hex(3)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn session_snapshot_files(env: &Env, out: &Path) -> (Vec<u8>, Vec<u8>) {
+    let c = env.cluster();
+    // etcd: a real snapshot of one member (as root, every key).
+    let snap = out.join("etcd.snapshot");
+    let pw = std::fs::read_to_string(&c.etcd_root_password).unwrap();
+    let o = std::process::Command::new("etcdctl")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--command-timeout=10s",
+            "--dial-timeout=2s",
+            &format!("--endpoints={}", c.etcd_endpoints()[0]),
+            &format!("--cacert={}", c.ca_path.display()),
+            &format!("--cert={}", c.etcd_root.cert.display()),
+            &format!("--key={}", c.etcd_root.key.display()),
+            &format!("--user=root:{}", pw.trim()),
+            "snapshot",
+            "save",
+        ])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "etcd snapshot: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let etcd = std::fs::read(&snap).unwrap();
+    // OpenBao: its raft storage snapshot.
+    let resp = c
+        .http()
+        .get(format!("{}/v1/sys/storage/raft/snapshot", c.vault_addr()))
+        .header(
+            "X-Vault-Token",
+            secrecy::ExposeSecret::expose_secret(&c.root_token),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "raft snapshot");
+    let bao = resp.bytes().unwrap().to_vec();
+    (etcd, bao)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The session goes to Vault as transit ciphertext; neither OpenBao's raft
+/// snapshot nor an etcd snapshot holds its bytes, and it comes back equal.
+fn session_store_round_trip_is_ciphertext_everywhere(env: &Env) {
+    let c = env.cluster();
+    let dir = file_dir(env, "store");
+    let cfg = tg_config(env, &dir);
+    let marker = format!("SESSIONCANARY{}", random_hex(12));
+    canary::register(&marker);
+    let bytes: Vec<u8> = format!(
+        "{{\"auth_key\":\"{marker}\",\"pad\":\"{}\"}}",
+        "z".repeat(300)
+    )
+    .into_bytes();
+    env.rt.block_on(async {
+        let app = App::start(cfg.clone()).await.unwrap();
+        let store = SessionStore::new(&cfg).unwrap();
+        let vault = app.broker.current();
+        let v = store
+            .save(
+                &vault,
+                &StoredSession {
+                    format: "test".into(),
+                    bytes: Zeroizing::new(bytes.clone()),
+                },
+                "test-node",
+            )
+            .await
+            .unwrap();
+        assert!(v >= 1);
+        let back = store.load(&vault).await.unwrap().expect("stored");
+        assert_eq!(back.format, "test");
+        assert_eq!(&back.bytes[..], &bytes[..], "round trip");
+        // Debug never shows the bytes.
+        assert!(!format!("{back:?}").contains(&marker));
+    });
+    // What Vault's KV holds: ciphertext only.
+    let (code, body) = c
+        .vault_api(
+            reqwest::Method::GET,
+            "secret/data/vaultgram/telegram-session",
+            Some(&c.root_token),
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let stored = body["data"]["data"]["session"].as_str().unwrap();
+    assert!(
+        stored.starts_with("vault:v"),
+        "not transit ciphertext: {stored:.20}"
+    );
+    assert!(!body.to_string().contains(&marker));
+    let (etcd, bao) = session_snapshot_files(env, &dir);
+    assert!(etcd.len() > 1000 && bao.len() > 1000, "snapshots too small");
+    for (name, snap) in [("etcd", &etcd), ("openbao raft", &bao)] {
+        assert!(
+            !contains(snap, marker.as_bytes()),
+            "session bytes in the {name} snapshot"
+        );
+        assert!(
+            !contains(snap, &bytes[..40]),
+            "session prefix in the {name} snapshot"
+        );
+    }
+    eprintln!(
+        "session store: {} plaintext bytes stored as {} ciphertext chars; etcd snapshot {} B, raft snapshot {} B, 0 hits",
+        bytes.len(),
+        stored.len(),
+        etcd.len(),
+        bao.len()
+    );
+}
+
+/// A leader whose lease is gone (as after a pause or a partition) cannot
+/// write: its claims and puts carry the election key's create revision.
+fn deposed_leaders_guarded_writes_fail(env: &Env) {
+    let dir = file_dir(env, "guard");
+    let cfg = tg_config(env, &dir);
+    let prefix = cfg.etcd.prefix.clone();
+    env.rt.block_on(async {
+        let etcd = Etcd::connect(&cfg.etcd).await.unwrap();
+        let a = Elector::new(etcd.clone(), &cfg.etcd, "node-a".into());
+        let b = Elector::new(etcd.clone(), &cfg.etcd, "node-b".into());
+        let stop = CancellationToken::new();
+        let term_a = a.campaign(&stop).await.unwrap();
+        assert!(a.status().leading);
+        // A guarded write works while A leads.
+        let k1 = format!("{prefix}tg/handled/1/1");
+        assert_eq!(
+            etcd.claim_guarded(&term_a.guard, &k1, b"x", 0)
+                .await
+                .unwrap(),
+            Claim::Claimed
+        );
+        assert_eq!(
+            etcd.claim_guarded(&term_a.guard, &k1, b"x", 0)
+                .await
+                .unwrap(),
+            Claim::Exists
+        );
+        // B sees A.
+        let key = format!("{prefix}leader");
+        match etcd.campaign(&key, b"node-b", 0).await.unwrap() {
+            Campaign::Held(h) => assert_eq!(h, "node-a"),
+            Campaign::Won(_) => panic!("B won while A leads"),
+        }
+        // A is paused; its lease disappears (revoked from outside).
+        etcd.lease_revoke(term_a.lease).await.unwrap();
+        let t0 = Instant::now();
+        let term_b = tokio::time::timeout(Duration::from_secs(10), b.campaign(&stop))
+            .await
+            .unwrap()
+            .unwrap();
+        let b_won = t0.elapsed();
+        assert_ne!(term_b.guard, term_a.guard);
+        // A wakes up and writes with its old guard: refused, nothing written.
+        let k2 = format!("{prefix}tg/handled/1/2");
+        assert_eq!(
+            etcd.claim_guarded(&term_a.guard, &k2, b"x", 0)
+                .await
+                .unwrap(),
+            Claim::NotLeader
+        );
+        assert!(!etcd.put_guarded(&term_a.guard, &k2, b"x", 0).await.unwrap());
+        assert!(!etcd.delete_guarded(&term_a.guard, &k1).await.unwrap());
+        assert!(
+            etcd.get(&k2).await.unwrap().is_none(),
+            "deposed write landed"
+        );
+        assert!(
+            etcd.get(&k1).await.unwrap().is_some(),
+            "deposed delete landed"
+        );
+        // B's writes work.
+        assert_eq!(
+            etcd.claim_guarded(&term_b.guard, &k2, b"x", 0)
+                .await
+                .unwrap(),
+            Claim::Claimed
+        );
+        // A's keeper notices within a renewal and fences A.
+        tokio::time::timeout(Duration::from_secs(3), term_a.lost().cancelled())
+            .await
+            .expect("A fenced itself");
+        eprintln!(
+            "deposed leader: B won {} ms after A's lease was revoked; A fenced {} ms after",
+            b_won.as_millis(),
+            t0.elapsed().as_millis()
+        );
+        a.resign(term_a).await;
+        // A's resign must not remove B's key.
+        match etcd.campaign(&key, b"node-a", 0).await.unwrap() {
+            Campaign::Held(h) => assert_eq!(h, "node-b"),
+            Campaign::Won(_) => panic!("A's resign deleted B's key"),
+        }
+        b.resign(term_b).await;
+        assert!(etcd.get(&key).await.unwrap().is_none(), "B resigned");
+    });
+}
+
+struct Outbox(PathBuf);
+
+impl Outbox {
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+    fn sends_to(&self, reply_to: i64) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|v| v["op"] == "send" && v["reply_to"] == reply_to)
+            .collect()
+    }
+    fn deleted(&self) -> Vec<i64> {
+        self.lines()
+            .into_iter()
+            .filter(|v| v["op"] == "delete")
+            .flat_map(|v| {
+                v["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i.as_i64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+    fn wait(&self, what: &str, limit: Duration, mut ok: impl FnMut(&Outbox) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ok(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {limit:?}; outbox:\n{}",
+                std::fs::read_to_string(&self.0).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn inbox(dir: &Path, v: Value) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("inbox.jsonl"))
+        .unwrap();
+    f.write_all(format!("{v}\n").as_bytes()).unwrap();
+}
+
+/// One runner (`telegram::run`) on its own prefix: replies, allowlist,
+/// group chats, splitting, deletion of secret input and secret replies,
+/// a replayed id; then a second runner finishes a deletion the first one
+/// scheduled.
+fn chat_flow_allowlist_replies_and_deletions(env: &Env) {
+    let dir = file_dir(env, "flow");
+    let cfg = tg_config(env, &dir);
+    let out = Outbox(dir.join("outbox.jsonl"));
+    let path = format!("secret/tgflow-{}", random_hex(3));
+    let pw = canary::plant("tgpw");
+    let stop1 = CancellationToken::new();
+    let (app, runner1) = env.rt.block_on(async {
+        let app = App::start(cfg.clone()).await.unwrap();
+        vaultgram::transport::telegram::login(&app, &mut NoPrompt)
+            .await
+            .unwrap();
+        let etcd = app.etcd.clone();
+        let elector = Arc::new(Elector::new(etcd, &cfg.etcd, "flow-1".into()));
+        let h = tokio::spawn(vaultgram::transport::telegram::run(
+            app.clone(),
+            elector,
+            stop1.clone(),
+        ));
+        (app, h)
+    });
+    out.wait("client start", Duration::from_secs(15), |o| {
+        o.lines().iter().any(|v| v["op"] == "start")
+    });
+    // An operator's command: one plain reply to that message.
+    inbox(
+        &dir,
+        json!({"id": 10, "chat": 111111, "sender": 111111, "text": "/whoami"}),
+    );
+    out.wait("reply to /whoami", Duration::from_secs(10), |o| {
+        !o.sends_to(10).is_empty()
+    });
+    let r = &out.sends_to(10)[0];
+    assert!(r["text"].as_str().unwrap().contains("alice"), "{r}");
+    assert_eq!(r["monospace"], false);
+    // Secret input: the message is deleted right after handling.
+    inbox(
+        &dir,
+        json!({"id": 11, "chat": 111111, "sender": 111111, "text": format!("/kv put {path} password={pw}")}),
+    );
+    out.wait("input deleted", Duration::from_secs(10), |o| {
+        o.deleted().contains(&11)
+    });
+    // A secret reply: monospace, deleted after secret_reply_ttl_secs (2 s).
+    inbox(
+        &dir,
+        json!({"id": 12, "chat": 111111, "sender": 111111, "text": format!("/kv get {path}")}),
+    );
+    out.wait("secret reply", Duration::from_secs(10), |o| {
+        !o.sends_to(12).is_empty()
+    });
+    let sent_at = Instant::now();
+    let reply = out.sends_to(12)[0].clone();
+    assert_eq!(reply["monospace"], true);
+    assert!(reply["text"].as_str().unwrap().contains(&pw));
+    let reply_id = reply["id"].as_i64().unwrap();
+    assert!(!out.deleted().contains(&reply_id), "deleted too early");
+    out.wait("secret reply deleted", Duration::from_secs(8), |o| {
+        o.deleted().contains(&reply_id)
+    });
+    let took = sent_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "deleted after {took:?}, TTL is 2 s"
+    );
+    assert!(
+        !out.deleted().contains(&12),
+        "a message without secret input was deleted"
+    );
+    // A stranger, a group chat, plain text: no reply at all.
+    inbox(
+        &dir,
+        json!({"id": 13, "chat": 555555, "sender": 555555, "text": "/get_keys"}),
+    );
+    inbox(
+        &dir,
+        json!({"id": 14, "chat": -100, "sender": 111111, "text": "/whoami", "private": false}),
+    );
+    inbox(
+        &dir,
+        json!({"id": 15, "chat": 111111, "sender": 111111, "text": "hello"}),
+    );
+    // A long reply is split at line boundaries.
+    let long_fields: Vec<String> = (0..6)
+        .map(|i| format!("f{i}={}", "y".repeat(900)))
+        .collect();
+    inbox(
+        &dir,
+        json!({"id": 16, "chat": 111111, "sender": 111111, "text": format!("/kv put {path}-long {}", long_fields.join(" "))}),
+    );
+    inbox(
+        &dir,
+        json!({"id": 17, "chat": 111111, "sender": 111111, "text": format!("/kv get {path}-long")}),
+    );
+    // The same message id again (a redelivery): not run twice.
+    inbox(
+        &dir,
+        json!({"id": 10, "chat": 111111, "sender": 111111, "text": "/whoami"}),
+    );
+    inbox(
+        &dir,
+        json!({"id": 18, "chat": 111111, "sender": 111111, "text": "/whoami"}),
+    );
+    out.wait("reply to 18", Duration::from_secs(15), |o| {
+        !o.sends_to(18).is_empty()
+    });
+    assert!(
+        out.sends_to(13).is_empty() && out.sends_to(14).is_empty() && out.sends_to(15).is_empty()
+    );
+    assert_eq!(out.sends_to(10).len(), 1, "a replayed id ran twice");
+    let parts = out.sends_to(17);
+    assert!(parts.len() >= 2, "6×900 chars in one message");
+    for p in &parts {
+        assert!(p["text"].as_str().unwrap().encode_utf16().count() <= 4096);
+    }
+    // The stranger got one audit record, the group and plain text none.
+    let audit = env.rt.block_on(async {
+        let recs = app
+            .etcd
+            .list_prefix(&format!("{}audit/", cfg.etcd.prefix), 0, false)
+            .await
+            .unwrap();
+        recs.into_iter()
+            .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+            .collect::<Vec<_>>()
+    });
+    let strangers = audit.iter().filter(|r| r.contains("555555")).count();
+    assert_eq!(strangers, 1, "audit records for the stranger: {audit:?}");
+    // Saved Messages: the account's own operator entry (id 100 in the
+    // stand-in). Our /help reply starts with "/" and comes back as an
+    // outgoing update; it must never be taken for a command.
+    inbox(
+        &dir,
+        json!({"id": 40, "chat": 100, "sender": 100, "text": "/help", "outgoing": true}),
+    );
+    out.wait("reply in Saved Messages", Duration::from_secs(10), |o| {
+        !o.sends_to(40).is_empty()
+    });
+    let help = out.sends_to(40)[0]["text"].as_str().unwrap().to_string();
+    assert!(help.starts_with('/'), "{help:.40}");
+    inbox(
+        &dir,
+        json!({"id": 41, "chat": 100, "sender": 100, "text": "/whoami", "outgoing": true}),
+    );
+    out.wait("reply to 41", Duration::from_secs(10), |o| {
+        !o.sends_to(41).is_empty()
+    });
+    let to_self = out
+        .lines()
+        .into_iter()
+        .filter(|v| v["op"] == "send" && v["chat"] == 100)
+        .count();
+    assert_eq!(to_self, 2, "an echoed reply was run as a command");
+    // /health through Telegram reports the client on this node.
+    inbox(
+        &dir,
+        json!({"id": 30, "chat": 111111, "sender": 111111, "text": "/health"}),
+    );
+    out.wait("reply to /health", Duration::from_secs(10), |o| {
+        !o.sends_to(30).is_empty()
+    });
+    let h = out.sends_to(30)[0]["text"].as_str().unwrap().to_string();
+    assert!(h.contains("telegram: connected on this node"), "{h}");
+    // A message claimed by a leader that died mid-command: not run again,
+    // the operator is told.
+    env.rt.block_on(async {
+        let key = format!("{}tg/handled/111111/31", cfg.etcd.prefix);
+        let v = json!({"state": "started", "node": "gone", "at": 0}).to_string();
+        app.etcd.put(&key, v).await.unwrap();
+    });
+    inbox(
+        &dir,
+        json!({"id": 31, "chat": 111111, "sender": 111111, "text": format!("/kv put {path}-twice n=1")}),
+    );
+    out.wait("interrupted notice", Duration::from_secs(10), |o| {
+        !o.sends_to(31).is_empty()
+    });
+    let t = out.sends_to(31)[0]["text"].as_str().unwrap().to_string();
+    assert!(t.contains("not run again"), "{t}");
+    // The connection drops: the runner reconnects from the stored session,
+    // and what was redelivered does not run twice.
+    let starts = |o: &Outbox| o.lines().iter().filter(|v| v["op"] == "start").count();
+    let before = starts(&out);
+    inbox(&dir, json!({"control": "disconnect"}));
+    inbox(
+        &dir,
+        json!({"id": 32, "chat": 111111, "sender": 111111, "text": "/whoami"}),
+    );
+    out.wait("reconnect", Duration::from_secs(15), |o| starts(o) > before);
+    out.wait("reply to 32", Duration::from_secs(15), |o| {
+        !o.sends_to(32).is_empty()
+    });
+    assert_eq!(
+        out.sends_to(17).len(),
+        parts.len(),
+        "the long reply was sent again"
+    );
+    for id in [10, 11, 12, 16, 18, 30, 31, 32] {
+        assert!(
+            out.sends_to(id).len() <= 1,
+            "message {id} answered twice after the reconnect"
+        );
+    }
+    // Schedule a secret reply, stop the leader before it is due: the next
+    // leader deletes it.
+    inbox(
+        &dir,
+        json!({"id": 19, "chat": 111111, "sender": 111111, "text": format!("/kv get {path}")}),
+    );
+    out.wait("reply to 19", Duration::from_secs(10), |o| {
+        !o.sends_to(19).is_empty()
+    });
+    let pending = out.sends_to(19)[0]["id"].as_i64().unwrap();
+    stop1.cancel();
+    env.rt.block_on(async { runner1.await.unwrap() });
+    assert!(!out.deleted().contains(&pending), "deleted before its TTL");
+    assert!(out.lines().iter().any(|v| v["op"] == "stop"), "clean stop");
+    let stop2 = CancellationToken::new();
+    let runner2 = env.rt.spawn({
+        let app = app.clone();
+        let elector = Arc::new(Elector::new(app.etcd.clone(), &cfg.etcd, "flow-2".into()));
+        vaultgram::transport::telegram::run(app, elector, stop2.clone())
+    });
+    out.wait(
+        "deletion by the next leader",
+        Duration::from_secs(15),
+        |o| o.deleted().contains(&pending),
+    );
+    // The saved update state let the new leader resume after id 19: nothing
+    // ran again.
+    assert_eq!(out.sends_to(18).len(), 1);
+    assert_eq!(out.sends_to(12).len(), 1);
+    assert_eq!(out.sends_to(32).len(), 1);
+    // Nothing ran for message 31: the KV path was never written.
+    let (code, _) = env
+        .cluster()
+        .vault_api(
+            reqwest::Method::GET,
+            &format!("secret/data/{}-twice", path.trim_start_matches("secret/")),
+            Some(&env.cluster().root_token),
+            None,
+        )
+        .unwrap();
+    assert_eq!(code, 404, "the interrupted command ran again");
+    stop2.cancel();
+    env.rt.block_on(async {
+        runner2.await.unwrap();
+        app.audit.flush().await;
+    });
+}
+
+struct NoPrompt;
+
+impl vaultgram::transport::telegram::LoginPrompt for NoPrompt {
+    fn phone(&mut self) -> Result<String, vaultgram::transport::telegram::ChatError> {
+        panic!("the file stand-in asks nothing")
+    }
+    fn code(&mut self) -> Result<secrecy::SecretString, vaultgram::transport::telegram::ChatError> {
+        panic!("the file stand-in asks nothing")
+    }
+    fn password(
+        &mut self,
+        _: Option<&str>,
+    ) -> Result<secrecy::SecretString, vaultgram::transport::telegram::ChatError> {
+        panic!("the file stand-in asks nothing")
+    }
+}
