@@ -23,7 +23,53 @@ pub const TESTS: &[(&str, TestFn)] = &[
         config_errors_name_the_key,
     ),
     ("cli::config_path_from_env", config_path_from_env),
+    (
+        "cli::userbot_example_config_is_valid",
+        userbot_example_config_is_valid,
+    ),
 ];
+
+/// `userbot/vaultgram.example.toml` passes `check-config` once the files
+/// it names exist (rewritten under a temp dir): the documented config
+/// cannot drift from the real keys.
+fn userbot_example_config_is_valid(_env: &Env) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("userbot/vaultgram.example.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().display().to_string();
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut l = line.to_string();
+        for top in ["/etc/", "/run/", "/var/"] {
+            l = l.replace(&format!("\"{top}"), &format!("\"{base}{top}"));
+        }
+        if !l.trim_start().starts_with('#') {
+            if let Some(start) = l.find(&format!("\"{base}")) {
+                let path = &l[start + 1..];
+                let path = &path[..path.find('"').unwrap()];
+                if !path.ends_with(".sock") {
+                    let p = Path::new(path);
+                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                    std::fs::write(p, "x").unwrap();
+                }
+            }
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    let cfg = dir.path().join("vaultgram.toml");
+    std::fs::write(&cfg, out).unwrap();
+    let o = vaultgram(&["--config", cfg.to_str().unwrap(), "check-config"], &[]);
+    assert!(
+        o.status.success(),
+        "userbot/vaultgram.example.toml: {}",
+        text_of(&o.stderr)
+    );
+}
+
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
 
 fn vaultgram(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vaultgram"));
