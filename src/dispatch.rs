@@ -303,6 +303,7 @@ impl App {
                     "ignored",
                 ))
                 .await;
+            crate::metrics::command("-", "ignored", transport.as_str());
             return None;
         };
         let (name, target, result) = match Command::parse(text) {
@@ -320,10 +321,21 @@ impl App {
                 (cmd.name(), cmd.target(), r)
             }
         };
+        if matches!(&result, Err(e) if e.kind == ErrorKind::Denied) {
+            // A child token that died with a revoked broker token looks like
+            // any denial; if that is what happened, heal now so that only
+            // this command fails.
+            // The child itself may be dead while its parent still looks
+            // alive for a moment (revocation of a token tree is not
+            // atomic): mint a fresh one next time either way.
+            self.tokens.forget(&op.name).await;
+            self.tokens.heal_if_parent_dead().await;
+        }
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.kind.as_str(),
         };
+        crate::metrics::command(&name, outcome, transport.as_str());
         self.audit
             .record(AuditRecord::new(
                 &rid, &op.name, transport, &name, target, outcome,

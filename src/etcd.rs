@@ -58,6 +58,9 @@ impl EtcdError {
 impl From<etcd_client::Error> for EtcdError {
     fn from(e: etcd_client::Error) -> Self {
         use etcd_client::Error as E;
+        // Every failed etcd call passes through here (call-site timeouts
+        // do not; they are not etcd answers).
+        crate::metrics::etcd_error();
         match e {
             E::GRpcStatus(status) => {
                 use tonic::Code;
@@ -80,6 +83,8 @@ impl From<etcd_client::Error> for EtcdError {
 #[derive(Clone)]
 pub struct Etcd {
     client: Client,
+    /// Failures faster than this are retried by reads (see [`retrying`]).
+    retry_below: Duration,
     endpoints: Vec<String>,
 }
 
@@ -125,22 +130,60 @@ impl Etcd {
             let pw = SecretString::from(String::from_utf8_lossy(&pw).trim_end().to_string());
             opts = opts.with_user(user.clone(), pw.expose_secret().to_string());
         }
-        let client = Client::connect(cfg.endpoints.clone(), Some(opts)).await?;
+        // With auth on, connecting authenticates over the balanced channel,
+        // and a member that is down fails it ("tcp connect error"). So the
+        // client starts with the members that accept a TCP connection and
+        // the others are added right after: they are used again once they
+        // come back.
+        let up = reachable(&cfg.endpoints).await;
+        let (first, later): (Vec<String>, Vec<String>) = if up.is_empty() {
+            (cfg.endpoints.clone(), Vec::new())
+        } else {
+            cfg.endpoints.iter().cloned().partition(|e| up.contains(e))
+        };
+        let mut attempt = 0;
+        let client = loop {
+            match Client::connect(first.clone(), Some(opts.clone())).await {
+                Ok(c) => break c,
+                Err(e) if attempt < 3 && first.len() > 1 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "etcd connect failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        for e in &later {
+            if let Err(err) = client.add_endpoint(e).await {
+                tracing::warn!(endpoint = %e, error = %err, "etcd endpoint not added");
+            }
+        }
         Ok(Etcd {
             client,
+            retry_below: Duration::from_secs(cfg.request_timeout_secs) / 2,
             endpoints: cfg.endpoints.clone(),
         })
     }
 
     /// Writes one key.
     pub async fn put(&self, key: &str, value: impl Into<Vec<u8>>) -> Result<(), EtcdError> {
-        self.client.kv_client().put(key, value, None).await?;
+        let value = value.into();
+        retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            let value = value.clone();
+            async move { kv.put(key, value, None).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Reads one key; `None` when it does not exist.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, EtcdError> {
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -170,10 +213,31 @@ impl Etcd {
         value: impl Into<Vec<u8>>,
         lease: i64,
     ) -> Result<(), EtcdError> {
-        self.client
-            .kv_client()
-            .put(key, value, Some(put_opts(lease)))
-            .await?;
+        let value = value.into();
+        retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            let value = value.clone();
+            async move { kv.put(key, value, Some(put_opts(lease))).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Writes every `(key, value)` attached to `lease` in one transaction
+    /// (at most etcd's `--max-txn-ops`, 128 by default). Blind puts: safe
+    /// to retry.
+    pub async fn put_all(&self, items: &[(String, Vec<u8>)], lease: i64) -> Result<(), EtcdError> {
+        retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            let txn = Txn::new().and_then(
+                items
+                    .iter()
+                    .map(|(k, v)| TxnOp::put(k.as_str(), v.clone(), Some(put_opts(lease))))
+                    .collect::<Vec<_>>(),
+            );
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -185,7 +249,11 @@ impl Etcd {
 
     /// Reads one key with its revision and lease; `None` when absent.
     pub async fn get_entry(&self, key: &str) -> Result<Option<Entry>, EtcdError> {
-        let resp = self.client.kv_client().get(key, None).await?;
+        let resp = retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         Ok(resp.kvs().first().map(Entry::from_kv))
     }
 
@@ -202,8 +270,24 @@ impl Etcd {
         if newest_first {
             opts = opts.with_sort(SortTarget::Key, SortOrder::Descend);
         }
-        let resp = self.client.kv_client().get(prefix, Some(opts)).await?;
+        let resp = retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            let opts = opts.clone();
+            async move { kv.get(prefix, Some(opts)).await }
+        })
+        .await?;
         Ok(resp.kvs().iter().map(Entry::from_kv).collect())
+    }
+
+    /// How many keys are under `prefix` (counted by etcd; no values sent).
+    pub async fn count_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
+        let opts = GetOptions::new().with_prefix().with_count_only();
+        Ok(self
+            .client
+            .kv_client()
+            .get(prefix, Some(opts))
+            .await?
+            .count())
     }
 
     /// Writes every `(key, value, lease)` in one transaction, only if none
@@ -375,6 +459,130 @@ impl Etcd {
         let status = self.client.maintenance_client().status().await?;
         Ok((members.members().len(), status.leader()))
     }
+
+    /// `doctor`: the status of the member behind `endpoint` alone, through
+    /// a client of its own (so a dead member cannot be hidden by another
+    /// endpoint answering), connect and request bounded by `timeout`.
+    pub async fn member_status(
+        cfg: &EtcdConfig,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> Result<MemberStatus, EtcdError> {
+        let mut one = cfg.clone();
+        one.endpoints = vec![endpoint.to_string()];
+        let secs = timeout.as_secs().max(1);
+        one.connect_timeout_secs = secs;
+        one.request_timeout_secs = secs;
+        let probe = async {
+            let etcd = Etcd::connect(&one).await?;
+            let s = etcd.client.maintenance_client().status().await?;
+            Ok::<_, EtcdError>(MemberStatus {
+                endpoint: endpoint.to_string(),
+                member_id: s.header().map(|h| h.member_id()).unwrap_or(0),
+                leader: s.leader(),
+                raft_index: s.raft_index(),
+                raft_term: s.raft_term(),
+                db_size: s.db_size(),
+                version: s.version().to_string(),
+                errors: s.errors().to_vec(),
+            })
+        };
+        // Authentication at connect time is not covered by the connect
+        // timeout; bound the whole probe.
+        tokio::time::timeout(timeout * 2, probe)
+            .await
+            .unwrap_or_else(|_| Err(EtcdError::Unavailable(format!("{endpoint}: timed out"))))
+    }
+
+    /// `doctor`: active alarms as (member id, alarm name). etcd lets any
+    /// authenticated user list them (raising or disarming needs root).
+    pub async fn alarms(&self) -> Result<Vec<(u64, String)>, EtcdError> {
+        use etcd_client::{AlarmAction, AlarmType};
+        let resp = self
+            .client
+            .maintenance_client()
+            .alarm(AlarmAction::Get, AlarmType::None, None)
+            .await?;
+        Ok(resp
+            .alarms()
+            .iter()
+            .map(|a| (a.member_id(), a.alarm().as_str_name().to_string()))
+            .collect())
+    }
+}
+
+/// One member's status as `doctor` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberStatus {
+    pub endpoint: String,
+    pub member_id: u64,
+    /// The leader's member id as this member sees it (0: none).
+    pub leader: u64,
+    pub raft_index: u64,
+    pub raft_term: u64,
+    pub db_size: i64,
+    pub version: String,
+    pub errors: Vec<String>,
+}
+
+/// The endpoints that accept a TCP connection within 1 s each (a refused
+/// connection fails at once).
+async fn reachable(endpoints: &[String]) -> Vec<String> {
+    let probes = endpoints.iter().map(|e| async move {
+        let url = url::Url::parse(e).ok()?;
+        let host = url.host_str()?.to_string();
+        let port = url.port_or_known_default()?;
+        let ok = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        ok.then(|| e.clone())
+    });
+    let mut up = Vec::new();
+    for p in probes {
+        if let Some(e) = p.await {
+            up.push(e);
+        }
+    }
+    up
+}
+
+/// Runs `op` again (up to 8 times, 10–200 ms apart) when it failed as
+/// `Unavailable` within half the request timeout: with one member down,
+/// the client's balancer still hands out that member's channel now and
+/// then (refused at once, or cut when the connection's keep-alive gives
+/// up). A failure that took the whole timeout (no quorum) is returned at
+/// once, so commands still fail in bounded time. Only reads and blind
+/// puts use this; transactions are not retried (an ambiguous failure may
+/// have committed).
+async fn retrying<T, Fut>(
+    retry_below: Duration,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, EtcdError>
+where
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut delay = Duration::from_millis(10);
+    let mut attempt = 0;
+    loop {
+        let started = Instant::now();
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let e = EtcdError::from(e);
+                let fast = started.elapsed() < retry_below;
+                if attempt < 8 && fast && matches!(e, EtcdError::Unavailable(_)) {
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
 }
 
 fn put_opts(lease: i64) -> PutOptions {
@@ -533,13 +741,23 @@ impl SharedLease {
     /// Puts `key` with the shared lease; when the lease has vanished
     /// (revoked by hand), grants a fresh one and retries once.
     pub async fn put(&self, etcd: &Etcd, key: &str, value: &[u8]) -> Result<(), EtcdError> {
+        self.put_many(etcd, &[(key.to_string(), value.to_vec())])
+            .await
+    }
+
+    /// Writes every `(key, value)` attached to the lease in one transaction.
+    pub async fn put_many(
+        &self,
+        etcd: &Etcd,
+        items: &[(String, Vec<u8>)],
+    ) -> Result<(), EtcdError> {
         let lease = self.get(etcd).await?;
-        match etcd.put_leased(key, value.to_vec(), lease).await {
+        match etcd.put_all(items, lease).await {
             Err(EtcdError::NotFound(_)) => {
                 // The meta key was attached to that lease: it is gone too.
                 self.invalidate();
                 let lease = self.get(etcd).await?;
-                etcd.put_leased(key, value.to_vec(), lease).await
+                etcd.put_all(items, lease).await
             }
             other => other,
         }

@@ -39,6 +39,33 @@ pub struct LeaderStatus {
     pub terms: u64,
 }
 
+/// The election key's value: who leads and since when (`doctor` reads it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LeaderRecord {
+    pub node: String,
+    /// Unix seconds.
+    pub since: u64,
+}
+
+impl LeaderRecord {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// A value written by this version, or a bare node id.
+    pub fn parse(value: &[u8]) -> LeaderRecord {
+        serde_json::from_slice(value).unwrap_or_else(|_| LeaderRecord {
+            node: String::from_utf8_lossy(value).into_owned(),
+            since: 0,
+        })
+    }
+}
+
+/// The election key for `cfg`'s prefix.
+pub fn election_key(cfg: &EtcdConfig) -> String {
+    format!("{}leader", cfg.prefix)
+}
+
 /// Campaigns for the election key of one broker prefix.
 pub struct Elector {
     etcd: Etcd,
@@ -102,7 +129,7 @@ impl Elector {
         };
         Elector {
             etcd,
-            key: format!("{}leader", cfg.prefix),
+            key: election_key(cfg),
             node,
             ttl: Duration::from_secs(cfg.lease_ttl_secs.max(2)),
             status: Arc::new(Mutex::new(status)),
@@ -178,15 +205,19 @@ impl Elector {
             .await
             .map_err(timed("read"))??
         {
-            return Ok(Err(String::from_utf8_lossy(&e.value).into_owned()));
+            return Ok(Err(LeaderRecord::parse(&e.value).node));
         }
         let t0 = Instant::now();
         let lease = tokio::time::timeout(step, self.etcd.lease_grant(self.ttl.as_secs()))
             .await
             .map_err(timed("lease grant"))??;
+        let record = LeaderRecord {
+            node: self.node.clone(),
+            since: crate::etcd::unix_secs(),
+        };
         let won = tokio::time::timeout(
             step,
-            self.etcd.campaign(&self.key, self.node.as_bytes(), lease),
+            self.etcd.campaign(&self.key, &record.to_bytes(), lease),
         )
         .await
         .map_err(timed("campaign"))?;
@@ -194,7 +225,7 @@ impl Elector {
             Ok(Campaign::Won(g)) => g,
             Ok(Campaign::Held(holder)) => {
                 self.revoke_quietly(lease);
-                return Ok(Err(holder));
+                return Ok(Err(LeaderRecord::parse(holder.as_bytes()).node));
             }
             Err(e) => {
                 self.revoke_quietly(lease);

@@ -34,15 +34,25 @@
 //! - [`etcd`]: the only module that imports `etcd_client`; connects with a
 //!   client certificate and the broker's etcd user, maps failures to
 //!   [`etcd::EtcdError`].
+//! - [`http`]: `run`'s HTTP endpoints on `http.listen` (`/healthz`,
+//!   `/readyz`, `/metrics`).
+//! - [`metrics`]: the process's one Prometheus registry; label values come
+//!   from fixed sets only (never a path, user or value).
+//! - [`doctor`]: `vaultgram doctor`: checks Vault, etcd, certificates,
+//!   leadership and the running service; each failure is a check, not an
+//!   error.
 
 pub mod approvals;
 pub mod audit;
 pub mod command;
 pub mod config;
 pub mod dispatch;
+pub mod doctor;
 pub mod error;
 pub mod etcd;
+pub mod http;
 pub mod leader;
+pub mod metrics;
 pub mod migrate;
 pub mod telemetry;
 pub mod tls;

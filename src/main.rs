@@ -30,9 +30,10 @@ enum Command {
     /// Validate the config (no network) and print the effective config with
     /// every secret redacted.
     CheckConfig,
-    /// The service: the Telegram userbot (etcd election leader only) and the
-    /// Unix-socket server. Stops on SIGTERM or Ctrl-C: stop intake, save the
-    /// Telegram session, quit the client, finish handlers, resign, exit.
+    /// The service: the Telegram userbot (etcd election leader only), the
+    /// Unix-socket server and the HTTP endpoints on `http.listen`. Stops on
+    /// SIGTERM or Ctrl-C: stop intake, save the Telegram session, quit the
+    /// client, finish handlers, resign, exit.
     Run,
     /// Interactive Telegram login (phone, code, 2FA password); stores the
     /// transit-encrypted session in Vault, never on disk.
@@ -61,6 +62,16 @@ enum Command {
     Import {
         #[command(subcommand)]
         source: ImportSource,
+    },
+    /// Check Vault, etcd, certificates, leadership and the running
+    /// service. Exit 0 all ok, 1 any warning, 2 any failure.
+    Doctor {
+        /// `{"status":"ok|warn|fail","checks":[…]}` instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The etcd backend quota the DB size is compared with.
+        #[arg(long, default_value_t = vaultgram::doctor::DEFAULT_ETCD_QUOTA_BYTES)]
+        etcd_quota_bytes: u64,
     },
     /// Write files other programs read, from Vault, as an admin operator.
     Export {
@@ -130,7 +141,7 @@ enum ExportTarget {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Import { .. } | Command::Export { .. } => {
+        Command::Import { .. } | Command::Export { .. } | Command::Doctor { .. } => {
             telemetry::init_with_default(cli.log_format, telemetry::QUIET_TOOL_FILTER)
         }
         _ => telemetry::init(cli.log_format),
@@ -220,6 +231,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Import { source } => run_import(&cfg, source),
+        Command::Doctor {
+            json,
+            etcd_quota_bytes,
+        } => {
+            let opts = vaultgram::doctor::Options { etcd_quota_bytes };
+            let rt = tokio::runtime::Runtime::new()?;
+            let report = rt.block_on(vaultgram::doctor::run(&cfg, &opts));
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            Ok(ExitCode::from(report.exit_code()))
+        }
         Command::Export {
             target:
                 ExportTarget::Mtproxy {
@@ -373,6 +398,7 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     let socket_path = cfg.ipc.socket.clone();
     // Bind before logging in: a second broker on the same socket fails fast.
     let listener = vaultgram::transport::socket::bind(&socket_path).await?;
+    let http_listener = vaultgram::http::bind(&cfg.http).await?;
     let app = vaultgram::dispatch::App::start(cfg).await?;
     let shutdown = CancellationToken::new();
     let renewer = tokio::spawn({
@@ -387,6 +413,11 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
         socket_path.clone(),
         shutdown.clone(),
         std::time::Duration::from_secs(10),
+    ));
+    let http = tokio::spawn(vaultgram::http::serve(
+        app.clone(),
+        http_listener,
+        shutdown.clone(),
     ));
     // Approval requests whose lease ran out unseen are audited as expired.
     let sweeper = tokio::spawn({
@@ -432,8 +463,16 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
         t.await?;
     }
     server.await?;
+    http.await??;
     sweeper.await?;
-    app.audit.flush().await;
+    // Bounded: every record is in the log already; the etcd copy of a
+    // backlog is not worth hanging a shutdown for.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), app.audit.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!("audit: etcd backlog not flushed within 10 s (records are in the log)");
+    }
     renewer.await?;
     tracing::info!("stopped");
     Ok(())

@@ -78,20 +78,23 @@ pub async fn unwrap_secret_id(
 ) -> Result<SecretString, VaultError> {
     let anon = Vault::with_token(cfg, &SecretString::from(String::new()))?;
     // sys/wrapping/lookup needs no token of its own.
-    let info = vaultrs::sys::wrapping::lookup(&anon.client, wrapping_token.expose_secret())
-        .await
-        .map_err(|e| match VaultError::from(e) {
-            VaultError::Unavailable(m) => VaultError::Unavailable(m),
-            _ => {
-                error!("wrapped secret_id: the wrapping token is invalid or was already unwrapped");
-                VaultError::Refused(
-                    "wrapped secret_id: the wrapping token is invalid or was already unwrapped \
+    let info = crate::metrics::time_vault(
+        "wrap_lookup",
+        vaultrs::sys::wrapping::lookup(&anon.client, wrapping_token.expose_secret()),
+    )
+    .await
+    .map_err(|e| match VaultError::from(e) {
+        VaultError::Unavailable(m) => VaultError::Unavailable(m),
+        _ => {
+            error!("wrapped secret_id: the wrapping token is invalid or was already unwrapped");
+            VaultError::Refused(
+                "wrapped secret_id: the wrapping token is invalid or was already unwrapped \
                      (if the broker did not unwrap it, someone else may have: issue a new one \
                      and investigate)"
-                        .into(),
-                )
-            }
-        })?;
+                    .into(),
+            )
+        }
+    })?;
     if info.creation_path != expected_path {
         error!(
             creation_path = %info.creation_path,
@@ -104,14 +107,17 @@ pub async fn unwrap_secret_id(
         )));
     }
     let holder = Vault::with_token(cfg, wrapping_token)?;
-    let data: UnwrappedSecretId = vaultrs::sys::wrapping::unwrap(&holder.client, None)
-        .await
-        .map_err(|e| match VaultError::from(e) {
-            VaultError::Unavailable(m) => VaultError::Unavailable(m),
-            _ => VaultError::Refused(
-                "wrapped secret_id: unwrap failed; the token was used in the meantime".into(),
-            ),
-        })?;
+    let data: UnwrappedSecretId = crate::metrics::time_vault(
+        "unwrap",
+        vaultrs::sys::wrapping::unwrap(&holder.client, None),
+    )
+    .await
+    .map_err(|e| match VaultError::from(e) {
+        VaultError::Unavailable(m) => VaultError::Unavailable(m),
+        _ => VaultError::Refused(
+            "wrapped secret_id: unwrap failed; the token was used in the meantime".into(),
+        ),
+    })?;
     Ok(data.secret_id)
 }
 
@@ -181,11 +187,14 @@ impl Credentials {
                 mount,
                 role_id,
                 secret_id,
-            } => vaultrs::auth::approle::login(
-                &anon()?.client,
-                mount,
-                role_id.expose_secret(),
-                secret_id.expose_secret(),
+            } => crate::metrics::time_vault(
+                "login",
+                vaultrs::auth::approle::login(
+                    &anon()?.client,
+                    mount,
+                    role_id.expose_secret(),
+                    secret_id.expose_secret(),
+                ),
             )
             .await
             .map_err(login_refused)?,
@@ -196,9 +205,17 @@ impl Credentials {
             } => {
                 // Projected service-account tokens rotate: read it each time.
                 let jwt = read_secret_file("service-account token", jwt_file)?;
-                vaultrs::auth::kubernetes::login(&anon()?.client, mount, role, jwt.expose_secret())
-                    .await
-                    .map_err(login_refused)?
+                crate::metrics::time_vault(
+                    "login",
+                    vaultrs::auth::kubernetes::login(
+                        &anon()?.client,
+                        mount,
+                        role,
+                        jwt.expose_secret(),
+                    ),
+                )
+                .await
+                .map_err(login_refused)?
             }
             Credentials::Token { token, token_file } => {
                 let token = match token_file {
@@ -416,7 +433,12 @@ impl TokenManager {
             };
         }
         let increment = format!("{}s", base_ttl.as_secs().max(1));
-        match vaultrs::token::renew_self(&vault.client, Some(&increment)).await {
+        let renewed = crate::metrics::time_vault(
+            "token_renew",
+            vaultrs::token::renew_self(&vault.client, Some(&increment)),
+        )
+        .await;
+        match renewed {
             Ok(auth) => {
                 let lease = Duration::from_secs(auth.lease_duration);
                 // Drop the token string vaultrs handed back at once.

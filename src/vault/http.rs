@@ -180,6 +180,11 @@ fn is_multierror_header(l: &str) -> bool {
 impl Vault {
     /// Executes `req` with this client's token; the body of a 2xx answer.
     pub(super) async fn send(&self, req: Req) -> Result<Zeroizing<Vec<u8>>, SendError> {
+        let operation = operation(&req.method, &req.path);
+        crate::metrics::time_vault(operation, self.send_timed(req)).await
+    }
+
+    async fn send_timed(&self, req: Req) -> Result<Zeroizing<Vec<u8>>, SendError> {
         let http = self.client.http();
         let merge_patch = req.merge_patch;
         let wrap = req.wrap;
@@ -219,6 +224,51 @@ impl Vault {
             .map(drop)
             .map_err(|e| e.into_error(ctx))
     }
+}
+
+/// A bounded class for a Vault request (the metrics label `operation`), from its method and its path
+/// relative to `/v1/`. Mounts are configurable and may be nested, so the
+/// class is taken from the first segment after the mount that names an
+/// engine operation; KV paths after that segment are never looked at.
+pub(super) fn operation(method: &RequestMethod, path: &str) -> &'static str {
+    use RequestMethod as M;
+    let path = path.trim_start_matches('/');
+    match path {
+        "sys/wrapping/wrap" => return "wrap",
+        "sys/wrapping/unwrap" => return "unwrap",
+        "sys/wrapping/lookup" => return "wrap_lookup",
+        "sys/health" => return "sys_health",
+        _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("auth/token/") {
+        return match rest.split('/').next().unwrap_or("") {
+            "create" | "create-orphan" => "token_create",
+            "lookup" | "lookup-self" => "token_lookup",
+            "renew" | "renew-self" => "token_renew",
+            _ => "other",
+        };
+    }
+    if path.starts_with("auth/") && path.ends_with("/login") {
+        return "login";
+    }
+    for seg in path.split('/').skip(1) {
+        let class = match (seg, method) {
+            ("data", M::GET) => "kv_read",
+            ("data", M::DELETE) => "kv_delete",
+            ("data", _) => "kv_write",
+            ("metadata", M::LIST) => "kv_list",
+            ("metadata", M::DELETE) => "kv_delete",
+            ("metadata", _) => "kv_metadata",
+            ("delete" | "undelete" | "destroy", _) => "kv_delete",
+            ("encrypt", _) => "transit_encrypt",
+            ("decrypt", _) => "transit_decrypt",
+            ("rewrap" | "keys" | "datakey", _) => "transit_other",
+            ("code", _) => "totp",
+            _ => continue,
+        };
+        return class;
+    }
+    "other"
 }
 
 /// Transport failures: rustify's own text is static ("Error sending HTTP
@@ -410,6 +460,33 @@ impl<'de> Visitor<'de> for SecretValueVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vault_operations_are_classified_without_the_path() {
+        use RequestMethod as M;
+        let cases = [
+            (M::GET, "secret/data/a/b", "kv_read"),
+            (M::POST, "secret/data/a", "kv_write"),
+            (M::PATCH, "team/kv/data/a", "kv_write"),
+            (M::DELETE, "secret/data/a", "kv_delete"),
+            (M::POST, "secret/destroy/a", "kv_delete"),
+            (M::LIST, "secret/metadata/a/", "kv_list"),
+            (M::GET, "secret/metadata/a", "kv_metadata"),
+            (M::POST, "transit/encrypt/k", "transit_encrypt"),
+            (M::POST, "transit/decrypt/k", "transit_decrypt"),
+            (M::POST, "transit/keys/k/rotate", "transit_other"),
+            (M::POST, "totp/code/alice", "totp"),
+            (M::POST, "sys/wrapping/unwrap", "unwrap"),
+            (M::POST, "auth/token/create/vaultgram-op", "token_create"),
+            (M::POST, "auth/approle/login", "login"),
+            (M::GET, "sys/mounts", "other"),
+            // A KV path segment after `data` is never what decides.
+            (M::GET, "secret/data/encrypt", "kv_read"),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(operation(&m, p), want, "{p}");
+        }
+    }
 
     #[test]
     fn names_follow_vaults_generic_name_rule() {

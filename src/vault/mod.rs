@@ -16,6 +16,7 @@ pub mod auth;
 mod http;
 pub mod kv;
 mod sys;
+pub use sys::{LeaderInfo, MountInfo, TokenLifetime};
 pub mod token;
 pub mod totp;
 pub mod transit;
@@ -142,8 +143,11 @@ impl Vault {
 
     /// `sys/health`: whether the server is initialised, sealed, standby.
     pub async fn health(&self) -> Result<Health, VaultError> {
-        let r = vaultrs::api::exec_with_no_result(&self.client, sys::HealthRequest::always_ok())
-            .await?;
+        let r = crate::metrics::time_vault(
+            "sys_health",
+            vaultrs::api::exec_with_no_result(&self.client, sys::HealthRequest::always_ok()),
+        )
+        .await?;
         Ok(Health {
             initialized: r.initialized,
             sealed: r.sealed,
@@ -153,7 +157,9 @@ impl Vault {
 
     /// `auth/token/lookup-self`: the policies and remaining TTL of the token.
     pub async fn lookup_self(&self) -> Result<TokenInfo, VaultError> {
-        let mut r = vaultrs::token::lookup_self(&self.client).await?;
+        let mut r =
+            crate::metrics::time_vault("token_lookup", vaultrs::token::lookup_self(&self.client))
+                .await?;
         // The response carries the token itself (`id`): move it into a
         // SecretString so it is zeroed when dropped.
         drop(SecretString::from(std::mem::take(&mut r.id)));

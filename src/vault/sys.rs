@@ -36,3 +36,89 @@ pub struct HealthResponse {
     pub sealed: bool,
     pub standby: bool,
 }
+
+// ---- `doctor`'s probes -------------------------------------------------
+
+use rustify::enums::RequestMethod;
+
+use super::http::{parse_envelope, Req};
+use super::{Vault, VaultError};
+
+/// `sys/leader` (unauthenticated): HA mode and the active node.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LeaderInfo {
+    #[serde(default)]
+    pub ha_enabled: bool,
+    #[serde(default)]
+    pub is_self: bool,
+    #[serde(default)]
+    pub leader_address: String,
+}
+
+/// What `lookup-self` says about the token's lifetime (`doctor`): whether
+/// it is periodic decides if a short TTL matters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TokenLifetime {
+    #[serde(default)]
+    pub ttl: u64,
+    #[serde(default)]
+    pub period: u64,
+    #[serde(default)]
+    pub explicit_max_ttl: u64,
+    #[serde(default)]
+    pub renewable: bool,
+    #[serde(default)]
+    pub policies: Vec<String>,
+}
+
+/// A mount as `sys/internal/ui/mounts/<path>` shows it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct MountInfo {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub path: String,
+    #[serde(default)]
+    pub options: Option<serde_json::Value>,
+}
+
+impl Vault {
+    /// `sys/leader`.
+    pub async fn leader(&self) -> Result<LeaderInfo, VaultError> {
+        let ctx = "sys/leader";
+        let body = self
+            .send(Req::new(RequestMethod::GET, ctx.into()))
+            .await
+            .map_err(|e| e.into_error(ctx))?;
+        // Not wrapped in `data`: the fields are at the top level.
+        serde_json::from_slice(&body)
+            .map_err(|_| VaultError::Unavailable(format!("{ctx}: unexpected answer from Vault")))
+    }
+
+    /// `auth/token/lookup-self`, reading only lifetime fields (the answer
+    /// also holds the token; the body buffer is zeroized).
+    pub async fn token_lifetime(&self) -> Result<TokenLifetime, VaultError> {
+        let ctx = "auth/token/lookup-self";
+        let body = self
+            .send(Req::new(RequestMethod::GET, ctx.into()))
+            .await
+            .map_err(|e| e.into_error(ctx))?;
+        parse_envelope::<TokenLifetime>(&body, ctx)?
+            .data
+            .ok_or_else(|| VaultError::Unavailable(format!("{ctx}: no data")))
+    }
+
+    /// `sys/internal/ui/mounts/<mount>`: any token may read the mounts it
+    /// can use (the broker's policy has no `sys/mounts`); 403 when the
+    /// mount does not exist or the token has no path on it.
+    pub async fn mount_info(&self, mount: &str) -> Result<MountInfo, VaultError> {
+        let ctx = format!("sys/internal/ui/mounts/{}", mount.trim_matches('/'));
+        let body = self
+            .send(Req::new(RequestMethod::GET, ctx.clone()))
+            .await
+            .map_err(|e| e.into_error(&ctx))?;
+        parse_envelope::<MountInfo>(&body, &ctx)?
+            .data
+            .ok_or_else(|| VaultError::NotFound(ctx.clone()))
+    }
+}

@@ -85,7 +85,12 @@ impl OperatorTokens {
                 return Ok(c.vault.clone());
             }
         }
-        let (vault, lease) = self.mint(op).await?;
+        let (vault, lease) = match self.mint(op).await {
+            // The broker's own token may have been revoked from outside:
+            // log in again and mint once more, so this command still works.
+            Err(VaultError::Denied(_)) if self.heal_if_parent_dead().await => self.mint(op).await?,
+            r => r?,
+        };
         let now = Instant::now();
         // Refresh when a third of the child's life is left, and never later
         // than the parent's expiry (the child dies with it).
@@ -105,6 +110,32 @@ impl OperatorTokens {
         Ok(vault)
     }
 
+    /// After a `denied`: if the broker's own token is dead (revoked from
+    /// outside), log in again now instead of at the next renewal, and drop
+    /// every cached child (they died with it). `true` when it healed. One
+    /// lookup-self per denied command; a token that is fine costs nothing
+    /// more.
+    pub async fn heal_if_parent_dead(&self) -> bool {
+        let generation = self.broker.generation();
+        match self.broker.current().lookup_self().await {
+            Err(VaultError::Denied(_)) => {}
+            _ => return false,
+        }
+        tracing::warn!("the broker's Vault token was refused; logging in again");
+        match self.broker.refresh(Some(generation)).await {
+            Ok(()) => {
+                if let Ok(mut cache) = self.cache.try_lock() {
+                    cache.clear();
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-login after a refused token failed");
+                false
+            }
+        }
+    }
+
     /// Forgets an operator's cached token (e.g. after Vault said it is
     /// invalid).
     pub async fn forget(&self, name: &str) {
@@ -121,9 +152,11 @@ impl OperatorTokens {
             // Vault prefixes "token-": the audit log shows token-vaultgram-alice.
             .display_name(format!("vaultgram-{}", op.name))
             .meta(operator_meta(&op.name, op.telegram_id, op.role.as_str()));
-        let auth =
-            vaultrs::token::new_role(&parent.client, &cfg.operator_token_role, Some(&mut req))
-                .await?;
+        let auth = crate::metrics::time_vault(
+            "token_create",
+            vaultrs::token::new_role(&parent.client, &cfg.operator_token_role, Some(&mut req)),
+        )
+        .await?;
         let lease = Duration::from_secs(auth.lease_duration);
         let token = SecretString::from(auth.client_token);
         Ok((Vault::with_token(cfg, &token)?, lease))

@@ -277,7 +277,7 @@ impl Cluster {
         cmd.output().expect("etcdctl")
     }
 
-    fn wait_etcd_healthy(&self, limit: Duration) {
+    pub fn wait_etcd_healthy(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
             let out = self.etcdctl(&["endpoint", "health"], false);

@@ -8,7 +8,10 @@ mod commands;
 mod commands_domain;
 mod commands_kv;
 mod dev_stack;
+mod doctor;
 mod etcd;
+mod failure;
+mod http;
 mod migration;
 mod policy_matrix;
 mod socket;
@@ -34,7 +37,10 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(approvals::TESTS);
     t.extend(socket::TESTS);
     t.extend(dev_stack::TESTS);
+    t.extend(doctor::TESTS);
     t.extend(migration::TESTS);
+    t.extend(failure::TESTS);
+    t.extend(http::TESTS);
     t.extend(telegram::TESTS);
     t.extend(telegram_failover::TESTS);
     t

@@ -35,6 +35,17 @@ impl Broker {
 
     /// Like `start`, with the config text passed through `edit`.
     pub fn start_with(env: &Env, name: &str, edit: impl Fn(String) -> String) -> Broker {
+        Self::start_with_before(env, name, edit, |_| {})
+    }
+
+    /// Like `start_with`; `before` runs with the config path after the
+    /// config is written and before `run` starts.
+    pub fn start_with_before(
+        env: &Env,
+        name: &str,
+        edit: impl Fn(String) -> String,
+        before: impl FnOnce(&Path),
+    ) -> Broker {
         let c = env.cluster();
         // World-traversable, so a test can connect as another uid.
         let dir = tempfile::Builder::new()
@@ -70,6 +81,7 @@ impl Broker {
             .args(["--log-format", "json", "--config"])
             .arg(&config)
             .arg("run");
+        before(&config);
         let proc = Proc::spawn(
             &format!("run-{name}"),
             cmd,

@@ -70,7 +70,8 @@ fn file_dir(env: &Env, name: &str) -> PathBuf {
     d
 }
 
-fn session_snapshot_files(env: &Env, out: &Path) -> (Vec<u8>, Vec<u8>) {
+/// A real snapshot of one etcd member (as root: every key), in `out`.
+pub fn etcd_snapshot(env: &Env, out: &Path) -> Vec<u8> {
     let c = env.cluster();
     // etcd: a real snapshot of one member (as root, every key).
     let snap = out.join("etcd.snapshot");
@@ -98,7 +99,12 @@ fn session_snapshot_files(env: &Env, out: &Path) -> (Vec<u8>, Vec<u8>) {
         "etcd snapshot: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let etcd = std::fs::read(&snap).unwrap();
+    std::fs::read(&snap).unwrap()
+}
+
+fn session_snapshot_files(env: &Env, out: &Path) -> (Vec<u8>, Vec<u8>) {
+    let c = env.cluster();
+    let etcd = etcd_snapshot(env, out);
     // OpenBao: its raft storage snapshot.
     let resp = c
         .http()
@@ -220,7 +226,10 @@ fn deposed_leaders_guarded_writes_fail(env: &Env) {
         // B sees A.
         let key = format!("{prefix}leader");
         match etcd.campaign(&key, b"node-b", 0).await.unwrap() {
-            Campaign::Held(h) => assert_eq!(h, "node-a"),
+            Campaign::Held(h) => assert_eq!(
+                vaultgram::leader::LeaderRecord::parse(h.as_bytes()).node,
+                "node-a"
+            ),
             Campaign::Won(_) => panic!("B won while A leads"),
         }
         // A is paused; its lease disappears (revoked from outside).
@@ -269,7 +278,10 @@ fn deposed_leaders_guarded_writes_fail(env: &Env) {
         a.resign(term_a).await;
         // A's resign must not remove B's key.
         match etcd.campaign(&key, b"node-a", 0).await.unwrap() {
-            Campaign::Held(h) => assert_eq!(h, "node-b"),
+            Campaign::Held(h) => assert_eq!(
+                vaultgram::leader::LeaderRecord::parse(h.as_bytes()).node,
+                "node-b"
+            ),
             Campaign::Won(_) => panic!("A's resign deleted B's key"),
         }
         b.resign(term_b).await;

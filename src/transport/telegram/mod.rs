@@ -554,6 +554,10 @@ impl Term<'_> {
             ),
             None => (Zeroizing::new(String::new()), false),
         };
+        // It ran. From here on a redelivery is a duplicate even if this
+        // node dies before its reply is out (the audit trail has it);
+        // only a claim still `started` may or may not have run.
+        self.put_guarded(&key, &self.record("ran")).await;
         drop(result);
         let mut chunks = route::split(&text, route::MESSAGE_LIMIT);
         if chunks.is_empty() {

@@ -170,8 +170,9 @@ pub fn handled_key(prefix: &str, chat: i64, id: i32) -> String {
 /// State of a claim, stored as its value (never a message text).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Handled {
-    /// `started` (claimed, running), `done`, `sent` (a message this
-    /// broker sent into Saved Messages: never a command).
+    /// `started` (claimed, running), `ran` (executed; the reply may not be
+    /// out yet), `done`, `sent` (a message this broker sent into Saved
+    /// Messages: never a command).
     pub state: String,
     pub node: String,
     pub at: u64,

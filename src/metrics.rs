@@ -1,0 +1,182 @@
+//! The process's Prometheus metrics (`GET /metrics`, see [`crate::http`]).
+//!
+//! One global registry: `vault/` and `etcd.rs` record into it without
+//! depending on the dispatcher, and a process has exactly one `/metrics`.
+//! This module depends on nothing else in the crate; values that other
+//! modules already track (token renewals, leadership, Telegram) are copied
+//! in at scrape time by [`crate::http`].
+//!
+//! Every label value comes from a fixed set (command table names,
+//! the Vault operation classes of `vault::http`, transports, error kinds): never a path,
+//! a user id or message text, so neither a secret nor an unbounded series
+//! can appear here.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    command: String,
+    result: &'static str,
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+type HistogramFamily = Family<OperationLabels, Histogram, fn() -> Histogram>;
+
+/// The metric handles; see [`get`].
+pub struct Metrics {
+    registry: Registry,
+    commands: Family<CommandLabels, Counter>,
+    vault_duration: HistogramFamily,
+    pub token_renewals: Counter,
+    pub token_relogins: Counter,
+    pub leader: Gauge,
+    pub leader_transitions: Counter,
+    pub telegram_connected: Gauge,
+    etcd_errors: Counter,
+    pub approvals_pending: Gauge,
+}
+
+fn vault_histogram() -> Histogram {
+    // 2 ms (a cached local read) … 10 s (the request timeout's order).
+    Histogram::new([
+        0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("vaultgram");
+        let m = Metrics {
+            commands: Family::default(),
+            vault_duration: Family::new_with_constructor(vault_histogram as fn() -> Histogram),
+            token_renewals: Counter::default(),
+            token_relogins: Counter::default(),
+            leader: Gauge::default(),
+            leader_transitions: Counter::default(),
+            telegram_connected: Gauge::default(),
+            etcd_errors: Counter::default(),
+            approvals_pending: Gauge::default(),
+            registry: Registry::default(),
+        };
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "commands",
+            "Commands dispatched, by command, result and transport",
+            m.commands.clone(),
+        );
+        registry.register(
+            "vault_request_duration_seconds",
+            "Duration of Vault API requests, by operation class",
+            m.vault_duration.clone(),
+        );
+        registry.register(
+            "token_renewals",
+            "Renewals of the broker's Vault token",
+            m.token_renewals.clone(),
+        );
+        registry.register(
+            "token_relogins",
+            "Logins of the broker after its first one",
+            m.token_relogins.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this process leads the election",
+            m.leader.clone(),
+        );
+        registry.register(
+            "leader_transitions",
+            "Leadership terms won plus terms lost by this process",
+            m.leader_transitions.clone(),
+        );
+        registry.register(
+            "telegram_connected",
+            "1 while this process's Telegram client is connected",
+            m.telegram_connected.clone(),
+        );
+        registry.register("etcd_errors", "Failed etcd requests", m.etcd_errors.clone());
+        registry.register(
+            "approvals_pending",
+            "Approval requests waiting for an admin",
+            m.approvals_pending.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The registry in the text exposition format (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// One dispatched command. `command` is `Command::name()` (the command
+/// table) or `-`; `result` an `ErrorKind` string, `ok` or `ignored`.
+pub fn command(command: &str, result: &'static str, transport: &'static str) {
+    get()
+        .commands
+        .get_or_create(&CommandLabels {
+            command: command.to_string(),
+            result,
+            transport,
+        })
+        .inc();
+}
+
+/// One failed etcd request.
+pub fn etcd_error() {
+    get().etcd_errors.inc();
+}
+
+/// Records how long one Vault request of class `operation` took.
+pub fn observe_vault(operation: &'static str, started: Instant) {
+    get()
+        .vault_duration
+        .get_or_create(&OperationLabels { operation })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Runs a Vault request (e.g. a vaultrs call) and records its duration.
+pub async fn time_vault<F: Future>(operation: &'static str, f: F) -> F::Output {
+    let started = Instant::now();
+    let out = f.await;
+    observe_vault(operation, started);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_conventional_names() {
+        command("whoami", "ok", "socket");
+        observe_vault("kv_read", Instant::now());
+        let text = get().encode();
+        assert!(text.contains("vaultgram_commands_total{"), "{text}");
+        assert!(text.contains("vaultgram_vault_request_duration_seconds_bucket{"));
+        assert!(text.contains("vaultgram_leader "));
+    }
+}
