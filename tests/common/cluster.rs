@@ -349,6 +349,23 @@ impl Cluster {
             .unwrap()
     }
 
+    /// A Vault API call with the root token that must succeed; Raft's 500
+    /// ("transaction commit failed") on concurrent writes is retried.
+    pub fn root_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        for _ in 0..20 {
+            let (code, v) = self
+                .vault_api(method.clone(), path, Some(&self.root_token), body.clone())
+                .unwrap();
+            if code == 500 {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            assert!((200..300).contains(&code), "{path}: HTTP {code}: {v}");
+            return v;
+        }
+        panic!("{path}: HTTP 500 twenty times");
+    }
+
     /// Calls the Vault HTTP API with `token` (or none); returns status and JSON.
     pub fn vault_api(
         &self,

@@ -232,20 +232,7 @@ fn quorum_lost_then_recovered(env: &Env) {
 }
 
 fn root_call(c: &Cluster, method: Method, path: &str, body: Option<Value>) -> Value {
-    // Raft answers some concurrent writes with 500 ("transaction commit
-    // failed"); retry those.
-    for _ in 0..20 {
-        let (code, v) = c
-            .vault_api(method.clone(), path, Some(&c.root_token), body.clone())
-            .unwrap();
-        if code == 500 {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        assert!((200..300).contains(&code), "{path}: HTTP {code}: {v}");
-        return v;
-    }
-    panic!("{path}: HTTP 500 twenty times");
+    c.root_call(method, path, body)
 }
 
 /// OpenBao sealed for a few seconds under load: every failure is

@@ -80,20 +80,7 @@ fn approle_config(env: &Env, role: &str, secret: &str, wrapped: bool) -> VaultCo
 }
 
 fn root_call(c: &Cluster, method: Method, path: &str, body: Option<Value>) -> Value {
-    // Raft storage answers concurrent writes to one role with a 500
-    // ("transaction commit failed"); set-up retries those.
-    for _ in 0..20 {
-        let (code, v) = c
-            .vault_api(method.clone(), path, Some(&c.root_token), body.clone())
-            .unwrap();
-        if code == 500 {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        assert!((200..300).contains(&code), "{path}: HTTP {code}: {v}");
-        return v;
-    }
-    panic!("{path}: HTTP 500 twenty times");
+    c.root_call(method, path, body)
 }
 
 fn role_id(c: &Cluster, role: &str) -> String {
