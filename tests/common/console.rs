@@ -27,6 +27,25 @@ impl ConsoleRun {
         r["text"].as_str().unwrap().to_string()
     }
 
+    /// Asserts one reply per input line (shows the broker's stderr if not).
+    pub fn one_per(self, lines: &[&str]) -> ConsoleRun {
+        assert_eq!(
+            self.replies.len(),
+            lines.len(),
+            "one reply per line expected for {lines:?}; stderr:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// The error message of reply `i` (empty if it succeeded).
+    pub fn message(&self, i: usize) -> String {
+        self.replies[i]["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// The error kind of reply `i`, panicking if it succeeded.
     pub fn err_kind(&self, i: usize) -> String {
         let r = &self.replies[i];

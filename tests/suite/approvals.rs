@@ -93,16 +93,11 @@ fn setup(env: &Env, tag: &str, ttl_secs: Option<u64>) -> Setup {
 }
 
 fn run(env: &Env, s: &Setup, op: &str, lines: &[&str]) -> ConsoleRun {
-    let r = console_with_config(env, &s.config, op, lines);
-    assert_eq!(r.replies.len(), lines.len(), "{lines:?}\n{}", r.stderr);
-    r
+    console_with_config(env, &s.config, op, lines).one_per(lines)
 }
 
 fn message(r: &ConsoleRun, i: usize) -> String {
-    r.replies[i]["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    r.message(i)
 }
 
 /// The request ID of an `approval_required` reply.

@@ -66,16 +66,11 @@ fn sha256_hex(s: &str) -> String {
 }
 
 fn run(env: &Env, op: &str, lines: &[&str]) -> ConsoleRun {
-    let r = console(env, op, lines);
-    assert_eq!(r.replies.len(), lines.len(), "{lines:?}\n{}", r.stderr);
-    r
+    console(env, op, lines).one_per(lines)
 }
 
 fn message(r: &ConsoleRun, i: usize) -> String {
-    r.replies[i]["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    r.message(i)
 }
 
 /// Asserts that no reply of `r` contains `secret`.

@@ -66,14 +66,7 @@ fn path(test: &str, name: &str) -> String {
 }
 
 fn run(env: &Env, op: &str, lines: &[&str]) -> ConsoleRun {
-    let r = console(env, op, lines);
-    assert_eq!(
-        r.replies.len(),
-        lines.len(),
-        "one reply per line expected; stderr:\n{}",
-        r.stderr
-    );
-    r
+    console(env, op, lines).one_per(lines)
 }
 
 /// Canaries appear only in the text of secret replies.
