@@ -197,6 +197,14 @@ fn human_secs(secs: u64) -> String {
 
 // ---- Vault --------------------------------------------------------------
 
+/// The Vault checks that need the broker's own token.
+const LOGGED_IN_CHECKS: [&str; 4] = [
+    "vault.token",
+    "vault.mount.kv",
+    "vault.mount.transit",
+    "vault.transit_key",
+];
+
 async fn vault_checks(cfg: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     let mut vcfg = cfg.vault.clone();
@@ -243,13 +251,7 @@ async fn vault_checks(cfg: &Config) -> Vec<Check> {
     };
     if !usable {
         let why = "Vault is sealed or unreachable";
-        for name in [
-            "vault.ha",
-            "vault.token",
-            "vault.mount.kv",
-            "vault.mount.transit",
-            "vault.transit_key",
-        ] {
+        for name in std::iter::once(&"vault.ha").chain(&LOGGED_IN_CHECKS) {
             out.push(Check::skipped(name, why));
         }
         return out;
@@ -278,12 +280,7 @@ async fn vault_checks(cfg: &Config) -> Vec<Check> {
     let a = &vcfg.auth;
     if a.method == AuthMethod::Approle && a.secret_id_wrapped {
         let why = "approle secret_id is response-wrapped (single use); doctor does not log in";
-        for name in [
-            "vault.token",
-            "vault.mount.kv",
-            "vault.mount.transit",
-            "vault.transit_key",
-        ] {
+        for name in &LOGGED_IN_CHECKS {
             out.push(Check::skipped(name, why));
         }
         return out;

@@ -405,15 +405,7 @@ fn canary_scenario_leaves_no_trace(env: &Env) {
         env,
         "canary",
         |text| {
-            let text = text
-                .replace(
-                    "listen = \"127.0.0.1:0\"",
-                    &format!("listen = \"127.0.0.1:{port}\""),
-                )
-                .replace(
-                    "prefix = \"/vaultgram/\"",
-                    &format!("prefix = \"{prefix}\""),
-                );
+            let text = super::socket::on_port(&text, port, Some(&prefix));
             format!(
             "{text}\n[telegram]\nbackend = \"file\"\nfile_dir = \"{}\"\nsession_save_secs = 1\nsecret_reply_ttl_secs = 1\n",
                 chat_dir.display()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use prometheus_parse::{Scrape, Value};
 use reqwest::Method;
 
-use super::socket::Broker;
+use super::socket::{on_port, Broker};
 use super::TestFn;
 use crate::common::cluster::random_hex;
 use crate::common::Env;
@@ -32,15 +32,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
 fn start(env: &Env, name: &str) -> (Broker, String) {
     let port = crate::common::process::free_port();
     let broker = Broker::start_with(env, name, |text| {
-        assert!(
-            text.contains("listen = \"127.0.0.1:0\""),
-            "no [http] listen"
-        );
-        let text = text.replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
-        format!("{text}\n[telegram]\nenabled = false\n")
+        format!(
+            "{}\n[telegram]\nenabled = false\n",
+            on_port(&text, port, None)
+        )
     });
     let base = format!("http://127.0.0.1:{port}");
     // The listener is bound before login; answers start after it.
@@ -195,23 +190,13 @@ fn metrics_parse_as_prometheus_text(env: &Env) {
 /// has the leader gauge at 1 and one transition; the client is not
 /// connected.
 fn readyz_and_metrics_report_leadership(env: &Env) {
-    let c = env.cluster();
     let port = crate::common::process::free_port();
     let prefix = format!("/vaultgram/http-{}/", random_hex(4));
-    let chat_dir = c.path().join(format!("http-chat-{}", random_hex(3)));
-    std::fs::create_dir_all(&chat_dir).unwrap();
     let broker = Broker::start_with(env, "http-leader", |text| {
-        let text = text
-            .replace(
-                "listen = \"127.0.0.1:0\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-            )
-            .replace(
-                "prefix = \"/vaultgram/\"",
-                &format!("prefix = \"{prefix}\""),
-            );
-        let _ = &chat_dir;
-        format!("{text}\n[telegram]\nbackend = \"grammers\"\n")
+        format!(
+            "{}\n[telegram]\nbackend = \"grammers\"\n",
+            on_port(&text, port, Some(&prefix))
+        )
     });
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -20,6 +20,21 @@ pub const TESTS: &[(&str, TestFn)] = &[
     ("socket::unseen_expiry_is_audited", unseen_expiry_is_audited),
 ];
 
+/// The harness config text with `[http] listen` on `port` and, when
+/// given, its own etcd `prefix` (its own election, audit trail…).
+pub fn on_port(text: &str, port: u16, prefix: Option<&str>) -> String {
+    let listen = "listen = \"127.0.0.1:0\"";
+    assert!(text.contains(listen), "no [http] listen in the config");
+    let text = text.replace(listen, &format!("listen = \"127.0.0.1:{port}\""));
+    match prefix {
+        Some(p) => {
+            assert!(text.contains("prefix = \"/vaultgram/\""), "no etcd prefix");
+            text.replace("prefix = \"/vaultgram/\"", &format!("prefix = \"{p}\""))
+        }
+        None => text,
+    }
+}
+
 /// A `vaultgram run` on its own socket, with `alice` mapped to our uid.
 pub struct Broker {
     pub proc: Proc,
