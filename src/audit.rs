@@ -85,19 +85,23 @@ impl AuditRecord {
     }
 
     /// One line for `/audit`.
+    /// One line for `/audit`. Every field is escaped on its own: a record
+    /// (written by any version, or by anyone with etcd access) cannot draw
+    /// a line of its own or hide part of one.
     pub fn render(&self) -> String {
+        use crate::text::escape_line as e;
         let mut line = format!(
             "{} {} {} ({}) /{} {} -> {}",
-            self.time,
-            self.request_id,
-            self.operator,
-            self.transport,
-            self.command,
-            self.target.as_deref().unwrap_or("-"),
-            self.result
+            e(&self.time),
+            e(&self.request_id),
+            e(&self.operator),
+            e(&self.transport),
+            e(&self.command),
+            e(self.target.as_deref().unwrap_or("-")),
+            e(&self.result)
         );
         if let Some(a) = &self.approved_by {
-            line.push_str(&format!(" (by {a})"));
+            line.push_str(&format!(" (by {})", e(a)));
         }
         line
     }

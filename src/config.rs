@@ -343,12 +343,18 @@ impl TelegramConfig {
 #[serde(default)]
 pub struct IpcConfig {
     pub socket: PathBuf,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; the next one is told to try again.
+    pub max_connections: u32,
 }
 
 impl Default for IpcConfig {
     fn default() -> Self {
         IpcConfig {
             socket: PathBuf::from("/run/vaultgram/vaultgram.sock"),
+            idle_timeout_secs: 60,
+            max_connections: 64,
         }
     }
 }
@@ -375,6 +381,9 @@ pub struct ApprovalsConfig {
     pub required: Vec<String>,
     /// How long a pending request lives (its etcd lease).
     pub ttl_secs: u64,
+    /// Requests one operator may have waiting at once (a full `/pending`
+    /// is a way to hide the one that matters).
+    pub max_pending_per_operator: u32,
 }
 
 impl Default for ApprovalsConfig {
@@ -382,6 +391,7 @@ impl Default for ApprovalsConfig {
         ApprovalsConfig {
             required: APPROVABLE_COMMANDS.iter().map(|s| s.to_string()).collect(),
             ttl_secs: 600,
+            max_pending_per_operator: 5,
         }
     }
 }
@@ -489,6 +499,44 @@ impl Config {
             _ => Path::new("."),
         };
         Self::build(&text, path, base_dir, env)
+    }
+
+    /// Only `ipc.socket` (resolved like `load` does), for `ctl`: a client
+    /// needs no credentials, so nothing else is read, checked or `stat`ed
+    /// (an operator mapped by `unix_user` cannot read the broker's files).
+    pub fn load_socket_path(path: &Path) -> Result<PathBuf, ConfigError> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct OnlyIpc {
+            ipc: IpcConfig,
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parsed: OnlyIpc = toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| {
+                let ipc = t.get("ipc").cloned();
+                let mut only = toml::Table::new();
+                if let Some(ipc) = ipc {
+                    only.insert("ipc".into(), ipc);
+                }
+                only.try_into().ok()
+            })
+            .ok_or_else(|| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "`ipc.socket`: not a valid TOML file with an [ipc] table".into(),
+            })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let socket = resolve(&absolute(base_dir), &parsed.ipc.socket);
+        if socket.as_os_str().is_empty() {
+            return Err(invalid("ipc.socket", "must not be empty"));
+        }
+        Ok(socket)
     }
 
     /// Like [`Config::load`] but from a string; relative file paths are
@@ -1031,6 +1079,12 @@ impl Config {
                 ),
             ));
         }
+        check_at_least("ipc.idle_timeout_secs", self.ipc.idle_timeout_secs, 1)?;
+        check_at_least(
+            "ipc.max_connections",
+            u64::from(self.ipc.max_connections),
+            1,
+        )?;
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(invalid(
                 "http.listen",
@@ -1053,7 +1107,14 @@ impl Config {
                 ));
             }
         }
-        check_at_least("approvals.ttl_secs", a.ttl_secs, 10)
+        check_at_least("approvals.ttl_secs", a.ttl_secs, 10)?;
+        if !(1..=100).contains(&a.max_pending_per_operator) {
+            return Err(invalid(
+                "approvals.max_pending_per_operator",
+                "must be between 1 and 100",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_operators(&self) -> Result<(), ConfigError> {
@@ -1063,6 +1124,7 @@ impl Config {
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut ids: HashMap<i64, &str> = HashMap::new();
         let mut unix_users: HashMap<&str, usize> = HashMap::new();
+        let mut totp_keys: HashMap<&str, usize> = HashMap::new();
         for (i, op) in self.operators.iter().enumerate() {
             let key = |field: &str| format!("operators[{i}].{field}");
 
@@ -1094,7 +1156,18 @@ impl Config {
                 (Role::Admin, Some(_)) => {
                     return Err(invalid(key("agent"), "only allowed when role = \"agent\""))
                 }
-                (Role::Agent, Some(agent)) => check_name_pattern(&key("agent"), agent)?,
+                (Role::Agent, Some(agent)) => {
+                    check_name_pattern(&key("agent"), agent)?;
+                    // `admin` owns admin-issued MTProto secrets
+                    // (vaultgram/mtproto/admin/…): an agent by that name
+                    // would read and revoke them.
+                    if agent == "admin" {
+                        return Err(invalid(
+                            key("agent"),
+                            "`admin` is reserved (the owner of admin-issued MTProto secrets)",
+                        ));
+                    }
+                }
                 (Role::Admin, None) => {}
             }
 
@@ -1119,6 +1192,13 @@ impl Config {
                 check_vault_name(&key("totp_key"), totp)?;
                 if totp.contains('/') {
                     return Err(invalid(key("totp_key"), "must not contain /"));
+                }
+                // One key for two people makes one person two approvers.
+                if let Some(j) = totp_keys.insert(totp, i) {
+                    return Err(invalid(
+                        key("totp_key"),
+                        format!("`{totp}` is already used by operators[{j}]; every operator needs a key of their own"),
+                    ));
                 }
             }
         }
@@ -2505,6 +2585,28 @@ agent = "bob"
         assert_eq!(
             fx.err(&base_with("unix_user = \"alice\"", "totp_key = \"\""), &[]),
             "config key `operators[0].totp_key`: must not be empty"
+        );
+        // Two operators, one key: one person could approve as both.
+        let text = base_with("unix_user = \"alice\"", "totp_key = \"shared\"")
+            + "\n[[operators]]\nname = \"dave\"\ntelegram_id = 444444\nrole = \"admin\"\ntotp_key = \"shared\"\n";
+        assert_eq!(
+            fx.err(&text, &[]),
+            "config key `operators[2].totp_key`: `shared` is already used by operators[0]; every operator needs a key of their own"
+        );
+        // An admin's default key is its name: another admin may not take it.
+        let text = base_with("unix_user = \"alice\"", "unix_user = \"alice\"")
+            + "\n[[operators]]\nname = \"dave\"\ntelegram_id = 444444\nrole = \"admin\"\ntotp_key = \"alice\"\n";
+        assert!(fx
+            .err(&text, &[])
+            .contains("`alice` is already used by operators[0]"));
+    }
+
+    #[test]
+    fn agent_admin_is_reserved() {
+        let fx = Fixture::new();
+        assert_eq!(
+            fx.err(&base_with("agent = \"bob\"", "agent = \"admin\""), &[]),
+            "config key `operators[1].agent`: `admin` is reserved (the owner of admin-issued MTProto secrets)"
         );
     }
 

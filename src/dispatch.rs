@@ -74,6 +74,19 @@ impl Reply {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The reply as a person may see it: every control or invisible
+    /// character but the line break escaped (`crate::text`).
+    fn escaped(self) -> Reply {
+        match crate::text::escape_text(&self.text) {
+            std::borrow::Cow::Borrowed(_) => self,
+            std::borrow::Cow::Owned(t) => Reply {
+                text: Zeroizing::new(t),
+                secret: self.secret,
+                data: self.data,
+            },
+        }
+    }
 }
 
 impl std::fmt::Debug for Reply {
@@ -97,6 +110,9 @@ impl std::fmt::Debug for Reply {
 pub struct CommandError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Vault itself answered (a `denied` from Vault may mean a dead token;
+    /// one from the broker's own checks never does).
+    pub from_vault: bool,
 }
 
 impl CommandError {
@@ -104,7 +120,15 @@ impl CommandError {
         CommandError {
             kind,
             message: message.into(),
+            from_vault: false,
         }
+    }
+
+    fn escaped(mut self) -> CommandError {
+        if let std::borrow::Cow::Owned(m) = crate::text::escape_text(&self.message) {
+            self.message = m;
+        }
+        self
     }
     pub fn denied(m: impl Into<String>) -> Self {
         Self::new(ErrorKind::Denied, m)
@@ -125,7 +149,10 @@ impl CommandError {
 
 impl From<VaultError> for CommandError {
     fn from(e: VaultError) -> Self {
-        CommandError::new(e.kind(), e.to_string())
+        CommandError {
+            from_vault: matches!(e, VaultError::Denied(_)),
+            ..CommandError::new(e.kind(), e.to_string())
+        }
     }
 }
 
@@ -321,16 +348,15 @@ impl App {
                 (cmd.name(), cmd.target(), r)
             }
         };
-        if matches!(&result, Err(e) if e.kind == ErrorKind::Denied) {
-            // A child token that died with a revoked broker token looks like
-            // any denial; if that is what happened, heal now so that only
-            // this command fails.
-            // The child itself may be dead while its parent still looks
-            // alive for a moment (revocation of a token tree is not
-            // atomic): mint a fresh one next time either way.
-            self.tokens.forget(&op.name).await;
-            self.tokens.heal_if_parent_dead().await;
+        if matches!(&result, Err(e) if e.kind == ErrorKind::Denied && e.from_vault) {
+            // A child token that died (with a revoked broker token, say)
+            // looks like any denial: check it, bounded, so that only this
+            // command fails. The broker's own refusals never reach Vault.
+            self.tokens.after_denial(&op.name).await;
         }
+        // Whatever the command echoes (paths, names, Vault's messages) is
+        // shown to a person: no raw control or invisible character.
+        let result = result.map(Reply::escaped).map_err(CommandError::escaped);
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.kind.as_str(),
@@ -344,7 +370,8 @@ impl App {
         Some(result)
     }
 
-    /// Role check, then the approval gate, then execution.
+    /// Role check, effects, then — for a gated effect — arguments and
+    /// ownership, then the approval gate, then execution.
     async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
         if !cmd.allowed_for(ctx.op.role) {
             return Err(CommandError::denied(format!(
@@ -353,10 +380,18 @@ impl App {
                 ctx.op.role
             )));
         }
-        if self.cfg.approvals.required.iter().any(|r| *r == cmd.name()) {
+        let effects = crate::effect::classify(cmd, &self.cfg.vault.kv_mount)?;
+        let gated = effects
+            .iter()
+            .any(|e| self.cfg.approvals.required.iter().any(|r| r == e.name()));
+        if gated {
+            // Validate, then gate: a request that could not run is never
+            // filed, and an approver never spends a code on it. The
+            // canonical line is what /pending shows and /approve runs.
+            let line = crate::command::prepare(ctx, cmd).await?;
             // Either a grant from an earlier approval is consumed here, or a
             // pending request is created and the command stops.
-            self.approvals.gate(ctx, cmd).await?;
+            self.approvals.gate(ctx, cmd, &line).await?;
         }
         execute(ctx, cmd).await
     }

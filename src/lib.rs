@@ -38,6 +38,8 @@
 //!   `/readyz`, `/metrics`).
 //! - [`metrics`]: the process's one Prometheus registry; label values come
 //!   from fixed sets only (never a path, user or value).
+//! - [`text`]: which characters never reach a person raw (controls, bidi
+//!   and other invisible format characters) and how they are escaped.
 //! - [`doctor`]: `vaultgram doctor`: checks Vault, etcd, certificates,
 //!   leadership and the running service; each failure is a check, not an
 //!   error.
@@ -48,6 +50,7 @@ pub mod command;
 pub mod config;
 pub mod dispatch;
 pub mod doctor;
+pub mod effect;
 pub mod error;
 pub mod etcd;
 pub mod http;
@@ -55,6 +58,7 @@ pub mod leader;
 pub mod metrics;
 pub mod migrate;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod transport;
 pub mod vault;

@@ -43,6 +43,10 @@ enum Command {
         /// Print the JSON reply instead of its text.
         #[arg(long)]
         json: bool,
+        /// The socket (default: `ipc.socket` of the config; nothing else of
+        /// the config is read).
+        #[arg(long)]
+        socket: Option<std::path::PathBuf>,
         /// The command, e.g. `/kv get secret/telegram`.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
@@ -159,6 +163,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = config::resolve_path(cli.config.as_deref(), &config::process_env);
+    if let Command::Ctl {
+        json,
+        socket,
+        words,
+    } = &cli.command
+    {
+        // A client: it needs the socket's path, not the broker's credentials.
+        let socket = match socket {
+            Some(s) => s.clone(),
+            None => Config::load_socket_path(&path)?,
+        };
+        return run_ctl(&socket, *json, words);
+    }
     // Validation happens before anything touches Vault or etcd.
     let cfg = Config::load(&path, &config::process_env)?;
     match cli.command {
@@ -189,32 +206,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Ctl { json, words } => {
-            let line = vaultgram::transport::socket::join_words(&words);
-            let rt = tokio::runtime::Runtime::new()?;
-            let reply = rt.block_on(vaultgram::transport::socket::request(
-                &cfg.ipc.socket,
-                &line,
-            ))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&reply).context("the broker sent a reply that is not JSON")?;
-            if json {
-                println!("{reply}");
-            } else if v["ok"] == true {
-                println!("{}", v["text"].as_str().unwrap_or_default());
-            } else {
-                eprintln!(
-                    "error ({}): {}",
-                    v["error"]["kind"].as_str().unwrap_or("?"),
-                    v["error"]["message"].as_str().unwrap_or("?")
-                );
-            }
-            Ok(if v["ok"] == true {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        // Handled above, before the config is loaded.
+        Command::Ctl { .. } => anyhow::bail!("ctl needs no service config"),
         Command::Console { as_operator, json } => {
             let op = resolve_operator(&cfg, as_operator.as_deref())?;
             let rt = tokio::runtime::Runtime::new()?;
@@ -476,4 +469,32 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     renewer.await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `vaultgram ctl`: one line to the socket, its reply printed. What the
+/// broker sent is escaped once more before it reaches a terminal.
+fn run_ctl(socket: &std::path::Path, json: bool, words: &[String]) -> anyhow::Result<ExitCode> {
+    use vaultgram::text::escape_text;
+    let line = vaultgram::transport::socket::join_words(words);
+    let rt = tokio::runtime::Runtime::new()?;
+    let reply = rt.block_on(vaultgram::transport::socket::request(socket, &line))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&reply).context("the broker sent a reply that is not JSON")?;
+    if json {
+        // JSON escapes C0 controls itself; the rest (C1, bidi) too here.
+        println!("{}", escape_text(&reply));
+    } else if v["ok"] == true {
+        println!("{}", escape_text(v["text"].as_str().unwrap_or_default()));
+    } else {
+        eprintln!(
+            "error ({}): {}",
+            escape_text(v["error"]["kind"].as_str().unwrap_or("?")),
+            escape_text(v["error"]["message"].as_str().unwrap_or("?"))
+        );
+    }
+    Ok(if v["ok"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

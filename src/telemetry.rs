@@ -41,10 +41,29 @@ pub fn init(format: LogFormat) {
 /// failure reaches the user as the command's own error).
 pub const QUIET_TOOL_FILTER: &str = "warn,rustify=off,vaultrs=off";
 
+/// rustify logs every non-2xx answer at ERROR with the request URI, and
+/// vaultrs the error bodies: an expected 403 or 404 (a denied command, a
+/// look-up of something absent) is not an error of the broker, and a real
+/// failure reaches the log as the command's own outcome. Off unless the
+/// filter names them.
+const QUIET_CLIENTS: [&str; 2] = ["rustify=off", "vaultrs=off"];
+
 /// [`init`] with another default filter (`VAULTGRAM_LOG` still wins).
 pub fn init_with_default(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_env("VAULTGRAM_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let spec = std::env::var("VAULTGRAM_LOG").ok();
+    let mut filter = spec
+        .as_deref()
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter));
+    for directive in QUIET_CLIENTS {
+        let target = directive.split('=').next().unwrap_or_default();
+        let named = spec.as_deref().unwrap_or(default_filter).contains(target);
+        if !named {
+            if let Ok(d) = directive.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

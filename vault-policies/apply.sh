@@ -16,6 +16,10 @@
 #   VAULTGRAM_PRUNE_AGENTS        "1": delete vaultgram-op-agent-* policies of agents
 #                                 not in VAULTGRAM_AGENTS (default: keep them)
 #   VAULTGRAM_KV_MOUNT            kv-v2 mount (default: secret)
+#   VAULTGRAM_KV_MAX_VERSIONS     versions the kv-v2 mount keeps per secret
+#                                 (default 100); the broker refuses a write that
+#                                 would push a live version out, and versions are
+#                                 never deleted by age (delete_version_after=0s)
 #   VAULTGRAM_TRANSIT_MOUNT       transit mount (default: transit)
 #   VAULTGRAM_TRANSIT_KEY         the broker's session key (default: vaultgram)
 #   VAULTGRAM_APPROLE_CIDRS       CIDRs (space- or comma-separated) bound to the
@@ -294,6 +298,19 @@ enable_secrets() { # enable_secrets STATE PATH TYPE DESCRIPTION
 enable_secrets "$kv_state" "$KV_MOUNT" kv-v2 "vaultgram secrets"
 enable_secrets "$transit_state" "$TRANSIT_MOUNT" transit "vaultgram encryption"
 enable_secrets "$totp_state" "$TOTP_MOUNT" totp "vaultgram approval codes"
+
+# History policy, explicit: Vault's default (10 versions) would make every
+# eleventh write a silent destroy. Written only when it differs.
+KV_MAX_VERSIONS=${VAULTGRAM_KV_MAX_VERSIONS:-100}
+[[ $KV_MAX_VERSIONS =~ ^[1-9][0-9]{0,5}$ ]] || die "VAULTGRAM_KV_MAX_VERSIONS must be a number from 1 to 999999"
+kv_config=$("$CLI" read -format=json "$KV_MOUNT/config") || die "cannot read $KV_MOUNT/config"
+if [[ $(json_field "$kv_config" max_versions) == "$KV_MAX_VERSIONS" && $(json_field "$kv_config" delete_version_after) =~ ^0s?$ ]]; then
+  log "$KV_MOUNT/config already keeps $KV_MAX_VERSIONS versions, none deleted by age"
+else
+  "$CLI" write "$KV_MOUNT/config" max_versions="$KV_MAX_VERSIONS" delete_version_after=0s >/dev/null ||
+    die "writing $KV_MOUNT/config failed"
+  log "$KV_MOUNT/config: max_versions=$KV_MAX_VERSIONS, delete_version_after=0s"
+fi
 
 if [[ $approle_state == present ]]; then
   log "auth method $APPROLE_MOUNT/ (approle) already enabled"

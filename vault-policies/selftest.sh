@@ -102,6 +102,9 @@ check "second run" env VAULTGRAM_AGENTS="bob carol" "$APPLY"
 cp "$WORK/out" "$WORK/run2"
 if grep -Eq '\) enabled$| created$|^policy .* written$' "$WORK/run2"; then bad "second run changed something: $(grep -E '\) enabled$| created$|^policy .* written$' "$WORK/run2")"; else ok "second run: every policy unchanged, nothing enabled or created"; fi
 [[ $("$B" read -field=latest_version transit/keys/vaultgram) == "$key_v1" ]] && ok "transit key not re-created" || bad "transit key changed"
+kvcfg=$("$B" read -format=json secret/config | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(d["max_versions"], d["delete_version_after"])')
+[[ $kvcfg == "100 0s" ]] && ok "secret/config: 100 versions kept, none deleted by age" || bad "secret/config: $kvcfg"
+grep -q 'secret/config already keeps 100 versions' "$WORK/run2" && ok "second run leaves secret/config as it is" || bad "second run rewrote secret/config"
 grep -q "$ROOT" "$WORK/run1" "$WORK/run2" && bad "a token was printed" || ok "no token printed"
 # (grep -q on a pipe under pipefail can fail by SIGPIPE: read into variables first)
 policies=$("$B" policy list)
@@ -185,6 +188,8 @@ caps "$BOB" secret/data/vaultgram/mtproto/bob/u1 "create, delete, patch, read, u
 caps "$BOB" secret/metadata/vaultgram/mtproto/bob/ list bob
 caps "$BOB" secret/metadata/vaultgram/mtproto/bob/u1 "list, read" bob
 caps "$BOB" secret/delete/vaultgram/mtproto/bob/u1 update bob
+caps "$BOB" secret/undelete/vaultgram/mtproto/bob/u1 deny bob
+caps "$BOB" secret/config read bob
 caps "$BOB" secret/destroy/vaultgram/mtproto/bob/u1 deny bob
 caps "$BOB" secret/data/vaultgram/mtproto/carol/u1 deny bob
 caps "$BOB" secret/data/vaultgram/mtproto/admin/u1 deny bob
@@ -199,7 +204,9 @@ caps "$BOB" transit/decrypt/vaultgram deny bob
 echo "== admin (vaultgram-op-admin)"
 caps "$ADMIN" secret/data/telegram "create, delete, patch, read, update" admin
 caps "$ADMIN" secret/data/vaultgram/agents/carol "create, delete, patch, read, update" admin
-caps "$ADMIN" secret/metadata/ "create, delete, list, patch, read, update" admin
+caps "$ADMIN" secret/metadata/ "delete, list, read" admin
+caps "$ADMIN" secret/metadata/telegram "delete, list, read" admin
+caps "$ADMIN" secret/config read admin
 caps "$ADMIN" secret/destroy/vaultgram/panels/p1 update admin
 caps "$ADMIN" secret/data/vaultgram/telegram-session deny admin
 caps "$ADMIN" secret/destroy/vaultgram/telegram-session deny admin

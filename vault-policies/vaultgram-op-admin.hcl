@@ -16,8 +16,16 @@
 path "secret/data/*" {
   capabilities = ["create", "read", "update", "patch", "delete"]
 }
+# Metadata: read, list and delete (/kv metadata delete, which needs a second
+# admin). No writes: setting max_versions or delete_version_after on a key
+# would destroy or delete versions without anyone's approval.
 path "secret/metadata/*" {
-  capabilities = ["create", "read", "update", "patch", "delete", "list"]
+  capabilities = ["read", "delete", "list"]
+}
+# The mount's max_versions, so the broker can refuse a write that would push a
+# live version out of a secret's history (see ARCHITECTURE.md).
+path "secret/config" {
+  capabilities = ["read"]
 }
 path "secret/delete/*" {
   capabilities = ["update"]

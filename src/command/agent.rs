@@ -99,6 +99,34 @@ impl AgentCommand {
     }
 }
 
+impl AgentCommand {
+    /// `/agent revoke ID`, checked before a request is filed: a valid id
+    /// with a record.
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+        match self {
+            AgentCommand::Revoke { id } => {
+                check_agent_id(id)?;
+                let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+                ctx.vault()
+                    .await?
+                    .kv_metadata_get(&path)
+                    .await
+                    .map_err(|e| match e {
+                        VaultError::NotFound(_) => {
+                            CommandError::not_found(format!("no agent {id}"))
+                        }
+                        other => other.into(),
+                    })?;
+                Ok(format!("/agent revoke {id}"))
+            }
+            _ => Err(CommandError::invalid(format!(
+                "/agent {} cannot wait for approval",
+                self.name()
+            ))),
+        }
+    }
+}
+
 /// A new API token: 32 random bytes, urlsafe base64 without padding (43
 /// characters, as Python's `secrets.token_urlsafe(32)`).
 fn new_token() -> Result<Zeroizing<String>, CommandError> {

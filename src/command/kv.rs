@@ -132,6 +132,50 @@ impl KvCommand {
     }
 }
 
+impl KvCommand {
+    /// The gated `/kv` commands, checked before a request is filed: the
+    /// secret and every version named exist for the requester.
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+        let path = self.path();
+        path.secret().map_err(path_error)?;
+        let shown = super::quote(&path.to_string());
+        match self {
+            KvCommand::Destroy { versions, .. } => {
+                let meta = ctx.vault().await?.kv_metadata_get(path).await?;
+                let mut vs = versions.clone();
+                vs.sort_unstable();
+                vs.dedup();
+                for v in &vs {
+                    match meta.versions.get(v) {
+                        None => {
+                            return Err(CommandError::invalid(format!(
+                                "{path} has no version {v} (current: {})",
+                                meta.current_version
+                            )))
+                        }
+                        Some(m) if m.destroyed => {
+                            return Err(CommandError::invalid(format!(
+                                "version {v} of {path} is already destroyed"
+                            )))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                let list: Vec<String> = vs.iter().map(u64::to_string).collect();
+                Ok(format!("/kv destroy -versions={} {shown}", list.join(",")))
+            }
+            KvCommand::Metadata(KvMetadataCommand::Delete { .. }) => {
+                ctx.vault().await?.kv_metadata_get(path).await?;
+                Ok(format!("/kv metadata delete {shown}"))
+            }
+            _ => Err(CommandError::invalid(format!(
+                "/kv {} cannot wait for approval",
+                self.name()
+            ))),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Execution: every call with the operator's child token (Vault enforces the
 // ACL). Values appear only in the text of secret replies, never in `data`.

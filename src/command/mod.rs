@@ -132,7 +132,11 @@ impl std::str::FromStr for Pair {
             // Never echo the word: it may be a value typed without its key.
             return Err("expected key=value".into());
         };
-        if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        if k.is_empty()
+            || k.len() > 128
+            || k.chars()
+                .any(|c| crate::text::forbidden_char(c) || c.is_whitespace())
+        {
             return Err("invalid key in key=value".into());
         }
         Ok(Pair {
@@ -158,6 +162,22 @@ impl Command {
         let name = first.trim_start_matches('/');
         let name = name.split('@').next().unwrap_or(name).to_string();
         *first = name;
+        // Operator-supplied text is shown to others (/pending, /audit,
+        // errors): no word may carry a control or invisible character,
+        // except the secret values that legitimately can (a PEM in
+        // `/kv put`), which are never shown.
+        for (i, w) in words.iter().enumerate() {
+            if secret_word(&words, i) {
+                continue;
+            }
+            if let Some(c) = crate::text::find_forbidden(w) {
+                return Err(ParseError(format!(
+                    "argument {} contains a control or invisible character (U+{:04X}); such characters are refused",
+                    i + 1,
+                    c as u32
+                )));
+            }
+        }
         let words: Vec<String> = words.into_iter().map(lexer::vault_style_flag).collect();
         let matches = Line::command()
             .try_get_matches_from(words)
@@ -208,7 +228,9 @@ impl Command {
         match role {
             Role::Admin => true,
             Role::Agent => match self {
-                Command::Help | Command::Whoami | Command::Health => true,
+                // An agent may cancel its own request (`Approvals::deny`
+                // checks that it is its own).
+                Command::Help | Command::Whoami | Command::Health | Command::Deny { .. } => true,
                 Command::Agent(c) => c.allowed_for_agent(),
                 Command::Panel(c) => c.allowed_for_agent(),
                 Command::Mtproto(_) => true,
@@ -243,6 +265,69 @@ impl Command {
     }
 }
 
+/// Checks a gated command's arguments and ownership (with the requester's
+/// own child token: what it may not read, it could not change) and returns
+/// its canonical line, which `/pending` shows and `/approve` runs. Runs
+/// before a request is filed, so a request that could not succeed is never
+/// filed.
+pub async fn prepare(
+    ctx: &crate::dispatch::Ctx<'_>,
+    cmd: &Command,
+) -> Result<String, crate::dispatch::CommandError> {
+    match cmd {
+        Command::Kv(c) => c.prepare(ctx).await,
+        Command::Transit(c) => c.prepare(ctx).await,
+        Command::Agent(c) => c.prepare(ctx).await,
+        Command::Mtproto(c) => c.prepare(ctx).await,
+        Command::Panel(c) => c.prepare(ctx).await,
+        _ => Err(crate::dispatch::CommandError::invalid(format!(
+            "/{} cannot wait for approval",
+            cmd.name()
+        ))),
+    }
+}
+
+/// One word of a canonical line, quoted so that [`lexer::split`] gives it
+/// back unchanged.
+pub fn quote(word: &str) -> String {
+    if !word.is_empty()
+        && !word
+            .chars()
+            .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+    {
+        return word.to_string();
+    }
+    let mut q = String::with_capacity(word.len() + 2);
+    q.push('"');
+    for c in word.chars() {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
+/// Words that carry a secret value (never shown, never stored): the values
+/// of `/kv put|patch` pairs, `/transit encrypt`'s plaintext, `/panel add`'s
+/// password. Their keys and every other word are checked.
+fn secret_word(words: &[String], i: usize) -> bool {
+    let w = |j: usize| words.get(j).map(String::as_str);
+    match (w(0), w(1)) {
+        (Some("kv"), Some("put" | "patch")) => {
+            i >= 2
+                && !words[i].starts_with('-')
+                && words[i]
+                    .split_once('=')
+                    .is_some_and(|(k, _)| crate::text::find_forbidden(k).is_none())
+        }
+        (Some("transit"), Some("encrypt")) => i >= 3,
+        (Some("panel"), Some("add")) => i >= 6,
+        _ => false,
+    }
+}
+
 /// clap's first error line, without its `Usage:` block and `--help` tips,
 /// and without the offending word: clap quotes it, and it may be a secret
 /// typed in the wrong place.
@@ -254,13 +339,9 @@ fn clap_message(e: &clap::Error) -> String {
     };
     match e.kind() {
         K::InvalidSubcommand => {
-            // The command name itself is not a value: say which one.
-            match e.get(ContextKind::InvalidSubcommand) {
-                Some(ContextValue::String(s)) if s.len() <= 32 => {
-                    format!("unknown command `{s}`; try /help")
-                }
-                _ => "unknown command; try /help".into(),
-            }
+            // Never echo the word: it may be a pasted secret (a 32-hex
+            // MTProto secret is a valid-looking "name").
+            "unknown command; try /help".into()
         }
         K::MissingSubcommand | K::DisplayHelpOnMissingArgumentOrSubcommand => {
             "incomplete command; try /help".into()
@@ -288,33 +369,42 @@ fn clap_message(e: &clap::Error) -> String {
 }
 
 /// One `/help` line per command `role` may use, generated from the table.
+/// Every line starts with a usage an operator can type as shown (a test
+/// parses each back through [`Command::parse`]).
 pub fn help(role: Role) -> String {
-    let mut lines = Vec::new();
+    let mut leaves = Vec::new();
     let root = Line::command();
-    for sub in root.get_subcommands() {
-        let leaves: Vec<&clap::Command> = if sub.has_subcommands() {
-            sub.get_subcommands().collect()
-        } else {
-            vec![sub]
-        };
-        for leaf in leaves {
-            // clap renders "Usage: <override_usage>".
-            let usage = leaf.clone().render_usage().to_string();
-            let usage = usage.trim().trim_start_matches("Usage:").trim().to_string();
-            // Check the role rule on a parse of the usage's command words.
-            let words: Vec<&str> = usage
-                .trim_start_matches('/')
-                .split_whitespace()
-                .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-                .collect();
-            if !role_may_use(role, &words) {
-                continue;
-            }
-            let about = leaf.get_about().map(|a| a.to_string()).unwrap_or_default();
-            lines.push(format!("{usage} — {about}"));
+    collect_leaves(&root, &mut leaves);
+    let mut lines = Vec::new();
+    for leaf in leaves {
+        // clap renders "Usage: <override_usage>".
+        let usage = leaf.clone().render_usage().to_string();
+        let usage = usage.trim().trim_start_matches("Usage:").trim().to_string();
+        // Check the role rule on a parse of the usage's command words.
+        let words: Vec<&str> = usage
+            .trim_start_matches('/')
+            .split_whitespace()
+            .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        if !role_may_use(role, &words) {
+            continue;
         }
+        let about = leaf.get_about().map(|a| a.to_string()).unwrap_or_default();
+        lines.push(format!("{usage} — {about}"));
     }
     lines.join("\n")
+}
+
+/// The commands an operator types, however deep they are nested
+/// (`/kv metadata get` is three levels down).
+fn collect_leaves<'a>(cmd: &'a clap::Command, out: &mut Vec<&'a clap::Command>) {
+    for sub in cmd.get_subcommands() {
+        if sub.has_subcommands() {
+            collect_leaves(sub, out);
+        } else {
+            out.push(sub);
+        }
+    }
 }
 
 /// Role rule by command words, for `/help` (mirrors [`Command::allowed_for`]).
@@ -322,7 +412,7 @@ fn role_may_use(role: Role, words: &[&str]) -> bool {
     match role {
         Role::Admin => true,
         Role::Agent => match words {
-            ["help"] | ["whoami"] | ["health"] => true,
+            ["help"] | ["whoami"] | ["health"] | ["deny"] => true,
             ["agent", sub, ..] => agent::agent_may_use(sub),
             ["panel", sub, ..] => panel::agent_may_use(sub),
             ["mtproto", ..] => true,

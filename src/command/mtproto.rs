@@ -213,6 +213,44 @@ impl MtprotoCommand {
     }
 }
 
+impl MtprotoCommand {
+    /// `/mtproto revoke USER`, checked before a request is filed: the user
+    /// is the requester's to revoke (an agent: its own users) and has a
+    /// live secret. The canonical line names the owner explicitly.
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+        match self {
+            MtprotoCommand::Revoke { user } => {
+                let t = target(ctx, user)?;
+                let path = kv_path(ctx, &format!("{MTPROTO_DIR}/{}/{}", t.owner, t.user))?;
+                let meta =
+                    ctx.vault()
+                        .await?
+                        .kv_metadata_get(&path)
+                        .await
+                        .map_err(|e| match e {
+                            VaultError::NotFound(_) => not_found(&t),
+                            other => other.into(),
+                        })?;
+                let live = meta
+                    .versions
+                    .values()
+                    .any(|v| !v.destroyed && !v.is_deleted());
+                if !live {
+                    return Err(CommandError::not_found(format!(
+                        "the MTProto secret of {} is already revoked",
+                        t.shown()
+                    )));
+                }
+                Ok(format!("/mtproto revoke {}", t.shown()))
+            }
+            _ => Err(CommandError::invalid(format!(
+                "/mtproto {} cannot wait for approval",
+                self.name()
+            ))),
+        }
+    }
+}
+
 /// `/mtproto issue USER`: 16 random bytes as 32 hex characters, stored with
 /// check-and-set 0 (a live secret is never replaced: use show). A secret
 /// an agent revoked (soft-deleted) is replaced by a new version.

@@ -149,6 +149,51 @@ impl PanelCommand {
     }
 }
 
+impl PanelCommand {
+    /// `/panel show --reveal NAME`, checked before a request is filed: the
+    /// panel exists for the requester (an agent: it is assigned to it).
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+        match self {
+            PanelCommand::Show {
+                reveal: true,
+                wrap,
+                name,
+            } => {
+                check_panel_name(name)?;
+                wrap_ttl(ctx, wrap)?;
+                let (path, missing) = if ctx.op.role == Role::Admin {
+                    (
+                        kv_path(ctx, &format!("{PANELS_DIR}/{name}"))?,
+                        not_found(name),
+                    )
+                } else {
+                    (
+                        kv_path(ctx, &format!("{COPIES_DIR}/{}/{name}", op_agent(ctx)?))?,
+                        CommandError::not_found(format!("no panel {name} is assigned to you")),
+                    )
+                };
+                ctx.vault()
+                    .await?
+                    .kv_metadata_get(&path)
+                    .await
+                    .map_err(|e| match e {
+                        VaultError::NotFound(_) => missing,
+                        other => other.into(),
+                    })?;
+                let wrap = match &wrap.wrap_ttl {
+                    Some(t) => format!(" {}", super::quote(&format!("-wrap-ttl={t}"))),
+                    None => String::new(),
+                };
+                Ok(format!("/panel show --reveal{wrap} {name}"))
+            }
+            _ => Err(CommandError::invalid(format!(
+                "/panel {} cannot wait for approval",
+                self.name()
+            ))),
+        }
+    }
+}
+
 /// Panel names: `[a-z0-9][a-z0-9_.-]{0,62}` (a KV path segment that
 /// cannot be `.`/`..`, and short enough for every chat).
 fn check_panel_name(name: &str) -> Result<(), CommandError> {

@@ -99,6 +99,125 @@ fn help_is_generated_and_filtered_by_role() {
     }
 }
 
+/// Every `/help` line starts with a usage that parses back to the command
+/// it describes, with its optional parts left out and with them filled in.
+#[test]
+fn help_usage_lines_round_trip_through_the_parser() {
+    fn fill(word: &str) -> String {
+        match word {
+            "MOUNT/PATH" => "secret/x".into(),
+            "MOUNT/PATH/" => "secret/x/".into(),
+            "k=v" => "k=v".into(),
+            "…" => String::new(),
+            "ID" => "ab12cd34".into(),
+            "CODE" => "123456".into(),
+            "N" => "3".into(),
+            "KEY" => "k1".into(),
+            "TEXT" => "hello".into(),
+            "vault:vN:…" => "vault:v1:abcd".into(),
+            "NAME" => "p1".into(),
+            "KIND" => "marzban".into(),
+            "URL" => "https://panel.example".into(),
+            "USER" => "7".into(),
+            "PASSWORD" => "pw".into(),
+            "AGENT" => "bob".into(),
+            w => w
+                .replace("=N", "=3")
+                .replace("=F", "=f")
+                .replace("=DURATION", "=60s"),
+        }
+    }
+    let lines = help(Role::Admin);
+    let mut n = 0;
+    for line in lines.lines() {
+        let (usage, _) = line.split_once(" — ").expect("usage — about");
+        // The command words: the usage's leading lower-case words.
+        let words: Vec<&str> = usage
+            .trim_start_matches('/')
+            .split_whitespace()
+            .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        let expected = words.join(" ");
+        for with_optional in [false, true] {
+            let typed: Vec<String> = usage
+                .split_whitespace()
+                .filter_map(
+                    |w| match w.strip_prefix('[').and_then(|w| w.strip_suffix(']')) {
+                        Some(inner) if with_optional => Some(fill(inner)),
+                        Some(_) => None,
+                        None => Some(fill(w)),
+                    },
+                )
+                .filter(|w| !w.is_empty())
+                .collect();
+            let typed = typed.join(" ");
+            let cmd = Command::parse(&typed)
+                .unwrap_or_else(|e| panic!("/help line {line:?}: {typed:?} does not parse: {e}"));
+            let mut name = cmd.name();
+            if name == "panel show --reveal" {
+                name = "panel show".into();
+            }
+            assert_eq!(name, expected, "/help line {line:?} parsed as {typed:?}");
+            n += 1;
+        }
+    }
+    assert!(lines.contains("/kv metadata get MOUNT/PATH — "), "{lines}");
+    assert!(
+        lines.contains("/kv metadata delete MOUNT/PATH — "),
+        "{lines}"
+    );
+    assert!(!lines.contains("<COMMAND>"), "{lines}");
+    assert!(n >= 2 * 35, "only {n} usages checked");
+}
+
+/// Operator-supplied words shown to others carry no control or invisible
+/// character; secret values (never shown) may.
+#[test]
+fn control_and_format_characters_are_refused_outside_secret_values() {
+    for line in [
+        "/transit rotate \"a\nb\"",
+        "/transit rotate \"k\u{1b}[2K\"",
+        "/kv metadata delete \"secret/x\u{85}\"",
+        "/agent revoke \"a\u{2028}\"",
+        "/mtproto revoke \"u\u{202e}1\"",
+        "/panel show --reveal \"p\u{2066}\"",
+        "/kv put secret/x \"k\u{1b}=v\"",
+        "/panel add \"p\u{200b}1\" marzban https://x u pw",
+        "/approve ab12 \"1\r23456\"",
+    ] {
+        let e = Command::parse(line).unwrap_err();
+        assert!(
+            e.0.contains("control or invisible character"),
+            "{line:?}: {}",
+            e.0
+        );
+    }
+    for line in [
+        "/kv put secret/x \"pem=-----BEGIN X-----\nAAAA\n-----END X-----\"",
+        "/kv patch secret/x \"k=a\tb\"",
+        "/transit encrypt k \"two\nlines\"",
+        "/panel add p1 marzban https://x u \"pw\u{1b}\"",
+    ] {
+        Command::parse(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+}
+
+/// A canonical word goes back through the lexer unchanged.
+#[test]
+fn quote_round_trips_through_the_lexer() {
+    for w in [
+        "plain",
+        "two words",
+        "q\"uote",
+        "back\\slash",
+        "",
+        "secret/x y/z",
+    ] {
+        let line = format!("x {}", super::quote(w));
+        assert_eq!(super::lexer::split(&line).unwrap(), ["x", w], "{line}");
+    }
+}
+
 #[test]
 fn role_rules() {
     assert!(!parse("/kv get secret/x").allowed_for(Role::Agent));

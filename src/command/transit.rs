@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use super::info::{concat, table, take, wrap_ttl, wrapped_reply};
 use super::{SecretArg, WrapArg};
-use crate::dispatch::{CommandResult, Ctx, Reply};
+use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum TransitCommand {
@@ -77,6 +77,24 @@ impl TransitCommand {
 
     pub fn input_is_secret(&self) -> bool {
         matches!(self, TransitCommand::Encrypt { .. })
+    }
+}
+
+impl TransitCommand {
+    /// `/transit rotate KEY`, checked before a request is filed: the key
+    /// exists and the requester may read it.
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+        match self {
+            TransitCommand::Rotate { key } => {
+                let mount = ctx.cfg().vault.transit_mount.as_str();
+                ctx.vault().await?.transit_key_info(mount, key).await?;
+                Ok(format!("/transit rotate {}", super::quote(key)))
+            }
+            _ => Err(CommandError::invalid(format!(
+                "/transit {} cannot wait for approval",
+                self.name()
+            ))),
+        }
     }
 }
 

@@ -8,7 +8,11 @@
 //! check decides what they may do).
 //!
 //! Protocol: one command per line in, one JSON reply per line out (the
-//! `console --json` format), as many as the client sends.
+//! `console --json` format), as many as the client sends. A line that is
+//! not UTF-8 gets an `invalid` reply and the connection goes on; a client
+//! idle for `ipc.idle_timeout_secs` is disconnected; at most
+//! `ipc.max_connections` are served at once (the next one gets an
+//! `unavailable` reply).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -88,17 +93,34 @@ pub async fn serve(
     grace: Duration,
 ) {
     let tracker = TaskTracker::new();
+    let max = app.cfg.ipc.max_connections as usize;
+    let slots = Arc::new(Semaphore::new(max));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        // Told, not left hanging; written in the background
+                        // so a client that does not read cannot stall us.
+                        tracker.spawn(async move {
+                            let busy = render_json(&Err(CommandError::unavailable(format!(
+                                "the broker serves {max} socket connections at once; try again"
+                            ))));
+                            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                                let _ = stream.write_all(format!("{busy}\n").as_bytes()).await;
+                            })
+                            .await;
+                        });
+                        continue;
+                    };
                     let app = app.clone();
                     let stop = shutdown.clone();
                     tracker.spawn(async move {
                         if let Err(e) = handle(app, stream, stop).await {
                             warn!(error = %e, "socket connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -128,35 +150,53 @@ async fn handle(app: Arc<App>, stream: UnixStream, stop: CancellationToken) -> s
             .find(|o| o.unix_user.as_deref() == Some(u))
             .cloned()
     });
+    let idle = Duration::from_secs(app.cfg.ipc.idle_timeout_secs);
     let (read, mut write) = stream.into_split();
     // Bounded: a client cannot make us buffer more than 1 MiB per connection.
-    let mut lines = BufReader::new(read.take(64 * MAX_LINE_BYTES as u64)).lines();
+    let mut lines = BufReader::new(read.take(64 * MAX_LINE_BYTES as u64)).split(b'\n');
     loop {
         // Between commands a shutdown closes the connection; a command that
-        // has started is finished first.
+        // has started is finished first. An idle client is let go.
         let line = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            l = lines.next_line() => l?,
+            l = tokio::time::timeout(idle, lines.next_segment()) => match l {
+                Ok(l) => l?,
+                Err(_) => return Ok(()),
+            },
         };
-        let Some(line) = line else { return Ok(()) };
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let sender = format!("uid:{uid}");
-        let reply = match app
-            .dispatch(op.as_ref(), &sender, Transport::Socket, line)
-            .await
-        {
-            Some(r) => render_json(&r),
-            None => render_json(&Err(CommandError::denied(format!(
-                "uid {uid} is not an operator (no [[operators]] entry has unix_user = {:?})",
-                user.as_deref().unwrap_or("?")
-            )))),
+        let Some(bytes) = line else { return Ok(()) };
+        let reply = match String::from_utf8(bytes) {
+            Err(_) => render_json(&Err(CommandError::invalid(
+                "the line is not UTF-8; nothing was run",
+            ))),
+            Ok(line) => {
+                let line = line.trim();
+                if line.is_empty() {
+                    continue;
+                }
+                dispatch_line(&app, op.as_ref(), uid, user.as_deref(), line).await
+            }
         };
         write.write_all(reply.as_bytes()).await?;
         write.write_all(b"\n").await?;
         write.flush().await?;
+    }
+}
+
+async fn dispatch_line(
+    app: &App,
+    op: Option<&crate::config::Operator>,
+    uid: u32,
+    user: Option<&str>,
+    line: &str,
+) -> String {
+    let sender = format!("uid:{uid}");
+    match app.dispatch(op, &sender, Transport::Socket, line).await {
+        Some(r) => render_json(&r),
+        None => render_json(&Err(CommandError::denied(format!(
+            "uid {uid} is not an operator (no [[operators]] entry has unix_user = {:?})",
+            user.unwrap_or("?")
+        )))),
     }
 }
 
@@ -166,17 +206,7 @@ async fn handle(app: Arc<App>, stream: UnixStream, stop: CancellationToken) -> s
 pub fn join_words(words: &[String]) -> String {
     words
         .iter()
-        .map(|w| {
-            if w.is_empty()
-                || w.chars()
-                    .any(|c| c.is_whitespace() || c == '"' || c == '\\')
-            {
-                let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
-                format!("\"{escaped}\"")
-            } else {
-                w.clone()
-            }
-        })
+        .map(|w| crate::command::quote(w))
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{check_fields, parse_data, parse_envelope, ExposedMap, Req, SecretMap};
 use super::{Vault, VaultError};
+// Refused anywhere in a path: controls and the invisible characters that
+// make a path look like another in a chat.
+use crate::text::forbidden_char;
 
 /// Longest accepted `MOUNT/PATH`, in bytes.
 pub const MAX_PATH_BYTES: usize = 512;
@@ -67,18 +70,6 @@ impl From<KvPathError> for VaultError {
     fn from(e: KvPathError) -> Self {
         VaultError::Input(e.to_string())
     }
-}
-
-/// Characters refused anywhere in a path: C0/C1 controls and DEL, plus the
-/// invisible ones that make a path look like another in a chat (bidi
-/// overrides, zero-width characters, line separators).
-fn forbidden_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{200B}'..='\u{200F}'
-            | '\u{2028}'..='\u{202E}'
-            | '\u{2060}'..='\u{2069}'
-            | '\u{FEFF}')
 }
 
 impl KvPath {
@@ -329,6 +320,12 @@ struct RawList {
     keys: Vec<String>,
 }
 
+#[derive(Deserialize)]
+struct RawMountConfig {
+    #[serde(default)]
+    max_versions: u64,
+}
+
 #[derive(Serialize)]
 struct WriteBody<'a> {
     data: ExposedMap<'a>,
@@ -434,8 +431,24 @@ impl Vault {
 
     /// `vault kv put [-cas=N] MOUNT/PATH k=v …`: a new version; its number.
     /// `cas = Some(0)` writes only if the secret does not exist yet; a
-    /// mismatch is a Conflict.
+    /// mismatch is a Conflict. Refused (`HistoryFull`) when Vault would
+    /// drop a version that is not destroyed to make room
+    /// ([`Vault::kv_history_guard`]).
     pub async fn kv_put(
+        &self,
+        path: &KvPath,
+        data: &KvData,
+        cas: Option<u64>,
+    ) -> Result<u64, VaultError> {
+        check_data(data)?;
+        let cas = self.kv_history_guard(path, cas).await?;
+        self.kv_put_unguarded(path, data, Some(cas)).await
+    }
+
+    /// A write that may push old versions out of the history: only for
+    /// the userbot's own session, whose history is nobody's data and which
+    /// is saved every few minutes.
+    pub async fn kv_put_unguarded(
         &self,
         path: &KvPath,
         data: &KvData,
@@ -463,10 +476,11 @@ impl Vault {
     pub async fn kv_patch(&self, path: &KvPath, data: &KvData) -> Result<u64, VaultError> {
         check_data(data)?;
         let ctx = path.to_string();
+        let cas = self.kv_history_guard(path, None).await?;
         let req = Req::new(RequestMethod::PATCH, path.api("data")?)
             .json(&WriteBody {
                 data: ExposedMap(data),
-                options: None,
+                options: Some(CasOption { cas }),
             })?
             .merge_patch();
         match self.send(req).await {
@@ -490,6 +504,76 @@ impl Vault {
         let mut merged = current.data;
         merged.extend(data.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.kv_put(path, &merged, Some(current.version)).await
+    }
+
+    /// Decides whether a new version of `path` may be written: Vault keeps
+    /// the newest `max_versions` (the key's, else the mount's, else 10) and
+    /// silently destroys older ones, which is the effect `/kv destroy`
+    /// needs a second admin for. So a write that would push out a version
+    /// that is not destroyed is refused. Returns the check-and-set value to
+    /// write with: the caller's, or the version just examined, so that the
+    /// check and the write are one atomic step.
+    pub async fn kv_history_guard(
+        &self,
+        path: &KvPath,
+        cas: Option<u64>,
+    ) -> Result<u64, VaultError> {
+        let meta = match self.kv_metadata_get(path).await {
+            Err(VaultError::NotFound(_)) => return Ok(cas.unwrap_or(0)),
+            r => r?,
+        };
+        let max = if meta.max_versions > 0 {
+            meta.max_versions
+        } else {
+            self.kv_mount_max_versions(path.mount()).await?
+        };
+        // After the write the newest is current + 1; Vault then drops every
+        // version at or below (current + 1) − max.
+        let cutoff = (meta.current_version + 1).saturating_sub(max);
+        if let Some((v, _)) = meta
+            .versions
+            .iter()
+            .find(|(v, m)| **v <= cutoff && !m.destroyed)
+        {
+            return Err(VaultError::HistoryFull(format!(
+                "writing {path} would drop version {v} for good (the secret keeps {max} versions): destroy version {v} first (/kv destroy -versions={v} {path}, which needs a second admin) or ask a Vault operator to raise max_versions"
+            )));
+        }
+        Ok(cas.unwrap_or(meta.current_version))
+    }
+
+    /// The mount's `max_versions` (`MOUNT/config`; 0 there means Vault's
+    /// default of 10). Cached per process for a minute: it changes only
+    /// when a Vault operator reconfigures the mount.
+    async fn kv_mount_max_versions(&self, mount: &str) -> Result<u64, VaultError> {
+        use std::sync::Mutex;
+        use std::time::{Duration, Instant};
+        type Cache = Mutex<BTreeMap<String, (Instant, u64)>>;
+        static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+        const FRESH: Duration = Duration::from_secs(60);
+        let cache = CACHE.get_or_init(Default::default);
+        let key = format!("{}|{mount}", self.addr);
+        if let Some((at, max)) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if at.elapsed() < FRESH {
+                return Ok(*max);
+            }
+        }
+        let ctx = format!("{mount}/config");
+        let body = self
+            .send(Req::new(RequestMethod::GET, ctx.clone()))
+            .await
+            .map_err(|e| e.into_error(&ctx))?;
+        let c: RawMountConfig = parse_data(&body, &ctx)?;
+        let max = if c.max_versions > 0 {
+            c.max_versions
+        } else {
+            10
+        };
+        cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (Instant::now(), max));
+        Ok(max)
     }
 
     /// `vault kv list MOUNT/DIR/`: the keys below (sub-directories end with

@@ -47,12 +47,18 @@ pub enum VaultError {
     /// wrap TTL, key name or TOTP code format).
     #[error("{0}")]
     Input(String),
+    /// A write refused before it was sent because Vault would drop a
+    /// version that is not destroyed from the secret's history.
+    #[error("{0}")]
+    HistoryFull(String),
 }
 
 impl VaultError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            VaultError::Denied(_) | VaultError::Refused(_) => ErrorKind::Denied,
+            VaultError::Denied(_) | VaultError::Refused(_) | VaultError::HistoryFull(_) => {
+                ErrorKind::Denied
+            }
             VaultError::NotFound(_) => ErrorKind::NotFound,
             VaultError::Invalid(_) | VaultError::Input(_) => ErrorKind::Invalid,
             VaultError::Conflict(_) => ErrorKind::Conflict,

@@ -42,7 +42,13 @@ struct Cached {
     vault: Arc<Vault>,
     refresh_after: Instant,
     generation: u64,
+    /// When a denial last made us check that this token is still alive.
+    checked_at: Option<Instant>,
 }
+
+/// At most one liveness check of an operator's child token per this
+/// long, however many of its commands Vault denies.
+const DENIAL_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Mints and caches child tokens for operators.
 pub struct OperatorTokens {
@@ -105,6 +111,7 @@ impl OperatorTokens {
                 vault: vault.clone(),
                 refresh_after,
                 generation,
+                checked_at: None,
             },
         );
         Ok(vault)
@@ -133,6 +140,33 @@ impl OperatorTokens {
                 tracing::warn!(error = %e, "re-login after a refused token failed");
                 false
             }
+        }
+    }
+
+    /// After Vault denied one of `name`'s commands: a denial is usually
+    /// just the policy at work, so the child token is kept. Only if the
+    /// token itself is dead (revoked, or its parent was) is it dropped, and
+    /// the broker's own token healed. One `lookup-self` at most every
+    /// [`DENIAL_CHECK_INTERVAL`] per operator, never a mint: denied
+    /// commands cannot churn Vault's token store.
+    pub async fn after_denial(&self, name: &str) {
+        let vault = {
+            let mut cache = self.cache.lock().await;
+            let Some(c) = cache.get_mut(name) else { return };
+            let now = Instant::now();
+            if c.checked_at
+                .is_some_and(|t| now < t + DENIAL_CHECK_INTERVAL)
+            {
+                return;
+            }
+            c.checked_at = Some(now);
+            c.vault.clone()
+        };
+        if let Err(VaultError::Denied(_)) = vault.lookup_self().await {
+            // The child is dead: mint a fresh one next time, and if its
+            // parent died too, log in again now.
+            self.forget(name).await;
+            self.heal_if_parent_dead().await;
         }
     }
 

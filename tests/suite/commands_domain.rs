@@ -6,8 +6,6 @@
 //! Names used only here: agents `it-agent*`, panels `it-p*`, MTProto users
 //! `9xxx`, TOTP keys `it-dom-*` (tests run in parallel on one cluster).
 
-use std::path::PathBuf;
-
 use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -15,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use super::TestFn;
 use crate::common::canary;
-use crate::common::console::{console, console_with_config, ConsoleRun};
-use crate::common::totp::{create_totp_key, fresh_code, TotpKey};
+use crate::common::console::{console, ConsoleRun};
+use crate::common::totp::{fresh_code, Approvers};
 use crate::common::Env;
 use vaultgram::vault::auth::TokenManager;
 use vaultgram::vault::kv::KvPath;
@@ -173,43 +171,8 @@ fn kv_root_metadata(env: &Env, path: &str) -> (u16, Value) {
 
 // ---- TOTP for the approved paths (RFC 6238, HMAC-SHA1, 6 digits, 30 s) ----
 
-/// A copy of the harness config where alice and dave approve with the
-/// TOTP keys `<tag>-alice` / `<tag>-dave` (created here with root).
-struct Approvers {
-    config: PathBuf,
-    alice: TotpKey,
-    dave: TotpKey,
-}
-
 fn approvers(env: &Env, tag: &str) -> Approvers {
-    let c = env.cluster();
-    let mut keys = Vec::new();
-    for op in ["alice", "dave"] {
-        keys.push(create_totp_key(env, &format!("{tag}-{op}")));
-    }
-    let mut text = std::fs::read_to_string(&c.config_path).unwrap();
-    for (op, key) in ["alice", "dave"].iter().zip(&keys) {
-        let from = format!("name = \"{op}\"\n");
-        assert!(text.contains(&from));
-        text = text.replace(&from, &format!("{from}totp_key = \"{}\"\n", key.name));
-    }
-    let config = c.path().join(format!("vaultgram-{tag}.toml"));
-    std::fs::write(&config, text).unwrap();
-    let dave = keys.pop().unwrap();
-    let alice = keys.pop().unwrap();
-    Approvers {
-        config,
-        alice,
-        dave,
-    }
-}
-
-impl Approvers {
-    fn run(&self, env: &Env, op: &str, lines: &[&str]) -> ConsoleRun {
-        let r = console_with_config(env, &self.config, op, lines);
-        assert_eq!(r.replies.len(), lines.len(), "{lines:?}\n{}", r.stderr);
-        r
-    }
+    crate::common::totp::approvers(env, tag, |t| t)
 }
 
 /// The request ID of an `approval_required` reply.
@@ -285,9 +248,10 @@ fn agent_add_token_list(env: &Env) {
     assert!(!r.replies[7].to_string().contains(&t3));
     assert_eq!(r.err_kind(8), "invalid");
     assert!(r.ok_text(9).lines().any(|l| l == id), "{}", r.replies[9]);
-    // revoke is approval-gated by the dispatcher.
+    // revoke is approval-gated by the dispatcher; validated first, so a
+    // request for an agent that does not exist is never filed.
     assert_eq!(r.err_kind(10), "approval_required");
-    assert_eq!(r.err_kind(11), "approval_required");
+    assert_eq!(r.err_kind(11), "not_found");
 
     // What Vault holds: the latest token and its SHA-256, who made it; the
     // first token is still version 1.
@@ -382,13 +346,14 @@ fn agent_revoke_approved(env: &Env) {
     );
     let token = token_of(&r1.ok_text(0));
     let req = request_id(&r1, 1);
-    let missing = request_id(&r1, 2);
+    // Validated before it is filed: no request, no code spent on it.
+    assert_eq!(r1.err_kind(2), "not_found", "{}", r1.replies[2]);
     let r2 = s.run(
         env,
         "dave",
         &[
             &format!("/approve {req} {}", fresh_code(&s.dave)),
-            &format!("/approve {missing} {}", fresh_code(&s.dave)),
+            "/pending",
         ],
     );
     let text = r2.ok_text(0);
@@ -397,7 +362,11 @@ fn agent_revoke_approved(env: &Env) {
         "{text}"
     );
     nowhere(&r2, &token);
-    assert_eq!(r2.err_kind(1), "not_found", "{}", r2.replies[1]);
+    assert!(
+        !r2.ok_text(1).contains("it-agent-missing"),
+        "{}",
+        r2.replies[1]
+    );
     // Every version is gone: the token cannot be found or brought back.
     assert_eq!(
         kv_root_metadata(env, &format!("vaultgram/agents/{id}")).0,
@@ -801,21 +770,22 @@ fn mtproto_revoke_approved(env: &Env) {
     let rb = s.run(env, "bob", &["/mtproto issue 9101", "/mtproto revoke 9101"]);
     let old = check_mtproto_reply(env, &rb, 0);
     let id = request_id(&rb, 1);
+    // Ownership is checked before a request is filed: carol's attempt on
+    // bob's user never reaches an approver.
     let rc = s.run(env, "carol", &["/mtproto revoke bob/9101"]);
-    let carol_req = request_id(&rc, 0);
+    assert_eq!(rc.err_kind(0), "denied", "{}", rc.replies[0]);
     let ra = s.run(
         env,
         "alice",
-        &[
-            &format!("/approve {id} {}", fresh_code(&s.alice)),
-            &format!("/approve {carol_req} {}", fresh_code(&s.alice)),
-        ],
+        &[&format!("/approve {id} {}", fresh_code(&s.alice))],
     );
     let text = ra.ok_text(0);
-    assert!(text.contains("ran /mtproto revoke 9101 as bob"), "{text}");
+    // The canonical command: the owner is explicit.
+    assert!(
+        text.contains("ran /mtproto revoke bob/9101 as bob"),
+        "{text}"
+    );
     assert!(text.contains("revoked"), "{text}");
-    // carol's request ran as carol: refused, bob's secret untouched by it.
-    assert_eq!(ra.err_kind(1), "denied", "{}", ra.replies[1]);
     nowhere(&ra, &old);
     let (code, meta) = kv_root_metadata(env, "vaultgram/mtproto/bob/9101");
     assert_eq!(code, 200);
@@ -838,7 +808,11 @@ fn mtproto_revoke_approved(env: &Env) {
     );
     assert_eq!(rb.err_kind(0), "not_found");
     assert!(rb.ok_text(1).lines().any(|l| l == "9101  (revoked)"));
-    request_id(&rb, 2);
+    assert!(
+        message(&rb, 2).contains("already revoked"),
+        "{}",
+        rb.replies[2]
+    );
     let new = check_mtproto_reply(env, &rb, 3);
     assert_ne!(new, old);
     let (_, _, m) = kv_root(env, "vaultgram/mtproto/bob/9101");
@@ -856,17 +830,13 @@ fn mtproto_revoke_approved(env: &Env) {
     );
     let secret = check_mtproto_reply(env, &ra, 0);
     let id = request_id(&ra, 1);
-    let missing = request_id(&ra, 2);
+    assert_eq!(ra.err_kind(2), "not_found", "{}", ra.replies[2]);
     let rd = s.run(
         env,
         "dave",
-        &[
-            &format!("/approve {id} {}", fresh_code(&s.dave)),
-            &format!("/approve {missing} {}", fresh_code(&s.dave)),
-        ],
+        &[&format!("/approve {id} {}", fresh_code(&s.dave))],
     );
     assert!(rd.ok_text(0).contains("revoked"));
-    assert_eq!(rd.err_kind(1), "not_found");
     nowhere(&rd, &secret);
     assert_eq!(kv_root_metadata(env, "vaultgram/mtproto/admin/9102").0, 404);
 }

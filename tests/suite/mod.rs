@@ -11,6 +11,7 @@ mod dev_stack;
 mod doctor;
 mod etcd;
 mod failure;
+mod gate;
 mod http;
 mod migration;
 mod policy_matrix;
@@ -35,6 +36,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(commands_domain::TESTS);
     t.extend(commands_kv::TESTS);
     t.extend(approvals::TESTS);
+    t.extend(gate::TESTS);
     t.extend(socket::TESTS);
     t.extend(dev_stack::TESTS);
     t.extend(doctor::TESTS);

@@ -423,7 +423,9 @@ const fn case(who: Who, path: &'static str, caps: &'static [&'static str]) -> Ca
 const DENY: &[&str] = &["deny"];
 const CRUD: &[&str] = &["create", "delete", "patch", "read", "update"];
 const CRUDL: &[&str] = &["create", "delete", "list", "read", "update"];
-const META: &[&str] = &["create", "delete", "list", "patch", "read", "update"];
+/// Metadata for admins: read, list, delete (`/kv metadata delete`, gated);
+/// no writes (max_versions or delete_version_after would destroy versions).
+const META: &[&str] = &["delete", "list", "read"];
 const R: &[&str] = &["read"];
 const U: &[&str] = &["update"];
 const L: &[&str] = &["list"];
@@ -505,7 +507,7 @@ const CASES: &[Case] = &[
     case(A, "secret/undelete/vaultgram/panels/p1", U),
     case(A, "secret/destroy/vaultgram/panels/p1", U),
     case(A, "secret/subkeys/vaultgram/panels/p1", R),
-    case(A, "secret/config", DENY),
+    case(A, "secret/config", R),
     case(A, "secret/data/vaultgram/telegram-session", DENY),
     case(A, "secret/subkeys/vaultgram/telegram-session", DENY),
     case(A, "secret/metadata/vaultgram/telegram-session", R),
@@ -558,7 +560,8 @@ const CASES: &[Case] = &[
     case(Bob, "secret/metadata/vaultgram/mtproto/bob/", L),
     case(Bob, "secret/metadata/vaultgram/mtproto/bob/u1", RL),
     case(Bob, "secret/delete/vaultgram/mtproto/bob/u1", U),
-    case(Bob, "secret/undelete/vaultgram/mtproto/bob/u1", U),
+    case(Bob, "secret/undelete/vaultgram/mtproto/bob/u1", DENY),
+    case(Bob, "secret/config", R),
     case(Bob, "secret/destroy/vaultgram/mtproto/bob/u1", DENY),
     case(Bob, "secret/data/vaultgram/mtproto/carol/u1", DENY),
     case(Bob, "secret/metadata/vaultgram/mtproto/carol/", DENY),
@@ -879,6 +882,12 @@ fn calls() -> Vec<Call> {
         call(A, Post, "secret/metadata/vaultgram/telegram-session", Denied)
             .body(r#"{"delete_version_after": "1s"}"#),
         call(A, Post, "secret/config", Denied).body(r#"{"delete_version_after": "1s"}"#),
+        call(A, Get, "secret/config", Ok),
+        // No metadata writes: max_versions=1 would destroy every older
+        // version of the secret without anyone's approval.
+        call(A, Post, "secret/metadata/telegram", Denied).body(r#"{"max_versions": 1}"#),
+        call(A, Post, "secret/metadata/vaultgram/agents/carol", Denied)
+            .body(r#"{"delete_version_after": "1s"}"#),
         // The exact-path deny cannot be side-stepped by another spelling.
         call(A, Get, "secret/data/vaultgram//telegram-session", NotOk),
         call(A, Get, "secret/data/vaultgram/./telegram-session", NotOk),
@@ -933,7 +942,8 @@ fn calls() -> Vec<Call> {
         call(Bob, Get, "secret/data/vaultgram/mtproto/bob/pm-u1", Ok),
         call(Bob, List, "secret/metadata/vaultgram/mtproto/bob/", Ok),
         call(Bob, Delete, "secret/data/vaultgram/mtproto/bob/pm-u1", Ok),
-        call(Bob, Post, "secret/undelete/vaultgram/mtproto/bob/pm-u1", Ok).body(r#"{"versions": [1]}"#),
+        // A revoked (soft-deleted) secret does not come back by the agent.
+        call(Bob, Post, "secret/undelete/vaultgram/mtproto/bob/pm-u1", Denied).body(r#"{"versions": [1]}"#),
         call(Bob, Post, "secret/destroy/vaultgram/mtproto/bob/pm-u1", Denied).body(r#"{"versions": [1]}"#),
         call(Bob, Delete, "secret/metadata/vaultgram/mtproto/bob/pm-u1", Denied),
         call(Bob, Get, "secret/data/vaultgram/panels/pm-p1", Denied),

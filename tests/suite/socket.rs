@@ -216,8 +216,14 @@ impl Broker {
 
 /// A request nobody approves is audited as expired by `run` itself.
 fn unseen_expiry_is_audited(env: &Env) {
+    // Validate, then gate: the key exists, so the request is filed.
+    env.cluster().root_call(
+        reqwest::Method::POST,
+        "transit/keys/it-sock-expiry",
+        Some(serde_json::json!({})),
+    );
     let b = Broker::start_with(env, "expiry", |t| {
-        format!("{t}\n[approvals]\nttl_secs = 10\n")
+        t.replace("[approvals]\n", "[approvals]\nttl_secs = 10\n")
     });
     let out = b.ctl(&["--json", "/transit", "rotate", "it-sock-expiry"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -86,27 +86,18 @@ pub fn route<'a>(msg: &Incoming, operators: &'a [Operator], me: i64) -> Route<'a
 }
 
 /// Whether the message carried secret input and must be deleted once
-/// handled. A line that does not parse is judged by its first words and by
-/// any `k=v` pair in it: a typo must not leave a password in the chat.
+/// handled. A line that does not parse is deleted unless it is a bare
+/// command word: a typo (`/panel ad NAME KIND URL USER PASSWORD`, a secret
+/// pasted after a wrong command) must not leave a value in the chat.
 pub fn input_carries_secret(text: &str) -> bool {
     match Command::parse(text) {
         Ok(cmd) => cmd.input_is_secret(),
         Err(_) => {
-            let words: Vec<&str> = text.split_whitespace().take(2).collect();
-            let head = words.join(" ");
-            const SECRET_INPUT: [&str; 6] = [
-                "/kv put",
-                "/kv patch",
-                "/panel add",
-                "/transit encrypt",
-                "/transit decrypt",
-                "/approve",
-            ];
-            SECRET_INPUT.iter().any(|p| head.starts_with(p))
-                || text.split_whitespace().skip(1).any(|w| {
-                    w.split_once('=')
-                        .is_some_and(|(k, v)| !k.starts_with('-') && !v.is_empty())
-                })
+            let mut words = text.split_whitespace();
+            let first = words.next();
+            // "/kv put" alone carries nothing, but is plainly a secret
+            // command being typed: delete it as well.
+            words.next().is_some() || first.is_some_and(|w| !w.starts_with('/'))
         }
     }
 }
@@ -335,6 +326,8 @@ mod tests {
             "/kv put",
             "/kv pt secret/a password=hunter2",
             "/whatever token=abc",
+            "/panel ad de1 marzban https://p.example.com admin pw",
+            "/nope 0123456789abcdef0123456789abcdef",
         ] {
             assert!(input_carries_secret(t), "{t}");
         }
@@ -345,6 +338,7 @@ mod tests {
             "/mtproto issue 42",
             "/kv get -field=password secret/a",
             "/agent list",
+            "/nope",
         ] {
             assert!(!input_carries_secret(t), "{t}");
         }

@@ -105,6 +105,6 @@ impl SessionStore {
             "saved_at".to_string(),
             SecretString::from(crate::audit::now_rfc3339()),
         );
-        vault.kv_put(&self.path, &data, None).await
+        vault.kv_put_unguarded(&self.path, &data, None).await
     }
 }
