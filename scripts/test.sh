@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine too: installs what is missing
-# (etcd, etcdctl, protoc, OpenBao), then runs the unit tests and the one
-# integration-test binary, which starts a real 3-member etcd cluster and a
-# real OpenBao server over TLS on free loopback ports.
+# The whole test suite, on a fresh machine too: ensure_tools installs what is
+# missing, then the unit tests and the one integration-test binary run; the
+# latter starts a real 3-member etcd cluster and a real Vault-API server over
+# TLS on free loopback ports, once with OpenBao (raft) and once with
+# HashiCorp Vault (storage "etcd" on those members).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -12,7 +13,11 @@ cd "$ROOT"
 # Developers' own VAULT_* / ETCDCTL_* must not steer the tests.
 unset VAULT_ADDR BAO_ADDR VAULT_TOKEN VAULT_CACERT VAULTGRAM_CONFIG \
   ETCDCTL_ENDPOINTS ETCDCTL_CACERT ETCDCTL_CERT ETCDCTL_KEY ETCDCTL_USER
+# Every Vault-facing test runs against both servers: OpenBao on raft, then
+# HashiCorp Vault on storage "etcd" (built once by ensure_tools).
 cargo test --locked --all-targets "$@"
+VAULT_BINARY=$(vault_binary) VAULTGRAM_IT_SERVER=vault \
+  cargo test --locked --test integration "$@"
 # Policy semantics in depth (131 checks) against a throw-away OpenBao.
 vault-policies/selftest.sh
 # Deployment as code: Kubernetes manifests (kubernetes-validate, checkov,

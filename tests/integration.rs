@@ -1,4 +1,6 @@
-//! The one integration-test binary: the real cluster starts once per run.
+//! The one integration-test binary: the real cluster starts once per run,
+//! with the Vault-API server `VAULTGRAM_IT_SERVER` names (OpenBao or
+//! HashiCorp Vault; scripts/test.sh runs both).
 //!
 //! A custom `main` (libtest-mimic) instead of libtest so that the harness
 //! can stop the cluster after the last test and then *check* that nothing
@@ -27,10 +29,18 @@ fn main() {
     let mut args = Arguments::from_args();
     // The tests wait on servers far more than they compute.
     args.test_threads = args.test_threads.or(Some(8));
-    let trials: Vec<Trial> = suite::all()
+    // One run per Vault-API server (`VAULTGRAM_IT_SERVER`); the server is
+    // part of every test's name, so a report says which one failed.
+    let server = common::cluster::Server::from_env();
+    let mut tests = suite::all();
+    if server == common::cluster::Server::Vault {
+        tests.extend(suite::vault_only());
+    }
+    let server = server.name();
+    let trials: Vec<Trial> = tests
         .into_iter()
         .map(|(name, f)| {
-            Trial::test(name, move || {
+            Trial::test(format!("{server}::{name}"), move || {
                 let _guard = if name.starts_with("disruptive::") {
                     Err(DISRUPT.write().unwrap_or_else(|e| e.into_inner()))
                 } else {

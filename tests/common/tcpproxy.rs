@@ -1,7 +1,9 @@
 //! A cuttable loopback TCP proxy on std threads: put one in front of a
 //! server and `cut()` it to simulate a network partition (the connections
 //! stay open, bytes go nowhere, nothing comes back: no RST, no FIN), then
-//! `restore()` it.
+//! `restore()` it. With several upstreams (`start_any`) each connection
+//! goes to the first that accepts: what a Service or load balancer in front
+//! of Vault's HA nodes does once a dead node's endpoint is gone.
 //!
 //! Every connection has two pump threads (client→upstream and back) that
 //! poll with short read timeouts, so `Drop` can stop and join everything:
@@ -27,7 +29,7 @@ struct Conn {
 }
 
 struct Shared {
-    upstream: SocketAddr,
+    upstreams: Vec<SocketAddr>,
     stop: AtomicBool,
     cut: AtomicBool,
     epoch: AtomicU64,
@@ -70,11 +72,16 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Listens on 127.0.0.1:<free port> and forwards to `upstream`.
     pub fn start(upstream: SocketAddr) -> TcpProxy {
+        Self::start_any(vec![upstream])
+    }
+
+    /// Forwards each connection to the first of `upstreams` that accepts.
+    pub fn start_any(upstreams: Vec<SocketAddr>) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("tcpproxy bind");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
-            upstream,
+            upstreams,
             stop: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
@@ -191,12 +198,13 @@ fn accept_loop(listener: TcpListener, s: Arc<Shared>) {
 }
 
 fn connect_and_pump(client: TcpStream, epoch: u64, s: Arc<Shared>) {
-    let upstream = match TcpStream::connect_timeout(&s.upstream, Duration::from_secs(2)) {
-        Ok(u) => u,
-        Err(_) => {
-            let _ = client.shutdown(Shutdown::Both);
-            return;
-        }
+    let upstream = s
+        .upstreams
+        .iter()
+        .find_map(|u| TcpStream::connect_timeout(u, Duration::from_secs(2)).ok());
+    let Some(upstream) = upstream else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
     };
     let _ = upstream.set_nodelay(true);
     let (Ok(c2), Ok(u2), Ok(c3), Ok(u3)) = (

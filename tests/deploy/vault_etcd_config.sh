@@ -2,7 +2,8 @@
 # Renders the vault role's reference configs (nothing is started) and checks
 # the HashiCorp Vault `storage "etcd"` stanza against the documented keys of
 # the etcd storage backend (tests/deploy/check_etcd_storage.py). HashiCorp
-# Vault itself is not run here: it cannot be downloaded in this environment.
+# Vault itself runs in the integration suite (scripts/test.sh, with
+# scripts/vault-etcd.hcl.tmpl); this checks the Ansible role's rendering.
 #   tests/deploy/vault_etcd_config.sh             render + check
 #   tests/deploy/vault_etcd_config.sh --self-test also prove the checker fails
 #                                                 on an unknown or missing key

@@ -136,7 +136,7 @@ fn wrapping_token(run: &ConsoleRun, i: usize) -> String {
 /// when Vault refuses (already used).
 fn bao_unwrap(env: &Env, token: &str) -> Option<Value> {
     let c = env.cluster();
-    let out = c.bao_cli(&c.root_token, &["unwrap", "-format=json", token]);
+    let out = c.cli(&c.root_token, &["unwrap", "-format=json", token]);
     if !out.status.success() {
         return None;
     }
@@ -191,7 +191,7 @@ fn config_with(env: &Env, name: &str, extra: &str) -> PathBuf {
 fn get_keys_after_bao_cli_put(env: &Env) {
     let c = env.cluster();
     // The operator's step from SPEC.md, with the real CLI.
-    let out = c.bao_cli(
+    let out = c.cli(
         &c.root_token,
         &[
             "kv",

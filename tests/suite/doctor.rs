@@ -251,9 +251,9 @@ fn one_etcd_member_down(env: &Env) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = healthy_config(c, dir.path());
     let down = c.etcd[2].endpoint();
-    c.stop_etcd_member(2);
+    let outage = c.etcd_outage(&[2]);
     let (code, v) = doctor(&cfg);
-    c.start_etcd_member(2);
+    outage.end();
     assert_eq!(code, 1, "{v:#}");
     assert_eq!(v["status"], "warn");
     let q = check(&v, "etcd.quorum");
@@ -287,7 +287,7 @@ fn vault_sealed(env: &Env) {
         .unwrap();
     assert_eq!(code, 204, "seal: {v}");
     let (code, v) = doctor(&cfg);
-    c.unseal_bao();
+    c.unseal();
     assert_eq!(code, 2, "{v:#}");
     assert_eq!(v["status"], "fail");
     let vault = check(&v, "vault");
@@ -311,12 +311,9 @@ fn etcd_quorum_lost(env: &Env) {
     let c = env.cluster();
     let dir = tempfile::tempdir().unwrap();
     let cfg = healthy_config(c, dir.path());
-    c.stop_etcd_member(1);
-    c.stop_etcd_member(2);
+    let outage = c.etcd_outage(&[1, 2]);
     let (code, v) = doctor(&cfg);
-    c.start_etcd_member(1);
-    c.start_etcd_member(2);
-    c.wait_etcd_healthy(Duration::from_secs(30));
+    outage.end();
     assert_eq!(code, 2, "{v:#}");
     let q = check(&v, "etcd.quorum");
     assert_eq!(q["status"], "fail", "{q}");

@@ -29,6 +29,14 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "etcd::three_members_with_peer_tls_and_auth",
         three_members_with_peer_tls_and_auth,
     ),
+    (
+        "etcd::vault_and_vaultgram_users_cannot_read_each_other",
+        users_cannot_read_each_other,
+    ),
+    (
+        "etcd::a_snapshot_holds_no_secret",
+        a_snapshot_holds_no_secret,
+    ),
 ];
 
 /// Connects and tries one write; the error kind if it fails.
@@ -152,4 +160,176 @@ fn three_members_with_peer_tls_and_auth(env: &Env) {
         !out.status.success(),
         "a CN without an etcd user could write"
     );
+}
+
+/// `etcdctl` against one member as a given certificate and user (the
+/// harness's `etcdctl` uses the root certificate and all endpoints).
+fn etcdctl_as(
+    env: &Env,
+    stem: &str,
+    user: &str,
+    password_file: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    let c = env.cluster();
+    let tls = c.path().join("tls");
+    let pw = std::fs::read_to_string(password_file).unwrap();
+    std::process::Command::new("etcdctl")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("ETCDCTL_API", "3")
+        .args(["--command-timeout=5s", "--dial-timeout=2s"])
+        .arg(format!("--endpoints={}", c.etcd_endpoints()[0]))
+        .arg(format!("--cacert={}", c.ca_path.display()))
+        .arg(format!(
+            "--cert={}",
+            tls.join(format!("{stem}.pem")).display()
+        ))
+        .arg(format!(
+            "--key={}",
+            tls.join(format!("{stem}-key.pem")).display()
+        ))
+        .arg(format!("--user={user}:{}", pw.trim()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Vault's storage (`/vault/`, user `vault`) and the broker's state
+/// (`/vaultgram/`, user `vaultgram`) are closed to each other, both ways,
+/// by etcd's RBAC — with the real users, certificates and passwords.
+fn users_cannot_read_each_other(env: &Env) {
+    let c = env.cluster();
+    // Something of each side exists (on HashiCorp Vault, its own keys).
+    let put = c.etcdctl(&["put", "/vault/it-rbac/probe", "v"], true);
+    assert!(put.status.success(), "{put:?}");
+    let put = c.etcdctl(&["put", "/vaultgram/it-rbac/probe", "v"], true);
+    assert!(put.status.success(), "{put:?}");
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // Inside its own prefix: allowed.
+    let own = etcdctl_as(
+        env,
+        "vault",
+        "vault",
+        &c.etcd_vault_password,
+        &["get", "/vault/it-rbac/probe"],
+    );
+    assert!(
+        own.status.success() && text(&own).contains("probe"),
+        "{}",
+        text(&own)
+    );
+    let own = etcdctl_as(
+        env,
+        "vaultgram",
+        "vaultgram",
+        &c.etcd_vaultgram_password,
+        &["get", "/vaultgram/it-rbac/probe"],
+    );
+    assert!(
+        own.status.success() && text(&own).contains("probe"),
+        "{}",
+        text(&own)
+    );
+    // Across: denied, for single keys and for the whole prefix.
+    for args in [
+        &["get", "/vaultgram/it-rbac/probe"][..],
+        &["get", "--prefix", "/vaultgram/"],
+        &["put", "/vaultgram/it-rbac/x", "y"],
+    ] {
+        let o = etcdctl_as(env, "vault", "vault", &c.etcd_vault_password, args);
+        assert!(
+            !o.status.success() && text(&o).contains("permission denied"),
+            "vault user {args:?}: {}",
+            text(&o)
+        );
+    }
+    for args in [
+        &["get", "/vault/it-rbac/probe"][..],
+        &["get", "--prefix", "/vault/"],
+        &["put", "/vault/it-rbac/x", "y"],
+        &["get", "--prefix", "/vault/core/"],
+    ] {
+        let o = etcdctl_as(
+            env,
+            "vaultgram",
+            "vaultgram",
+            &c.etcd_vaultgram_password,
+            args,
+        );
+        assert!(
+            !o.status.success() && text(&o).contains("permission denied"),
+            "vaultgram user {args:?}: {}",
+            text(&o)
+        );
+    }
+}
+
+/// An etcd snapshot (what a backup of Vault on etcd is) holds none of the
+/// secrets that went through the broker: Vault's barrier encrypts its
+/// storage, and the broker never writes a value to etcd. On HashiCorp Vault
+/// the snapshot must hold Vault's own keys too, or it proves nothing.
+fn a_snapshot_holds_no_secret(env: &Env) {
+    use crate::common::console::console;
+    let c = env.cluster();
+    let kv = crate::common::canary::plant("snapshot-kv");
+    let pw = crate::common::canary::plant("snapshot-panel");
+    let text = crate::common::canary::plant("snapshot-transit");
+    let lines = [
+        format!("/kv put secret/it/snapshot v={kv}"),
+        format!("/panel add it-snap marzban https://snap.example.com/ ops {pw}"),
+        format!("/transit encrypt it-snapshot {text}"),
+        "/mtproto issue 9901".to_string(),
+        "/agent add it-snap-agent".to_string(),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let r = console(env, "alice", &lines).one_per(&lines);
+    for i in 0..lines.len() {
+        assert_eq!(r.replies[i]["ok"], true, "{}", r.replies[i]);
+    }
+    // The generated secrets (MTProto, agent token) are canaries too.
+    for t in [r.ok_text(3), r.ok_text(4)] {
+        for w in t.split_whitespace().filter(|w| {
+            w.len() >= 32
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
+            crate::common::canary::register(w);
+        }
+    }
+    let dir = c.path().join(format!(
+        "it-snapshot-{}",
+        crate::common::cluster::random_hex(3)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = super::telegram::etcd_snapshot(env, &dir);
+    assert!(bytes.len() > 4096, "snapshot of {} bytes", bytes.len());
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    if c.server == crate::common::cluster::Server::Vault {
+        assert!(
+            contains(b"/vault/core/"),
+            "the snapshot holds none of Vault's storage"
+        );
+        assert!(
+            contains(b"/vault/logical/"),
+            "the snapshot holds no secrets engine data"
+        );
+    }
+    assert!(
+        contains(b"/vaultgram/audit/"),
+        "the snapshot holds no broker state"
+    );
+    for canary in crate::common::canary::all() {
+        assert!(
+            !contains(canary.as_bytes()),
+            "canary {canary} in the etcd snapshot"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -327,7 +327,7 @@ fn readyz_follows_the_vault_seal(env: &Env) {
         sealed_at.elapsed()
     }));
     // Unseal even when the sealed half failed: other tests need Vault.
-    c.unseal_bao();
+    c.unseal();
     let took = result.unwrap_or_else(|p| std::panic::resume_unwind(p));
     assert!(took < Duration::from_secs(5), "{took:?}");
     let v = wait_for(200, Duration::from_secs(10));

@@ -980,7 +980,7 @@ fn export_round_trip_fresh_vault(env: &Env) {
 
     // Vault's audit log names the operator on every call: the imports and
     // exports ran with alice's child token, never the broker's.
-    let audit = std::fs::read_to_string(c.path().join("bao-audit.log")).unwrap();
+    let audit = std::fs::read_to_string(c.audit_log()).unwrap();
     let mut seen = 0;
     for line in audit.lines() {
         let v: Value = serde_json::from_str(line).unwrap();

@@ -21,6 +21,7 @@ mod telegram_failover;
 mod vault;
 mod vault_auth;
 mod vault_engines;
+mod vault_ha;
 
 pub type TestFn = fn(&Env);
 
@@ -46,4 +47,10 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(telegram::TESTS);
     t.extend(telegram_failover::TESTS);
     t
+}
+
+/// Tests of what only HashiCorp Vault on etcd has (two HA nodes on one
+/// storage); run with `VAULTGRAM_IT_SERVER=vault` only.
+pub fn vault_only() -> Vec<(&'static str, TestFn)> {
+    vault_ha::TESTS.to_vec()
 }

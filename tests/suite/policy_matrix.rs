@@ -33,7 +33,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::TestFn;
-use crate::common::cluster::{bao_binary, repo_root, AGENTS};
+use crate::common::cluster::{repo_root, AGENTS};
 use crate::common::{canary, Cluster, Env};
 use Who::{Admin as A, Bob, Broker as B, Carol as C, DefaultOnly as D, Operator as O};
 
@@ -1154,8 +1154,8 @@ fn real_calls_table(env: &Env) {
 /// Vault's audit log names the Telegram operator of a denied direct call:
 /// bob's read of carol's record carries display name and metadata of bob.
 fn audit_names_the_operator(c: &Cluster) -> Result<(), String> {
-    let text = std::fs::read_to_string(c.path().join("bao-audit.log"))
-        .map_err(|e| format!("cannot read bao-audit.log: {e}"))?;
+    let text = std::fs::read_to_string(c.audit_log())
+        .map_err(|e| format!("cannot read the audit log: {e}"))?;
     let found = text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -1192,7 +1192,7 @@ fn vault_operator_can_rerun_apply_sh(env: &Env) {
         .env("VAULT_ADDR", c.vault_addr())
         .env("VAULT_CACERT", &c.ca_path)
         .env("VAULT_TOKEN", operator.expose_secret())
-        .env("VAULT_CLI", bao_binary())
+        .env("VAULT_CLI", c.server.binary())
         .env("VAULTGRAM_AGENTS", AGENTS.join(" "))
         .output()
         .unwrap();

@@ -10,7 +10,7 @@ use vaultgram::config::AuthMethod;
 use vaultgram::vault::Vault;
 
 use super::TestFn;
-use crate::common::cluster::{bao_binary, repo_root, AGENTS};
+use crate::common::cluster::{repo_root, AGENTS};
 use crate::common::Env;
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -35,7 +35,7 @@ fn listener_refuses_plain_http(env: &Env) {
     let (code, body) = c.vault_api(Method::GET, "sys/health", None, None).unwrap();
     assert_eq!(code, 200, "{body}");
     // Plain HTTP to the same port: no Vault answer, only Go's TLS refusal.
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.bao_port)).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.server_port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
@@ -54,7 +54,7 @@ fn listener_refuses_plain_http(env: &Env) {
         "unexpected answer to plain HTTP: {text}"
     );
     // And reqwest speaking http:// fails the same way.
-    let r = reqwest::blocking::get(format!("http://127.0.0.1:{}/v1/sys/health", c.bao_port));
+    let r = reqwest::blocking::get(format!("http://127.0.0.1:{}/v1/sys/health", c.server_port));
     if let Ok(resp) = r {
         assert_eq!(resp.status().as_u16(), 400);
     }
@@ -88,7 +88,7 @@ fn apply_sh_configures_and_is_idempotent(env: &Env) {
             "VAULT_TOKEN",
             secrecy::ExposeSecret::expose_secret(&c.root_token),
         )
-        .env("VAULT_CLI", bao_binary())
+        .env("VAULT_CLI", c.server.binary())
         .env("VAULTGRAM_AGENTS", AGENTS.join(" "))
         .output()
         .unwrap();
@@ -159,7 +159,7 @@ fn apply_sh_configures_and_is_idempotent(env: &Env) {
             "VAULT_TOKEN",
             secrecy::ExposeSecret::expose_secret(&c.root_token),
         )
-        .env("VAULT_CLI", bao_binary())
+        .env("VAULT_CLI", c.server.binary())
         .env("VAULTGRAM_AGENTS", "dan ../evil")
         .output()
         .unwrap();

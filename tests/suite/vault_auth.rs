@@ -461,7 +461,7 @@ fn sealed_then_unsealed(env: &Env) {
     );
     let (kind, _) = err_text(env.rt.block_on(mgr.refresh(None)));
     assert_eq!(kind, ErrorKind::Unavailable, "renewal while sealed");
-    c.unseal_bao();
+    c.unseal();
     env.rt
         .block_on(mgr.current().lookup_self())
         .expect("works again after unseal");
@@ -474,13 +474,13 @@ fn vault_restarted(env: &Env) {
     let c = env.cluster();
     let cfg = env.config();
     let mgr = env.rt.block_on(TokenManager::login(&cfg.vault)).unwrap();
-    c.stop_bao();
+    c.stop_server();
     let t = Instant::now();
     let (kind, _) = err_text(env.rt.block_on(mgr.current().lookup_self()));
     assert_eq!(kind, ErrorKind::Unavailable);
     assert!(t.elapsed() < Duration::from_secs(cfg.vault.request_timeout_secs));
-    c.start_bao();
-    c.unseal_bao();
+    c.start_server();
+    c.unseal();
     env.rt
         .block_on(mgr.current().lookup_self())
         .expect("works again after restart");

@@ -584,7 +584,7 @@ fn kv_interop_with_bao_cli(env: &Env) {
     let mine = canary::plant("kv-interop-lib");
     env.rt.block_on(async {
         // Written by the operator's CLI, read by us.
-        let out = c.bao_cli(
+        let out = c.cli(
             &token,
             &[
                 "kv",
@@ -615,7 +615,7 @@ fn kv_interop_with_bao_cli(env: &Env) {
             .kv_put(&ours, &data(&[("x", &mine), ("y", "why")]), None)
             .await
             .unwrap();
-        let out = c.bao_cli(
+        let out = c.cli(
             &token,
             &[
                 "kv",
@@ -627,7 +627,7 @@ fn kv_interop_with_bao_cli(env: &Env) {
         let j: Value = serde_json::from_str(&stdout(&out, "bao kv get")).unwrap();
         assert_eq!(j["data"]["data"], json!({"x": mine, "y": "why"}));
         assert_eq!(j["data"]["metadata"]["version"], json!(version));
-        let out = c.bao_cli(
+        let out = c.cli(
             &token,
             &[
                 "kv",
@@ -639,7 +639,7 @@ fn kv_interop_with_bao_cli(env: &Env) {
         assert_eq!(stdout(&out, "bao kv get -field").trim(), "why");
 
         // Patches cross over too.
-        let out = c.bao_cli(
+        let out = c.cli(
             &token,
             &["kv", "patch", "secret/it/engines/interop/from-lib", "z=cli"],
         );
@@ -650,7 +650,7 @@ fn kv_interop_with_bao_cli(env: &Env) {
         v.kv_patch(&from_cli, &data(&[("b", "patched")]))
             .await
             .unwrap();
-        let out = c.bao_cli(
+        let out = c.cli(
             &token,
             &[
                 "kv",
@@ -666,7 +666,7 @@ fn kv_interop_with_bao_cli(env: &Env) {
         );
 
         // Version history agrees.
-        let out = c.bao_cli(
+        let out = c.cli(
             &token,
             &[
                 "kv",
@@ -706,7 +706,7 @@ fn transit_round_trip(env: &Env) {
         );
 
         // The operator's CLI decrypts what we encrypted.
-        let out = c.bao_cli(
+        let out = c.cli(
             &token,
             &[
                 "write",
@@ -952,7 +952,7 @@ fn wrap_kv_get_single_use(env: &Env) {
         assert_eq!(info.creation_ttl, 300);
 
         // `bao unwrap TOKEN` gives the value, once.
-        let out = c.bao_cli(&token, &["unwrap", "-format=json", w.token.expose_secret()]);
+        let out = c.cli(&token, &["unwrap", "-format=json", w.token.expose_secret()]);
         let j: Value = serde_json::from_str(&stdout(&out, "bao unwrap")).unwrap();
         assert_eq!(j["data"]["data"]["pw"], json!(pw));
         let e1 = expect_err(
@@ -973,7 +973,7 @@ fn wrap_kv_get_single_use(env: &Env) {
         let m = v.unwrap(&w.token).await.unwrap();
         let inner: Value = serde_json::from_str(m["data"].expose_secret()).unwrap();
         assert_eq!(inner, json!({"pw": pw}));
-        let out = c.bao_cli(&token, &["unwrap", w.token.expose_secret()]);
+        let out = c.cli(&token, &["unwrap", w.token.expose_secret()]);
         assert!(!out.status.success(), "bao unwrapped a used token");
 
         // Someone else's secret: denied, and no token minted.
@@ -1069,13 +1069,13 @@ fn wrap_data_unwrap_self(env: &Env) {
         let w = v.wrap_data(&payload, ttl).await.unwrap();
         canary::register(w.token.expose_secret());
         assert_eq!(plain(&v.unwrap(&w.token).await.unwrap()), plain(&payload));
-        let out = c.bao_cli(&token, &["unwrap", w.token.expose_secret()]);
+        let out = c.cli(&token, &["unwrap", w.token.expose_secret()]);
         assert!(!out.status.success(), "bao unwrapped a used token");
 
         // Wrapped by us, unwrapped by the operator's CLI.
         let w = v.wrap_data(&payload, ttl).await.unwrap();
         canary::register(w.token.expose_secret());
-        let out = c.bao_cli(
+        let out = c.cli(
             &token,
             &["unwrap", "-field=agent_token", w.token.expose_secret()],
         );
