@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # ansible/test-local.sh — runs the Ansible deployment for real on this machine:
-#   lint (yamllint, ansible-lint --profile production), local.yml twice (the
-#   second run must report changed=0), a smoke test through the broker,
-#   teardown-local.yml, and a check that nothing is left running.
+#   lint (yamllint, ansible-lint --profile production), then for each Vault
+#   flavour — OpenBao on raft, HashiCorp Vault on the deployed etcd —
+#   local.yml twice (the second run must report changed=0), a smoke test
+#   through the broker, teardown-local.yml, and a check that nothing is left
+#   running.
 # Needs: a built vaultgram binary ($VAULTGRAM_BINARY, or target/debug/vaultgram
 # under $CARGO_TARGET_DIR or the repository), etcd, start-stop-daemon, python3.
 # State: $VG_LOCAL_DIR (default: a fresh temporary directory).
@@ -19,8 +21,8 @@ if [[ -z ${VG_LOCAL_DIR:-} ]]; then
   VG_LOCAL_DIR=$(mktemp -d /tmp/vaultgram-ansible.XXXXXX)
   OWN_STATE=1
 fi
-export VG_LOCAL_DIR
-LOGS=$VG_LOCAL_DIR.logs
+BASE=$VG_LOCAL_DIR
+LOGS=$BASE.logs
 mkdir -p "$LOGS"
 
 PASS=0 FAIL=0
@@ -73,68 +75,86 @@ recap() { # log-name -> "ok=.. changed=.. failed=.." of localhost
 cleanup() {
   playbook teardown-trap teardown-local.yml >/dev/null 2>&1 || true
 }
-trap cleanup EXIT
-
-T0=$(date +%s)
-if playbook run1 local.yml; then
-  ok "local.yml first run ($(($(date +%s) - T0)) s): $(recap run1 | sed 's/  */ /g')"
-else
-  bad "local.yml first run failed"; grep -E 'FAILED|fatal|ERROR' -A5 "$LOGS/run1.log" | head -40
-  finish
-fi
-
-T0=$(date +%s)
-if playbook run2 local.yml; then
-  r=$(recap run2)
-  if [[ $r =~ changed=0[[:space:]] && $r =~ failed=0[[:space:]] ]]; then
-    ok "local.yml second run reports changed=0 ($(($(date +%s) - T0)) s)"
+# One deployment, run twice (changed=0), smoke-tested and torn down, in a
+# state directory of its own under $BASE.
+deploy_flavor() { # flavor [ansible-playbook args...]
+  local flavor=$1; shift
+  local extra=("$@")
+  # The previous flavour's smoke test exported these; the next deployment
+  # must not inherit them.
+  unset VAULT_ADDR VAULT_CACERT VAULT_TOKEN BAO_ADDR BAO_CACERT BAO_TOKEN
+  export VG_LOCAL_DIR=$BASE/$flavor
+  mkdir -p "$VG_LOCAL_DIR"
+  trap cleanup EXIT
+  T0=$(date +%s)
+  if playbook "$flavor-run1" local.yml "${extra[@]}"; then
+    ok "$flavor: local.yml first run ($(($(date +%s) - T0)) s): $(recap "$flavor-run1" | sed 's/  */ /g')"
   else
-    bad "local.yml second run is not idempotent: $r"
-    grep -E '^changed:|^TASK' "$LOGS/run2.log" | grep -B1 '^changed:' | head -30
+    bad "$flavor: local.yml first run failed"; grep -E 'FAILED|fatal|ERROR' -A5 "$LOGS/$flavor-run1.log" | head -40
+    finish
   fi
-else
-  bad "local.yml second run failed"; grep -E 'FAILED|fatal|ERROR' -A5 "$LOGS/run2.log" | head -40
-fi
 
-# ---- smoke -------------------------------------------------------------------
-D=$VG_LOCAL_DIR
-export VAULT_ADDR=https://127.0.0.1:48200 VAULT_CACERT=$D/tls/ca.pem
-export BAO_ADDR=$VAULT_ADDR BAO_CACERT=$VAULT_CACERT
-VAULT_TOKEN=$(cat "$D/vault/root-token" 2>/dev/null)
-export VAULT_TOKEN BAO_TOKEN=$VAULT_TOKEN
-if "$BAO" kv put secret/telegram api_id=123456 api_hash=abcdef1234567890 >"$LOGS/kv-put.log" 2>&1; then
-  ok "bao kv put secret/telegram"
-else
-  bad "bao kv put secret/telegram"; cat "$LOGS/kv-put.log"
-fi
-want=$'API_ID: 123456\nAPI_HASH: abcdef1234567890'
-got=$(env -u VAULT_TOKEN -u BAO_TOKEN "$D/bin/vaultgram" --config "$D/vaultgram/vaultgram.toml" ctl /get_keys 2>"$LOGS/ctl.err")
-if [[ $got == *"$want"* ]]; then
-  ok "vaultgram ctl /get_keys returns the keys put with bao"
-else
-  bad "vaultgram ctl /get_keys: got '$got'"; cat "$LOGS/ctl.err"
-fi
-if "$BAO" status >"$LOGS/bao-status.log" 2>&1 && grep -qE 'Sealed +false' "$LOGS/bao-status.log"; then
-  ok "OpenBao is unsealed (transit auto-unseal)"
-else
-  bad "OpenBao status"; cat "$LOGS/bao-status.log"
-fi
+  T0=$(date +%s)
+  if playbook "$flavor-run2" local.yml "${extra[@]}"; then
+    local r
+    r=$(recap "$flavor-run2")
+    if [[ $r =~ changed=0[[:space:]] && $r =~ failed=0[[:space:]] ]]; then
+      ok "$flavor: local.yml second run reports changed=0 ($(($(date +%s) - T0)) s)"
+    else
+      bad "$flavor: local.yml second run is not idempotent: $r"
+      grep -E '^changed:|^TASK' "$LOGS/$flavor-run2.log" | grep -B1 '^changed:' | head -30
+    fi
+  else
+    bad "$flavor: local.yml second run failed"; grep -E 'FAILED|fatal|ERROR' -A5 "$LOGS/$flavor-run2.log" | head -40
+  fi
 
-# ---- teardown ----------------------------------------------------------------
-trap - EXIT
-if playbook teardown teardown-local.yml; then ok "teardown-local.yml"; else bad "teardown-local.yml"; tail -30 "$LOGS/teardown.log"; fi
-left=""
-for p in 42379 42380 43379 43380 44379 44380 48200 48201 48300 48301 49090; do
-  if ss -Hltn "sport = :$p" | grep -q .; then left+=" port:$p"; fi
-done
-for f in "$D"/run/*.pid; do
-  [[ -e $f ]] || continue
-  pid=$(<"$f"); [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && left+=" pid:$pid($f)"
-done
-# Any process still using the state directory (binary or config path in its command line).
-for pid in $(pgrep -f -- "$D/" 2>/dev/null); do left+=" proc:$pid"; done
-if [[ -z $left ]]; then ok "nothing left running after teardown"; else bad "left running:$left"; fi
+  # ---- smoke ----
+  local D=$VG_LOCAL_DIR
+  export VAULT_ADDR=https://127.0.0.1:48200 VAULT_CACERT=$D/tls/ca.pem
+  export BAO_ADDR=$VAULT_ADDR BAO_CACERT=$VAULT_CACERT
+  VAULT_TOKEN=$(cat "$D/vault/root-token" 2>/dev/null)
+  export VAULT_TOKEN BAO_TOKEN=$VAULT_TOKEN
+  if "$BAO" kv put secret/telegram api_id=123456 api_hash=abcdef1234567890 >"$LOGS/$flavor-kv-put.log" 2>&1; then
+    ok "$flavor: bao kv put secret/telegram"
+  else
+    bad "$flavor: bao kv put secret/telegram"; cat "$LOGS/$flavor-kv-put.log"
+  fi
+  local want got left="" pid f p
+  want=$'API_ID: 123456\nAPI_HASH: abcdef1234567890'
+  got=$(env -u VAULT_TOKEN -u BAO_TOKEN "$D/bin/vaultgram" --config "$D/vaultgram/vaultgram.toml" ctl /get_keys 2>"$LOGS/$flavor-ctl.err")
+  if [[ $got == *"$want"* ]]; then
+    ok "$flavor: vaultgram ctl /get_keys returns the keys put with bao"
+  else
+    bad "$flavor: vaultgram ctl /get_keys: got '$got'"; cat "$LOGS/$flavor-ctl.err"
+  fi
+  if "$BAO" status >"$LOGS/$flavor-status.log" 2>&1 && grep -qE 'Sealed +false' "$LOGS/$flavor-status.log"; then
+    ok "$flavor: the main server is unsealed (transit auto-unseal)"
+  else
+    bad "$flavor: main server status"; cat "$LOGS/$flavor-status.log"
+  fi
+
+  # ---- teardown ----
+  trap - EXIT
+  if playbook "$flavor-teardown" teardown-local.yml; then ok "$flavor: teardown-local.yml"; else bad "$flavor: teardown-local.yml"; tail -30 "$LOGS/$flavor-teardown.log"; fi
+  for p in 42379 42380 43379 43380 44379 44380 48200 48201 48300 48301 49090; do
+    if ss -Hltn "sport = :$p" | grep -q .; then left+=" port:$p"; fi
+  done
+  for f in "$D"/run/*.pid; do
+    [[ -e $f ]] || continue
+    pid=$(<"$f"); [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null && left+=" pid:$pid($f)"
+  done
+  # Any process still using the state directory (binary or config path in its command line).
+  for pid in $(pgrep -f -- "$D/" 2>/dev/null); do left+=" proc:$pid"; done
+  if [[ -z $left ]]; then ok "$flavor: nothing left running after teardown"; else bad "$flavor: left running:$left"; fi
+}
+
+# OpenBao on raft (the role's default), then HashiCorp Vault on the etcd
+# members local.yml deploys, with the binary vault_binary built.
+deploy_flavor openbao
+VAULT_BIN=$(vault_binary) || { bad "HashiCorp Vault is not built: run ensure_tools (scripts/lib.sh)"; finish; }
+deploy_flavor hashicorp -e vault_flavor=hashicorp -e "vault_binary_src=$VAULT_BIN"
+
 # A state directory this script created goes once everything passed.
-if ((FAIL == 0 && OWN_STATE == 1)); then rm -rf -- "$VG_LOCAL_DIR"; fi
+if ((FAIL == 0 && OWN_STATE == 1)); then rm -rf -- "$BASE"; fi
 
 finish

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Local dev stack: three etcd members and one OpenBao server on loopback,
+# Local dev stack: three etcd members and one Vault-API server on loopback,
 # all TLS, bootstrapped with the same scripts as production, then the
-# vaultgram console.
+# vaultgram console. The server is OpenBao on raft, or with
+# VAULTGRAM_DEV_SERVER=vault HashiCorp Vault on storage "etcd" on the three
+# members (built by vault_binary in scripts/lib.sh).
 #
 #   scripts/dev-stack.sh [up]   start (or keep) the stack, open the console
 #   scripts/dev-stack.sh start  the same without opening the console
@@ -23,6 +25,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 STATE=${VAULTGRAM_DEV_DIR:-$ROOT/.dev-stack}
 read -r -a ETCD_PORTS <<<"${VAULTGRAM_DEV_ETCD_PORTS:-12379 22379 32379}"
+SERVER=${VAULTGRAM_DEV_SERVER:-openbao}
+case $SERVER in
+  openbao) SERVER_NAME=OpenBao ;;
+  vault) SERVER_NAME="HashiCorp Vault" ;;
+  *) echo "dev-stack: VAULTGRAM_DEV_SERVER=$SERVER: expected openbao or vault" >&2; exit 2 ;;
+esac
 BAO_PORT=${VAULTGRAM_DEV_BAO_PORT:-18200}
 BAO_CLUSTER_PORT=$((BAO_PORT + 1))
 TLS=$STATE/tls
@@ -122,6 +130,7 @@ make_pki() {
   mkcert vaultgram vaultgram
   mkcert vault vault
   mkcert bao localhost
+  mkcert server localhost
 }
 
 secret_file() { # path: random secret, created once
@@ -189,21 +198,42 @@ bao_cli() {
 }
 
 start_bao() {
-  BAO=$(bao_binary) || die "OpenBao binary not found: run ensure_tools (scripts/lib.sh)"
+  # One stack, one kind of server: its state cannot be read by the other.
+  if [[ -s $STATE/server && $(<"$STATE/server") != "$SERVER" ]]; then
+    die "$STATE holds a $(<"$STATE/server") stack; run 'scripts/dev-stack.sh down' and remove $STATE to switch to $SERVER"
+  fi
+  echo "$SERVER" >"$STATE/server"
+  if [[ $SERVER == vault ]]; then
+    BAO=$(vault_binary) || die "HashiCorp Vault could not be built (vault_binary in scripts/lib.sh)"
+  else
+    BAO=$(bao_binary) || die "OpenBao binary not found: run ensure_tools (scripts/lib.sh)"
+  fi
   mkdir -p "$STATE/bao-data"
   chmod 700 "$STATE/bao-data"
   if running "$STATE/bao.pid"; then
-    say "OpenBao already running (port $BAO_PORT)"
+    say "$SERVER_NAME already running (port $BAO_PORT)"
   else
     if port_listening "$BAO_PORT" || port_listening "$BAO_CLUSTER_PORT"; then
       die "port $BAO_PORT or $BAO_CLUSTER_PORT is taken; set VAULTGRAM_DEV_BAO_PORT"
     fi
-    BAO_DATA_DIR=$STATE/bao-data BAO_TLS_DIR=$TLS BAO_AUDIT_LOG=$STATE/bao-audit.log \
-      BAO_PORT=$BAO_PORT BAO_CLUSTER_PORT=$BAO_CLUSTER_PORT \
-      render "$ROOT/scripts/openbao.hcl.tmpl" BAO_DATA_DIR BAO_TLS_DIR BAO_AUDIT_LOG \
-      BAO_PORT BAO_CLUSTER_PORT >"$STATE/bao.hcl"
-    start_bg bao "$STATE/bao.log" "$BAO" server -config="$STATE/bao.hcl"
-    say "OpenBao started (port $BAO_PORT)"
+    if [[ $SERVER == vault ]]; then
+      VAULT_PORT=$BAO_PORT VAULT_CLUSTER_PORT=$BAO_CLUSTER_PORT ETCD_ENDPOINTS=$(endpoints) TLS_DIR=$TLS \
+        render "$ROOT/scripts/vault-etcd.hcl.tmpl" VAULT_PORT VAULT_CLUSTER_PORT ETCD_ENDPOINTS \
+        TLS_DIR >"$STATE/bao.hcl"
+      # The etcd user's password reaches Vault in its environment only.
+      (
+        ETCD_PASSWORD=$(<"$STATE/etcd-vault-password")
+        export ETCD_PASSWORD
+        start_bg bao "$STATE/bao.log" "$BAO" server -config="$STATE/bao.hcl"
+      )
+    else
+      BAO_DATA_DIR=$STATE/bao-data BAO_TLS_DIR=$TLS BAO_AUDIT_LOG=$STATE/bao-audit.log \
+        BAO_PORT=$BAO_PORT BAO_CLUSTER_PORT=$BAO_CLUSTER_PORT \
+        render "$ROOT/scripts/openbao.hcl.tmpl" BAO_DATA_DIR BAO_TLS_DIR BAO_AUDIT_LOG \
+        BAO_PORT BAO_CLUSTER_PORT >"$STATE/bao.hcl"
+      start_bg bao "$STATE/bao.log" "$BAO" server -config="$STATE/bao.hcl"
+    fi
+    say "$SERVER_NAME started (port $BAO_PORT)"
   fi
   local code
   for _ in $(seq 1 60); do
@@ -213,7 +243,7 @@ start_bao() {
     [[ $code != 1 ]] && break
     sleep 0.5
   done
-  [[ $code != 1 ]] || die "OpenBao did not start; see $STATE/bao.log"
+  [[ $code != 1 ]] || die "$SERVER_NAME did not start; see $STATE/bao.log"
   # `bao status` exits 2 while sealed: read its JSON, not its exit code.
   local st
   st=$(bao_cli status -format=json 2>/dev/null || true)
@@ -222,18 +252,27 @@ start_bao() {
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); open(sys.argv[2],"w").write(d["unseal_keys_b64"][0]); open(sys.argv[3],"w").write(d["root_token"])' \
       "$STATE/bao-init.json" "$STATE/unseal-key" "$STATE/root-token"
     chmod 600 "$STATE/unseal-key" "$STATE/root-token"
-    say "OpenBao initialised (1 key share; unseal key and root token in $STATE, mode 0600)"
+    say "$SERVER_NAME initialised (1 key share; unseal key and root token in $STATE, mode 0600)"
   fi
   st=$(bao_cli status -format=json 2>/dev/null || true)
   if grep -q '"sealed": true' <<<"$st"; then
     bao_cli operator unseal "$(<"$STATE/unseal-key")" >/dev/null
-    say "OpenBao unsealed"
+    say "$SERVER_NAME unsealed"
   fi
   for _ in $(seq 1 60); do
-    VAULT_TOKEN=$(<"$STATE/root-token") bao_cli token lookup >/dev/null 2>&1 && return 0
+    if VAULT_TOKEN=$(<"$STATE/root-token") bao_cli token lookup >/dev/null 2>&1; then
+      # HashiCorp Vault enables audit devices through the API only.
+      if [[ $SERVER == vault ]] &&
+        ! VAULT_TOKEN=$(<"$STATE/root-token") bao_cli audit list 2>/dev/null | grep -q '^file/'; then
+        VAULT_TOKEN=$(<"$STATE/root-token") bao_cli audit enable file \
+          file_path="$STATE/bao-audit.log" mode=0600 >/dev/null
+        say "audit device file/ enabled ($STATE/bao-audit.log)"
+      fi
+      return 0
+    fi
     sleep 0.5
   done
-  die "OpenBao is unsealed but does not answer; see $STATE/bao.log"
+  die "$SERVER_NAME is unsealed but does not answer; see $STATE/bao.log"
 }
 
 configure_bao() {

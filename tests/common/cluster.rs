@@ -376,6 +376,32 @@ impl Cluster {
         }
     }
 
+    /// `etcdctl` against the first member only (what `snapshot save` needs),
+    /// with a client certificate and, if given, an etcd user and its
+    /// password file; bounded in time.
+    pub fn etcdctl_one(
+        &self,
+        cert: &Path,
+        key: &Path,
+        user: Option<(&str, &Path)>,
+        args: &[&str],
+    ) -> std::process::Output {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ETCDCTL_API", "3")
+            .args(["--command-timeout=30s", "--dial-timeout=2s"])
+            .arg(format!("--endpoints={}", self.etcd_endpoints()[0]))
+            .arg(format!("--cacert={}", self.ca_path.display()))
+            .arg(format!("--cert={}", cert.display()))
+            .arg(format!("--key={}", key.display()));
+        if let Some((name, password_file)) = user {
+            let pw = std::fs::read_to_string(password_file).unwrap();
+            cmd.arg(format!("--user={name}:{}", pw.trim()));
+        }
+        cmd.args(args).output().expect("etcdctl")
+    }
+
     /// `etcdctl` with the root certificate, bounded in time. With
     /// `as_root_user` it also authenticates as the `root` etcd user.
     pub fn etcdctl(&self, args: &[&str], as_root_user: bool) -> std::process::Output {

@@ -49,3 +49,13 @@ impl Env {
         vaultgram::config::Config::load(&c.config_path, &|_| None).expect("harness config")
     }
 }
+
+/// The operator `name` of a loaded config (the harness lists alice, dave,
+/// bob, carol).
+pub fn operator(cfg: &vaultgram::config::Config, name: &str) -> vaultgram::config::Operator {
+    cfg.operators
+        .iter()
+        .find(|o| o.name == name)
+        .unwrap_or_else(|| panic!("no operator {name} in the config"))
+        .clone()
+}

@@ -38,6 +38,26 @@ CFG=$REF/vault-etcd.hcl
 if out=$("$CHECK" "$CFG"); then ok "vault-etcd.hcl: storage \"etcd\" uses documented keys only, all required ones set"
 else bad "vault-etcd.hcl: $out"; fi
 
+# What runs (the harness's and the dev stack's template) and the Kubernetes
+# ConfigMap use the same storage keys as the Ansible role (the password
+# aside: Ansible and the harness pass ETCD_PASSWORD in the environment,
+# Kubernetes renders it into the config at start).
+etcd_keys() { # file -> the sorted keys of its storage "etcd" block
+  "$PY" - "$1" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r'storage\s+"etcd"\s*\{(.*?)\n\s*\}', text, re.S)
+keys = sorted({k for k in re.findall(r'^\s*([a-z_]+)\s*=', m.group(1), re.M)} - {"password"}) if m else []
+print(" ".join(keys))
+PY
+}
+want=$(etcd_keys "$CFG")
+for other in "$ROOT/scripts/vault-etcd.hcl.tmpl" "$ROOT/k8s/vault-etcd/vault-config.yaml"; do
+  got=$(etcd_keys "$other")
+  if [[ -n $want && $got == "$want" ]]; then ok "${other#"$ROOT"/}: the role's storage \"etcd\" keys ($want)"
+  else bad "${other#"$ROOT"/}: storage \"etcd\" keys '$got', the role's '$want'"; fi
+done
+
 has() { grep -Eq "$2" "$1"; }
 hasnt() { ! grep -Eq "$2" "$1"; }
 check() { # description command...

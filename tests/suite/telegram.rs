@@ -75,25 +75,12 @@ pub fn etcd_snapshot(env: &Env, out: &Path) -> Vec<u8> {
     let c = env.cluster();
     // etcd: a real snapshot of one member (as root, every key).
     let snap = out.join("etcd.snapshot");
-    let pw = std::fs::read_to_string(&c.etcd_root_password).unwrap();
-    let o = std::process::Command::new("etcdctl")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--command-timeout=10s",
-            "--dial-timeout=2s",
-            &format!("--endpoints={}", c.etcd_endpoints()[0]),
-            &format!("--cacert={}", c.ca_path.display()),
-            &format!("--cert={}", c.etcd_root.cert.display()),
-            &format!("--key={}", c.etcd_root.key.display()),
-            &format!("--user=root:{}", pw.trim()),
-            "snapshot",
-            "save",
-        ])
-        .arg(&snap)
-        .output()
-        .unwrap();
+    let o = c.etcdctl_one(
+        &c.etcd_root.cert,
+        &c.etcd_root.key,
+        Some(("root", &c.etcd_root_password)),
+        &["snapshot", "save", &snap.display().to_string()],
+    );
     assert!(
         o.status.success(),
         "etcd snapshot: {}",

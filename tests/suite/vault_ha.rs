@@ -74,6 +74,54 @@ enum Seen {
     Wrong,
 }
 
+/// Node 2, and the harness's shape restored when the test ends, passing or
+/// not: node 2 gone, node 1 running, unsealed and active — later tests
+/// share the server.
+struct SecondNode<'a> {
+    c: &'a Cluster,
+    proc: Proc,
+}
+
+impl Drop for SecondNode<'_> {
+    fn drop(&mut self) {
+        self.proc.terminate(Duration::from_secs(10));
+        let c = self.c;
+        if c.server_proc.lock().unwrap().is_none() {
+            c.start_server();
+        }
+        // No assertion here (a panic in a drop during a panic aborts):
+        // unseal and wait for node 1 to hold the lock, bounded.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline && health(c, c.server_port) != Some(200) {
+            if health(c, c.server_port) == Some(503) {
+                use secrecy::ExposeSecret;
+                let _ = c
+                    .http()
+                    .put(format!("https://127.0.0.1:{}/v1/sys/unseal", c.server_port))
+                    .json(&json!({"key": c.unseal_key.expose_secret()}))
+                    .send();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The port of the active node, waiting (bounded) while a takeover or a
+/// lost lock leaves both standing by.
+fn active_port(c: &Cluster, ports: [u16; 2], round: usize) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(p) = ports.iter().find(|p| health(c, **p) == Some(200)) {
+            return *p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: no active node for 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn kill9_of_the_active_node_under_load(env: &Env) {
     let c = env.cluster();
     // The second node: same etcd storage, its own ports.
@@ -85,7 +133,7 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
     )
     .unwrap();
     let start2 = || c.spawn_server("vault-2", &cfg2, "server-2.log");
-    let mut node2: Proc = start2();
+    let mut node2 = SecondNode { c, proc: start2() };
     unseal_node(c, port2);
     assert_eq!(health(c, port2), Some(429), "node 2 joins as a standby");
 
@@ -105,12 +153,7 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
     std::fs::write(&cfg_path, text).unwrap();
     let cfg = vaultgram::config::Config::load(&cfg_path, &|_| None).unwrap();
     assert!(cfg.vault.addr.contains(&proxy.port().to_string()));
-    let alice = cfg
-        .operators
-        .iter()
-        .find(|o| o.name == "alice")
-        .unwrap()
-        .clone();
+    let alice = crate::common::operator(&cfg, "alice");
     let value = format!("ha-{}", random_hex(8));
     c.root_call(
         Method::POST,
@@ -168,20 +211,14 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
     for round in 0..KILLS {
         // Some successes before each kill.
         std::thread::sleep(Duration::from_secs(1));
-        let active_is_1 = health(c, c.server_port) == Some(200);
-        let active_port = if active_is_1 { c.server_port } else { port2 };
-        assert_eq!(
-            health(c, active_port),
-            Some(200),
-            "round {round}: no active node"
-        );
+        let active_is_1 = active_port(c, [c.server_port, port2], round) == c.server_port;
         let killed_at = Instant::now();
         if active_is_1 {
             if let Some(mut p) = c.server_proc.lock().unwrap().take() {
                 p.kill();
             }
         } else {
-            node2.kill();
+            node2.proc.kill();
         }
         let took = first_ok_after(killed_at);
         takeovers.push(took);
@@ -190,7 +227,7 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
             c.start_server();
             unseal_node(c, c.server_port);
         } else {
-            node2 = start2();
+            node2.proc = start2();
             unseal_node(c, port2);
         }
     }
@@ -199,8 +236,8 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
     load.join().unwrap();
 
     // Back to the harness's shape: node 1 active, node 2 gone.
-    node2.terminate(Duration::from_secs(10));
-    c.wait_active(Instant::now() + Duration::from_secs(90));
+    drop(node2);
+    c.wait_active(Instant::now() + Duration::from_secs(10));
     drop(proxy);
 
     let seen = seen.lock().unwrap();
