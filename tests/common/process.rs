@@ -164,11 +164,22 @@ pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
 
 /// True when something accepts TCP connections on 127.0.0.1:`port`.
 pub fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
+    // A listening socket, read from the kernel's tables: a connect() probe
+    // to a port in the ephemeral range can "succeed" against itself (TCP
+    // simultaneous open when the kernel picks that very port as the source)
+    // and report a listener where there is none.
+    let hex = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                // local_address is column 1 ("0100007F:85F6"), st column 3; 0A = LISTEN.
+                cols.len() > 3 && format!("{} ", cols[1]).ends_with(&hex) && cols[3] == "0A"
+            })
+    })
 }
 
 /// A port that was free a moment ago (bind to :0, read, release).
