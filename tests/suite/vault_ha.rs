@@ -163,13 +163,15 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
     let app = Arc::new(env.rt.block_on(App::start(cfg)).unwrap());
 
     // Steady load: one command after another, each one judged.
-    let seen: Arc<Mutex<Vec<(Instant, Seen)>>> = Arc::default();
+    // (sent, answered, what came back) per command.
+    let seen: Arc<Mutex<Vec<(Instant, Instant, Seen)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (app, seen, stop, value) = (app.clone(), seen.clone(), stop.clone(), value.clone());
         let handle = env.rt.handle().clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
+                let sent = Instant::now();
                 let r = handle
                     .block_on(app.dispatch(
                         Some(&alice),
@@ -183,7 +185,7 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
                     Err(e) if e.kind == ErrorKind::Unavailable => Seen::Unavailable,
                     _ => Seen::Wrong,
                 };
-                seen.lock().unwrap().push((Instant::now(), s));
+                seen.lock().unwrap().push((sent, Instant::now(), s));
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -191,13 +193,15 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
     let first_ok_after = |t: Instant| {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if let Some((at, _)) = seen
+            if let Some((_, answered, _)) = seen
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|(at, s)| *at > t && *s == Seen::Ok)
+                // Sent after the kill: an answer already in flight does
+                // not count as the takeover.
+                .find(|(sent, _, s)| *sent > t && *s == Seen::Ok)
             {
-                return *at - t;
+                return *answered - t;
             }
             assert!(
                 Instant::now() < deadline,
@@ -241,7 +245,7 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
     drop(proxy);
 
     let seen = seen.lock().unwrap();
-    let count = |k: Seen| seen.iter().filter(|(_, s)| *s == k).count();
+    let count = |k: Seen| seen.iter().filter(|(_, _, s)| *s == k).count();
     let (ok, unavailable, wrong) = (
         count(Seen::Ok),
         count(Seen::Unavailable),
