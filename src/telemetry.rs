@@ -36,10 +36,9 @@ pub fn init(format: LogFormat) {
 }
 
 /// The default filter of one-shot tools whose own output is the report
-/// (`import`, `export`): warnings only, and none of rustify's and vaultrs's
-/// per-request error lines (an expected 404 is not an error there; a real
-/// failure reaches the user as the command's own error).
-pub const QUIET_TOOL_FILTER: &str = "warn,rustify=off,vaultrs=off";
+/// (`import`, `export`): warnings only (rustify's and vaultrs's
+/// per-request lines are off everywhere, see [`QUIET_CLIENTS`]).
+pub const QUIET_TOOL_FILTER: &str = "warn";
 
 /// rustify logs every non-2xx answer at ERROR with the request URI, and
 /// vaultrs the error bodies: an expected 403 or 404 (a denied command, a

@@ -712,14 +712,20 @@ fn ctl_needs_only_the_socket(env: &Env) {
     }
     let cfg = b.dir.path().join("client.toml");
     std::fs::write(&cfg, broken).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vaultgram"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .arg("--config")
-        .arg(&cfg)
-        .args(["ctl", "/whoami"])
-        .output()
-        .unwrap();
+    let ctl = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vaultgram"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = ctl(&[
+        "--config".as_ref(),
+        cfg.as_os_str(),
+        "ctl".as_ref(),
+        "/whoami".as_ref(),
+    ]);
     assert!(
         out.status.success(),
         "{}{}",
@@ -728,14 +734,14 @@ fn ctl_needs_only_the_socket(env: &Env) {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("operator: alice"));
     // --socket needs no config at all.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vaultgram"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .args(["--config", "/nonexistent.toml", "ctl", "--socket"])
-        .arg(&b.socket)
-        .arg("/whoami")
-        .output()
-        .unwrap();
+    let out = ctl(&[
+        "--config".as_ref(),
+        "/nonexistent.toml".as_ref(),
+        "ctl".as_ref(),
+        "--socket".as_ref(),
+        b.socket.as_os_str(),
+        "/whoami".as_ref(),
+    ]);
     assert!(
         out.status.success(),
         "{}",
