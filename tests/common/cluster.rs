@@ -599,6 +599,25 @@ impl Cluster {
         self.wait_active(deadline);
     }
 
+    /// Like [`Cluster::wait_active`], and then active without a break for
+    /// 5 s.
+    pub fn wait_stably_active(&self, deadline: Instant) {
+        'again: loop {
+            self.wait_active(deadline);
+            let stable_until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < stable_until {
+                if !matches!(
+                    self.vault_api(reqwest::Method::GET, "sys/health", None, None),
+                    Ok((200, _))
+                ) {
+                    continue 'again;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            return;
+        }
+    }
+
     /// Waits until the server answers as the active node (raft elected
     /// itself; Vault holds the HA lock in etcd) and takes a root request.
     pub fn wait_active(&self, deadline: Instant) {
@@ -790,9 +809,11 @@ impl Drop for EtcdOutage<'_> {
         }
         self.cluster.wait_etcd_healthy(Duration::from_secs(30));
         // Vault on etcd lost its HA lock with the quorum: wait until it
-        // holds it again, so the next test finds an active server.
+        // holds it again, and keeps it, so the next test finds an active
+        // server (right after the outage it can win the lock and lose it
+        // again when its old etcd session turns out expired).
         self.cluster
-            .wait_active(Instant::now() + Duration::from_secs(60));
+            .wait_stably_active(Instant::now() + Duration::from_secs(90));
     }
 }
 

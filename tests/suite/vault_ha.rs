@@ -241,7 +241,7 @@ fn kill9_of_the_active_node_under_load(env: &Env) {
 
     // Back to the harness's shape: node 1 active, node 2 gone.
     drop(node2);
-    c.wait_active(Instant::now() + Duration::from_secs(10));
+    c.wait_stably_active(Instant::now() + Duration::from_secs(60));
     drop(proxy);
 
     let seen = seen.lock().unwrap();
