@@ -279,6 +279,9 @@ pub struct TelegramConfig {
     pub flood_wait_max_secs: u64,
     /// How long handled message ids are remembered (etcd lease).
     pub dedup_ttl_secs: u64,
+    /// How often the leader checks that its connection still answers; an
+    /// answer later than this (at most 10 s) restarts the client.
+    pub ping_secs: u64,
 }
 
 /// `telegram.backend`.
@@ -306,6 +309,7 @@ impl Default for TelegramConfig {
             session_save_secs: 60,
             flood_wait_max_secs: 60,
             dedup_ttl_secs: 7 * 24 * 3600,
+            ping_secs: 60,
         }
     }
 }
@@ -325,6 +329,7 @@ impl fmt::Debug for TelegramConfig {
             .field("file_dir", &self.file_dir)
             .field("session_save_secs", &self.session_save_secs)
             .field("flood_wait_max_secs", &self.flood_wait_max_secs)
+            .field("ping_secs", &self.ping_secs)
             .field("dedup_ttl_secs", &self.dedup_ttl_secs)
             .finish()
     }
@@ -814,6 +819,60 @@ fn clean(path: &Path) -> PathBuf {
         .collect()
 }
 
+/// `telegram.proxy`: what grammers 0.11 can use. It speaks `socks5` only
+/// (no `socks5h`), takes user and password from the URL as written
+/// (percent-escapes reach the proxy undecoded), and needs a port. A host
+/// name is accepted: the client resolves it before connecting.
+fn check_proxy(raw: &str) -> Result<(), ConfigError> {
+    // Errors never quote the URL: it may carry a password.
+    const KEY: &str = "telegram.proxy";
+    let url = Url::parse(raw).map_err(|e| invalid(KEY, format!("not a URL: {e}")))?;
+    match url.scheme() {
+        "socks5" => {}
+        "socks5h" => {
+            return Err(invalid(
+                KEY,
+                "socks5h is not supported: grammers speaks socks5 only (it resolves the proxy's host name itself); use socks5://",
+            ))
+        }
+        _ => return Err(invalid(KEY, "scheme must be socks5")),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(KEY, "not a URL: no host"));
+    }
+    if url.port().is_none() {
+        return Err(invalid(KEY, "must name a port (socks5://host:1080)"));
+    }
+    if url.path().trim_start_matches('/') != "" || url.query().is_some() || url.fragment().is_some()
+    {
+        return Err(invalid(KEY, "must not have a path, query or fragment"));
+    }
+    let plain = |s: &str| !s.contains('%');
+    if !plain(url.username()) || !url.password().is_none_or(plain) {
+        return Err(invalid(
+            KEY,
+            "user and password must not need percent-encoding: grammers passes them to the proxy undecoded; use letters, digits and -._~!$&'()*+,;=",
+        ));
+    }
+    if url.password().is_some() && url.username().is_empty() {
+        return Err(invalid(KEY, "a password needs a user name"));
+    }
+    Ok(())
+}
+
+/// `proxy` with its host replaced by `ip` (a name resolved by the client).
+pub fn proxy_with_address(proxy: &str, ip: std::net::IpAddr) -> String {
+    match Url::parse(proxy) {
+        Ok(mut url) => {
+            if url.set_ip_host(ip).is_err() {
+                return proxy.to_string();
+            }
+            url.to_string().trim_end_matches('/').to_string()
+        }
+        Err(_) => proxy.to_string(),
+    }
+}
+
 /// Replace the password of a URL (`socks5://u:p@h`) by `<redacted>`.
 fn redact_url_password(raw: &str) -> String {
     match Url::parse(raw) {
@@ -1033,6 +1092,10 @@ impl Config {
         if t.mtproto_proxy_port == 0 {
             return Err(invalid("telegram.mtproto_proxy_port", "must not be 0"));
         }
+        if let Some(p) = &t.proxy {
+            check_proxy(p)?;
+        }
+        check_at_least("telegram.ping_secs", t.ping_secs, 1)?;
         for (role, ttl) in &t.wrap_ttl {
             let key = format!("telegram.wrap_ttl.{role}");
             if role != "admin" && role != "agent" {
@@ -1042,23 +1105,6 @@ impl Config {
                 return Err(invalid(
                     key,
                     "must be a positive duration such as 30s, 5m or 1h",
-                ));
-            }
-        }
-        if let Some(proxy) = &t.proxy {
-            // Errors never quote the URL: it may carry a password.
-            let url = Url::parse(proxy)
-                .map_err(|e| invalid("telegram.proxy", format!("not a URL: {e}")))?;
-            if !matches!(url.scheme(), "socks5" | "socks5h") {
-                return Err(invalid("telegram.proxy", "scheme must be socks5"));
-            }
-            if url.host_str().is_none_or(str::is_empty) {
-                return Err(invalid("telegram.proxy", "not a URL: no host"));
-            }
-            if url.port().is_none() {
-                return Err(invalid(
-                    "telegram.proxy",
-                    "must name a port (socks5://host:1080)",
                 ));
             }
         }
@@ -2380,9 +2426,21 @@ agent = "bob"
     #[test]
     fn telegram_proxy_rules() {
         let fx = Fixture::new();
-        fx.ok(
-            &with_table("[telegram]\nproxy = \"socks5://127.0.0.1:1080\""),
-            &[],
+        for ok in [
+            "socks5://127.0.0.1:1080",
+            "socks5://user:pa-ss.w0rd~@127.0.0.1:1080",
+            // A host name: resolved by the client before connecting.
+            "socks5://proxy.internal:1080",
+            "socks5://[::1]:1080",
+        ] {
+            fx.ok(&with_table(&format!("[telegram]\nproxy = \"{ok}\"")), &[]);
+        }
+        assert_eq!(
+            proxy_with_address(
+                "socks5://u:p@proxy.internal:1080",
+                "10.1.2.3".parse().unwrap()
+            ),
+            "socks5://u:p@10.1.2.3:1080"
         );
         for (proxy, reason) in [
             ("http://127.0.0.1:3128", "scheme must be socks5"),
@@ -2391,6 +2449,20 @@ agent = "bob"
                 "socks5://127.0.0.1",
                 "must name a port (socks5://host:1080)",
             ),
+            (
+                "socks5h://127.0.0.1:1080",
+                "socks5h is not supported: grammers speaks socks5 only (it resolves the proxy's host name itself); use socks5://",
+            ),
+            (
+                "socks5://us%40er:p%3Ass@127.0.0.1:1080",
+                "user and password must not need percent-encoding: grammers passes them to the proxy undecoded; use letters, digits and -._~!$&'()*+,;=",
+            ),
+            (
+                "socks5://u:p ss@127.0.0.1:1080",
+                "user and password must not need percent-encoding: grammers passes them to the proxy undecoded; use letters, digits and -._~!$&'()*+,;=",
+            ),
+            ("socks5://:pw@127.0.0.1:1080", "a password needs a user name"),
+            ("socks5://127.0.0.1:1080/x", "must not have a path, query or fragment"),
         ] {
             assert_eq!(
                 fx.err(

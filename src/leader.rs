@@ -75,13 +75,39 @@ pub struct Elector {
     status: Arc<Mutex<LeaderStatus>>,
 }
 
-/// One term of leadership. Dropping it does not resign; call
-/// [`Elector::resign`].
+/// One term of leadership; end it with [`Elector::resign`]. Dropping it
+/// (a panic unwinding through the runner) still ends it: the keeper stops
+/// renewing and the lease is revoked, so no zombie leader keeps a lease
+/// alive that no client serves.
 pub struct Leadership {
     pub guard: Guard,
     pub lease: i64,
     lost: CancellationToken,
     keeper: tokio::task::JoinHandle<()>,
+    etcd: Etcd,
+    resigned: bool,
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.lost.cancel();
+        self.keeper.abort();
+        if self.resigned {
+            return;
+        }
+        tracing::warn!(
+            lease = self.lease,
+            "leadership dropped without resigning: lease revoked"
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let etcd = self.etcd.clone();
+            let lease = self.lease;
+            rt.spawn(async move {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), etcd.lease_revoke(lease)).await;
+            });
+        }
+    }
 }
 
 impl Leadership {
@@ -265,6 +291,8 @@ impl Elector {
             lease,
             lost,
             keeper,
+            etcd: self.etcd.clone(),
+            resigned: false,
         }))
     }
 
@@ -279,9 +307,10 @@ impl Elector {
     /// the lease, so a follower takes over at once instead of after the
     /// TTL. Best effort within 2 s: if etcd is unreachable the lease simply
     /// expires.
-    pub async fn resign(&self, term: Leadership) {
+    pub async fn resign(&self, mut term: Leadership) {
         term.lost.cancel();
-        let _ = term.keeper.await;
+        term.resigned = true;
+        let _ = (&mut term.keeper).await;
         let done = tokio::time::timeout(Duration::from_secs(2), async {
             self.etcd.delete_guarded(&term.guard, &self.key).await?;
             self.etcd.lease_revoke(term.lease).await

@@ -378,6 +378,10 @@ impl vaultgram::transport::telegram::LoginPrompt for TerminalPrompt {
             .map(secrecy::SecretString::from)
             .map_err(|e| vaultgram::transport::telegram::ChatError::Prompt(e.to_string()))
     }
+
+    fn notice(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
 }
 
 /// `run`: start the core, serve until SIGTERM/Ctrl-C, then shut down in

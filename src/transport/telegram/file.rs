@@ -1,25 +1,49 @@
 //! TEST-ONLY stand-in for the grammers client (`telegram.backend =
 //! "file"`): updates come from `inbox.jsonl` in `telegram.file_dir`, sent
 //! messages and deletions go to `outbox.jsonl`. It replaces exactly what
-//! `grammers.rs` does (connect, deliver updates, send, delete, export the
-//! session) so that election, fencing, exactly-once claims, deletions and
-//! the session store run for real in tests.
+//! `grammers.rs` does and behaves like grammers 0.11 where our runner
+//! depends on it, so that a defect that real Telegram would expose fails a
+//! test here too:
 //!
-//! Its session is `{"file_backend":1,"offset":N,"me":ID}`: `offset` is the
-//! number of inbox lines delivered, i.e. the update state. A new leader
-//! resumes from the last *saved* offset, so lines after it are delivered
-//! again -- exactly what Telegram does after a failover.
+//! - **Bounded delivery.** A "network" task reads the inbox and hands each
+//!   update to a channel of [`UPDATES_CAPACITY`] with `try_send`, dropping
+//!   what does not fit (grammers' `SenderPool` does exactly this with its
+//!   100-entry `updates_channel_capacity`).
+//! - **Update state advances on receipt.** The position the stand-in has
+//!   *read* is its message box; only [`FileChat::commit`] (grammers:
+//!   `Session::set_update_state`) moves the session's stored `offset`.
+//! - **Echoes.** Every sent message comes back as an outgoing update in its
+//!   chat, replying to what it replied to.
+//! - **Access hashes.** A private message arrives as `updateShortMessage`
+//!   (no user object) unless its line says `"users": true`; sending to a
+//!   user whose hash the session has not cached fails, as grammers has no
+//!   `InputPeer` for it. [`FileChat::resolve`] (grammers:
+//!   `get_messages_by_id`) learns the hash from the message.
+//! - **Errors**, injected by control lines: see below.
+//!
+//! Session: `{"file_backend":1,"offset":N,"me":ID,"auth_key":"…",
+//! "peers":["user:1",…]}`. A new leader resumes from the saved `offset`.
 //!
 //! Inbox line: `{"id":42,"chat":111111,"sender":111111,"text":"/whoami"}`,
-//! optional `"private":false`, `"outgoing":true`; or `{"control":
-//! "disconnect"}`, which drops the connection once per process (the runner
-//! must reconnect from the stored session). Outbox lines:
-//! `{"op":"start"|"send"|"delete"|"stop","pid":…,…}`.
+//! optional `"kind":"user"|"chat"|"channel"` (default user), `"outgoing"`,
+//! `"users":true`, `"reply_to":N`. Control lines (each acted on once per
+//! process): `{"control":"disconnect"}` (the connection drops),
+//! `"blackhole"` (the connection dies silently: nothing arrives, every
+//! request hangs), `"auth_key_duplicated"` (Telegram refuses this key with
+//! 406 from now on), `"reset_key"` (a transport 404: grammers generates a
+//! new, unauthorized key), `"latency"` with `"ms"` (each request takes that
+//! long), `"panic"` (the next send panics), `"send_error"` with `"rpc"`,
+//! `"code"`, `"delivered"`, `"zero"` (the next send fails with that RPC
+//! error, or returns id 0, after delivering the message or not).
+//! A file `connect_delay_ms` in the dir makes the next client start hang
+//! that long (a connect without a timeout); the start consumes it.
+//! Outbox lines: `{"op":"start"|"send"|"delete"|"stop","pid":…,…}`.
 
+use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -28,39 +52,69 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use super::route::Incoming;
-use super::ChatError;
+use super::{rpc_error, ChatError, Delivery, Mark};
 
 pub const FORMAT: &str = "file-v1";
 /// This account's own user id in the stand-in (Saved Messages).
 pub const DEFAULT_ME: i64 = 100;
+/// grammers' default `updates_channel_capacity`.
+pub const UPDATES_CAPACITY: usize = 100;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Clone)]
 struct State {
     file_backend: u32,
     offset: usize,
     me: i64,
+    #[serde(default)]
+    auth_key: String,
+    /// Cached access hashes: `user:ID`, `chat:ID`, `channel:ID`.
+    #[serde(default)]
+    peers: BTreeSet<String>,
 }
 
-/// A fresh session, as `vaultgram login` stores it for this backend.
+fn random_key() -> String {
+    let mut b = [0u8; 16];
+    let _ = getrandom::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A fresh session, as `vaultgram login` stores it for this backend: a
+/// new auth key each time, like a new authorization.
 pub fn new_session() -> Zeroizing<Vec<u8>> {
     Zeroizing::new(
         serde_json::to_vec(&State {
             file_backend: 1,
             offset: 0,
             me: DEFAULT_ME,
+            auth_key: random_key(),
+            peers: BTreeSet::new(),
         })
         .unwrap_or_default(),
     )
 }
 
-/// Inbox lines up to this one had their `disconnect` acted on already
-/// (this process): a reconnect that resumes before the line must not drop
-/// the connection again.
-static DISCONNECTED_AT: AtomicUsize = AtomicUsize::new(0);
+/// Inbox control lines already acted on in this process (by line index):
+/// a reconnect that resumes before the line must not act on it again.
+static APPLIED: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+fn first_time(line: usize) -> bool {
+    let mut g = APPLIED.lock().unwrap_or_else(|e| e.into_inner());
+    g.get_or_insert_with(HashSet::new).insert(line)
+}
 
 #[derive(Deserialize)]
 struct Control {
     control: String,
+    #[serde(default)]
+    ms: u64,
+    #[serde(default)]
+    rpc: String,
+    #[serde(default)]
+    code: i32,
+    #[serde(default)]
+    delivered: bool,
+    #[serde(default)]
+    zero: bool,
 }
 
 #[derive(Deserialize)]
@@ -69,24 +123,61 @@ struct InboxLine {
     chat: i64,
     sender: Option<i64>,
     text: String,
-    #[serde(default = "yes")]
-    private: bool,
+    #[serde(default = "user")]
+    kind: String,
     #[serde(default)]
     outgoing: bool,
+    #[serde(default)]
+    users: bool,
+    #[serde(default)]
+    reply_to: Option<i32>,
 }
 
-fn yes() -> bool {
-    true
+fn user() -> String {
+    "user".into()
+}
+
+/// What the injected faults have set, shared by the network task and the
+/// requests of one client.
+#[derive(Default)]
+struct Faults {
+    /// Set by the kill switch: nothing is sent or deleted any more.
+    dead: AtomicBool,
+    /// The connection died silently.
+    blackhole: AtomicBool,
+    /// Telegram no longer accepts this key (406, or an unauthorized key
+    /// after a transport 404).
+    refused: Mutex<Option<(i32, String)>>,
+    latency_ms: AtomicU64,
+    panic_next: AtomicBool,
+    next_send: Mutex<Option<Control>>,
 }
 
 pub struct FileChat {
     dir: PathBuf,
-    /// Set by the kill switch: nothing is sent or deleted any more.
-    dead: Arc<std::sync::atomic::AtomicBool>,
-    me: i64,
-    offset: Arc<AtomicUsize>,
+    faults: Arc<Faults>,
+    state: Arc<Mutex<State>>,
+    /// The key the session was loaded with.
+    loaded_key: String,
     stop: CancellationToken,
-    reader: Option<tokio::task::JoinHandle<()>>,
+    network: tokio::task::JoinHandle<()>,
+}
+
+/// The stand-in's update stream (grammers: `UpdateStream`).
+pub struct FileUpdates {
+    rx: mpsc::Receiver<(usize, Incoming)>,
+}
+
+impl FileUpdates {
+    pub async fn next(&mut self) -> Result<Delivery, ChatError> {
+        match self.rx.recv().await {
+            Some((line, msg)) => Ok(Delivery {
+                msg: Some(msg),
+                mark: Mark::File(line),
+            }),
+            None => Err(ChatError::Io("the connection was closed".into())),
+        }
+    }
 }
 
 fn append(dir: &Path, file: &str, line: serde_json::Value) -> Result<(), ChatError> {
@@ -101,124 +192,233 @@ fn append(dir: &Path, file: &str, line: serde_json::Value) -> Result<(), ChatErr
         .map_err(|e| ChatError::Io(format!("{file}: {e}")))
 }
 
+fn dead_keys(dir: &Path) -> HashSet<String> {
+    std::fs::read_to_string(dir.join("dead_keys"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 impl FileChat {
-    pub async fn start(
-        dir: &Path,
-        session: &[u8],
-    ) -> Result<(FileChat, mpsc::Receiver<Incoming>), ChatError> {
+    pub async fn start(dir: &Path, session: &[u8]) -> Result<(FileChat, FileUpdates), ChatError> {
         let state: State = serde_json::from_slice(session)
             .map_err(|_| ChatError::Session("not a file-backend session".into()))?;
-        let offset = Arc::new(AtomicUsize::new(state.offset));
+        // A connect that hangs (no timeout in grammers' connect path).
+        let delay = dir.join("connect_delay_ms");
+        if let Ok(ms) = std::fs::read_to_string(&delay) {
+            let _ = std::fs::remove_file(&delay);
+            let ms: u64 = ms.trim().parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if dead_keys(dir).contains(&state.auth_key) {
+            return Err(rpc_error(406, "AUTH_KEY_DUPLICATED", None));
+        }
+        let faults: Arc<Faults> = Arc::default();
         let stop = CancellationToken::new();
-        let (tx, rx) = mpsc::channel(1);
+        let (tx, rx) = mpsc::channel(UPDATES_CAPACITY);
         append(
             dir,
             "outbox.jsonl",
             serde_json::json!({"op": "start", "pid": std::process::id(), "offset": state.offset}),
         )?;
-        let reader = tokio::spawn(read_inbox(
-            dir.join("inbox.jsonl"),
-            offset.clone(),
+        let loaded_key = state.auth_key.clone();
+        let offset = state.offset;
+        let state = Arc::new(Mutex::new(state));
+        let network = tokio::spawn(network(
+            dir.to_path_buf(),
+            offset,
             tx,
+            faults.clone(),
+            state.clone(),
             stop.clone(),
         ));
         Ok((
             FileChat {
                 dir: dir.to_path_buf(),
-                dead: Arc::default(),
-                me: state.me,
-                offset,
+                faults,
+                state,
+                loaded_key,
                 stop,
-                reader: Some(reader),
+                network,
             },
-            rx,
+            FileUpdates { rx },
         ))
     }
 
-    pub fn me(&self) -> i64 {
-        self.me
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stops the client from any task, at once (fencing).
+    pub fn me(&self) -> i64 {
+        self.state().me
+    }
+
+    /// Stops the client from any task, at once (fencing): the network task
+    /// is aborted and no request in flight completes.
     pub fn kill_switch(&self) -> impl FnOnce() + Send + 'static {
-        let dead = self.dead.clone();
+        let faults = self.faults.clone();
         let stop = self.stop.clone();
+        let network = self.network.abort_handle();
         move || {
-            dead.store(true, Ordering::SeqCst);
+            faults.dead.store(true, Ordering::SeqCst);
             stop.cancel();
+            network.abort();
         }
     }
 
-    fn alive(&self) -> Result<(), ChatError> {
-        if self.dead.load(Ordering::SeqCst) {
-            return Err(ChatError::Io("client stopped".into()));
+    /// What every request goes through: latency, a dead connection, a
+    /// refused key, a client stopped meanwhile.
+    async fn request(&self) -> Result<(), ChatError> {
+        let ms = self.faults.latency_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if self.faults.blackhole.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if self.faults.dead.load(Ordering::SeqCst) {
+            return Err(ChatError::Io(
+                "request dropped: the client was stopped".into(),
+            ));
+        }
+        let refused = self
+            .faults
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((code, name)) = refused {
+            return Err(rpc_error(code, &name, None));
+        }
+        if dead_keys(&self.dir).contains(&self.state().auth_key) {
+            return Err(rpc_error(406, "AUTH_KEY_DUPLICATED", None));
         }
         Ok(())
     }
 
+    /// One message to a user; `monospace` as grammers' `pre` entity.
     pub async fn send(
         &self,
-        chat: i64,
+        user: i64,
         reply_to: i32,
         text: &str,
         monospace: bool,
     ) -> Result<i32, ChatError> {
-        self.alive()?;
+        if self.faults.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("file backend: injected panic");
+        }
+        self.request().await?;
+        if !self.state().peers.contains(&format!("user:{user}")) {
+            // grammers has no InputPeer without the access hash.
+            return Err(ChatError::Io(format!(
+                "no access hash for user {user} in the session"
+            )));
+        }
+        let injected = self
+            .faults
+            .next_send
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let mut b = [0u8; 4];
         let _ = getrandom::fill(&mut b);
         let id = (u32::from_le_bytes(b) % 1_000_000_000) as i32 + 1_000_000_000;
-        append(
-            &self.dir,
-            "outbox.jsonl",
-            serde_json::json!({
-                "op": "send", "pid": std::process::id(), "chat": chat, "id": id,
-                "reply_to": reply_to, "text": text, "monospace": monospace,
-            }),
-        )?;
-        if chat == self.me {
-            // Telegram echoes what we send into Saved Messages as an
-            // outgoing update; so does the stand-in.
+        let delivered = injected.as_ref().is_none_or(|c| c.delivered);
+        if delivered {
+            append(
+                &self.dir,
+                "outbox.jsonl",
+                serde_json::json!({
+                    "op": "send", "pid": std::process::id(), "chat": user, "peer": "user",
+                    "id": id, "reply_to": reply_to, "text": text, "monospace": monospace,
+                }),
+            )?;
+            // Telegram sends an update for our own outgoing message.
             append(
                 &self.dir,
                 "inbox.jsonl",
                 serde_json::json!({
-                    "id": id, "chat": chat, "sender": chat, "text": text, "outgoing": true,
+                    "id": id, "chat": user, "sender": self.me(), "text": text,
+                    "outgoing": true, "reply_to": reply_to,
                 }),
             )?;
         }
-        Ok(id)
-    }
-
-    pub async fn delete(&self, chat: i64, ids: &[i32]) -> Result<(), ChatError> {
-        self.alive()?;
-        append(
-            &self.dir,
-            "outbox.jsonl",
-            serde_json::json!({"op": "delete", "pid": std::process::id(), "chat": chat, "ids": ids}),
-        )
-    }
-
-    /// Stops delivering updates (intake), keeping the client usable.
-    pub async fn stop_intake(&mut self) {
-        self.stop.cancel();
-        if let Some(r) = self.reader.take() {
-            let _ = r.await;
+        match injected {
+            Some(c) if c.zero => Ok(0),
+            Some(c) => Err(rpc_error(c.code, &c.rpc, None)),
+            None => Ok(id),
         }
     }
 
-    pub fn export_session(&self) -> Zeroizing<Vec<u8>> {
-        Zeroizing::new(
-            serde_json::to_vec(&State {
-                file_backend: 1,
-                offset: self.offset.load(Ordering::SeqCst),
-                me: self.me,
-            })
-            .unwrap_or_default(),
+    pub async fn delete(&self, user: i64, ids: &[i32]) -> Result<(), ChatError> {
+        self.request().await?;
+        append(
+            &self.dir,
+            "outbox.jsonl",
+            serde_json::json!({"op": "delete", "pid": std::process::id(), "chat": user, "ids": ids}),
         )
     }
 
-    pub async fn quit(mut self, clean: bool) {
-        self.stop_intake().await;
+    /// grammers: `get_messages_by_id` (no peer needed in private chats):
+    /// the answer carries the user, whose hash the session then caches.
+    pub async fn resolve(&self, user: i64, msg_id: i32) -> Result<(), ChatError> {
+        if self.state().peers.contains(&format!("user:{user}")) {
+            return Ok(());
+        }
+        self.request().await?;
+        let inbox = std::fs::read_to_string(self.dir.join("inbox.jsonl")).unwrap_or_default();
+        let found = inbox.lines().any(|l| {
+            serde_json::from_str::<InboxLine>(l)
+                .is_ok_and(|m| m.id == msg_id && m.chat == user && m.kind == "user")
+        });
+        if !found {
+            return Err(ChatError::Io(format!("message {msg_id} not found")));
+        }
+        self.state().peers.insert(format!("user:{user}"));
+        Ok(())
+    }
+
+    /// Our messages in the chat with `user` that reply to `reply_to`
+    /// (grammers: the chat's recent history).
+    pub async fn find_replies(&self, user: i64, reply_to: i32) -> Result<Vec<i32>, ChatError> {
+        self.request().await?;
+        let outbox = std::fs::read_to_string(self.dir.join("outbox.jsonl")).unwrap_or_default();
+        Ok(outbox
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["op"] == "send"
+                    && v["chat"] == user
+                    && v["reply_to"].as_i64() == Some(reply_to as i64)
+            })
+            .filter_map(|v| v["id"].as_i64().map(|i| i as i32))
+            .collect())
+    }
+
+    pub async fn ping(&self) -> Result<(), ChatError> {
+        self.request().await
+    }
+
+    /// grammers: `Session::set_update_state` with the update's own state.
+    pub fn commit(&self, line: usize) {
+        let mut s = self.state();
+        s.offset = s.offset.max(line);
+    }
+
+    /// Whether the key in memory is still the one the session was loaded
+    /// with.
+    pub fn key_unchanged(&self) -> bool {
+        self.state().auth_key == self.loaded_key
+    }
+
+    pub fn export_session(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(serde_json::to_vec(&*self.state()).unwrap_or_default())
+    }
+
+    pub async fn quit(self, clean: bool) {
+        self.stop.cancel();
+        self.network.abort();
         if clean {
             let _ = append(
                 &self.dir,
@@ -229,49 +429,115 @@ impl FileChat {
     }
 }
 
-/// Delivers inbox lines after `offset`, polling every 50 ms; the offset
-/// advances once the runner has taken the update.
-async fn read_inbox(
+impl Drop for FileChat {
+    fn drop(&mut self) {
+        self.network.abort();
+    }
+}
+
+/// Reads inbox lines after `offset` every 50 ms and forwards them like
+/// grammers' sender: `try_send`, dropping what does not fit.
+async fn network(
     path: PathBuf,
-    offset: Arc<AtomicUsize>,
-    tx: mpsc::Sender<Incoming>,
+    mut received: usize,
+    tx: mpsc::Sender<(usize, Incoming)>,
+    faults: Arc<Faults>,
+    state: Arc<Mutex<State>>,
     stop: CancellationToken,
 ) {
+    let inbox = path.join("inbox.jsonl");
+    let mut dropped = 0usize;
     loop {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if faults.blackhole.load(Ordering::SeqCst) {
+            stop.cancelled().await;
+            return;
+        }
+        let text = std::fs::read_to_string(&inbox).unwrap_or_default();
         // Only complete lines: a writer may be mid-line.
         let complete = text.rfind('\n').map(|i| &text[..=i]).unwrap_or("");
         let lines: Vec<&str> = complete.lines().collect();
-        let mut i = offset.load(Ordering::SeqCst);
-        while i < lines.len() {
-            let line = lines[i];
-            i += 1;
+        while received < lines.len() {
+            let line = lines[received];
+            received += 1;
             if let Ok(c) = serde_json::from_str::<Control>(line) {
-                offset.store(i, Ordering::SeqCst);
-                if c.control == "disconnect" && DISCONNECTED_AT.fetch_max(i, Ordering::SeqCst) < i {
-                    tracing::warn!("file backend: connection dropped (test control line)");
-                    return;
+                if !first_time(received) {
+                    continue;
+                }
+                match c.control.as_str() {
+                    "disconnect" => {
+                        tracing::warn!("file backend: connection dropped (test control line)");
+                        return;
+                    }
+                    "blackhole" => {
+                        tracing::warn!(
+                            "file backend: connection silently dead (test control line)"
+                        );
+                        faults.blackhole.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    "auth_key_duplicated" => {
+                        let key = state
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .auth_key
+                            .clone();
+                        let _ = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path.join("dead_keys"))
+                            .and_then(|mut f| f.write_all(format!("{key}\n").as_bytes()));
+                    }
+                    "reset_key" => {
+                        // grammers after a transport 404: a fresh key,
+                        // which Telegram does not know.
+                        state.lock().unwrap_or_else(|e| e.into_inner()).auth_key = random_key();
+                        *faults.refused.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((401, "AUTH_KEY_UNREGISTERED".into()));
+                    }
+                    "latency" => faults.latency_ms.store(c.ms, Ordering::SeqCst),
+                    "panic" => faults.panic_next.store(true, Ordering::SeqCst),
+                    "send_error" => {
+                        *faults.next_send.lock().unwrap_or_else(|e| e.into_inner()) = Some(c)
+                    }
+                    other => tracing::warn!(control = other, "file backend: unknown control line"),
                 }
                 continue;
             }
             let Ok(m) = serde_json::from_str::<InboxLine>(line) else {
-                tracing::warn!(line = i, "file backend: unreadable inbox line skipped");
-                offset.store(i, Ordering::SeqCst);
+                tracing::warn!(
+                    line = received,
+                    "file backend: unreadable inbox line skipped"
+                );
                 continue;
             };
+            if m.users {
+                // updateNewMessage with the user objects: hashes cached.
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                s.peers.insert(format!("{}:{}", m.kind, m.chat));
+                if let Some(sender) = m.sender {
+                    s.peers.insert(format!("user:{sender}"));
+                }
+            }
             let msg = Incoming {
                 id: m.id,
                 chat: m.chat,
                 sender: m.sender,
-                private: m.private,
+                private: m.kind == "user",
                 outgoing: m.outgoing,
+                reply_to: m.reply_to,
                 text: Zeroizing::new(m.text),
             };
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                r = tx.send(msg) => if r.is_err() { return },
+            match tx.try_send((received, msg)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped += 1;
+                    tracing::warn!(
+                        dropped,
+                        "file backend: updates channel full, update dropped"
+                    );
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
-            offset.store(i, Ordering::SeqCst);
         }
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -1,6 +1,6 @@
 //! The one file that imports `grammers_*`: connect with a session held in
-//! memory, deliver new messages as [`Incoming`], send, delete, export the
-//! session, log in. Everything else (who may do what, exactly-once,
+//! memory, deliver new messages as [`Incoming`] with their update state,
+//! send, delete, find our replies, ping, export the session, log in. Everything else (who may do what, exactly-once,
 //! deletions, fencing, persistence) lives outside, where it is tested
 //! against real etcd and OpenBao; this file is kept small enough to review
 //! line by line.
@@ -10,11 +10,11 @@
 //! stored in Vault: grammers's SQLite storage is not compiled in, so it
 //! never touches disk.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use grammers_client::client::{LoginToken, PasswordToken, UpdateStream};
 use grammers_client::message::InputMessage;
 use grammers_client::update::Update;
 use grammers_client::{Client, SignInError};
@@ -23,18 +23,20 @@ use grammers_mtsender::{
     UpdatesConfiguration,
 };
 use grammers_session::types::{
-    ChannelState, DcOption, PeerId, PeerInfo, PeerKind, PeerRef, UpdateState, UpdatesState,
+    ChannelState, DcOption, PeerAuth, PeerId, PeerInfo, PeerKind, PeerRef, UpdateState,
+    UpdatesState,
 };
+use grammers_session::updates::{MessageBox, State};
 use grammers_session::{BoxFuture, Session, SessionData};
 use grammers_tl_types as tl;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use super::login::{self, Check, LoginSteps, SignIn};
 use super::route::Incoming;
-use super::{ChatError, LoginPrompt};
+use super::{rpc_error, ChatError, Delivery, LoginPrompt, Mark};
 
 pub const FORMAT: &str = "grammers-0.11";
 
@@ -74,6 +76,14 @@ impl MemSession {
 
     fn data(&self) -> std::sync::MutexGuard<'_, Data> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn home_key(&self) -> Option<[u8; 256]> {
+        let d = self.data();
+        d.dc_options
+            .iter()
+            .find(|o| o.id == d.home_dc)
+            .and_then(|o| o.auth_key)
     }
 }
 
@@ -143,30 +153,28 @@ impl Session for MemSession {
 
 fn rpc(e: InvocationError) -> ChatError {
     match e {
-        InvocationError::Rpc(r) if r.name == "FLOOD_WAIT" => {
-            ChatError::FloodWait(Duration::from_secs(r.value.unwrap_or(0).into()))
-        }
-        InvocationError::Rpc(r) if r.code == 401 => ChatError::Unauthorized(r.name),
+        InvocationError::Rpc(r) => rpc_error(r.code, &r.name, r.value),
         other => ChatError::Io(other.to_string()),
     }
 }
 
 /// Connection settings: FLOOD_WAITs up to `flood_max` are slept through
 /// by grammers (then the error surfaces and is reported), I/O errors are
-/// retried as a 1 s flood, an optional SOCKS5 proxy.
+/// retried as a 1 s flood, an optional SOCKS5 proxy (already resolved to an
+/// address by [`resolve_proxy`]).
 fn connect(
     session: Arc<MemSession>,
     api_id: i32,
-    proxy: Option<&str>,
+    proxy: Option<String>,
     flood_max: Duration,
 ) -> (
     Client,
     SenderPoolFatHandle,
-    tokio::task::JoinHandle<()>,
+    AbortOnDrop,
     mpsc::Receiver<grammers_session::updates::UpdatesLike>,
 ) {
     let params = ConnectionParams {
-        proxy_url: proxy.map(str::to_string),
+        proxy_url: proxy,
         retry_policy: Box::new(AutoSleep {
             threshold: flood_max,
             tries: NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN),
@@ -180,19 +188,96 @@ fn connect(
         handle,
     } = SenderPool::with_configuration(session, api_id, params);
     let client = Client::new(handle.clone());
-    (client, handle, tokio::spawn(runner.run()), updates)
+    (
+        client,
+        handle,
+        AbortOnDrop(tokio::spawn(runner.run())),
+        updates,
+    )
+}
+
+/// grammers resolves a proxy host name with a resolver built by
+/// `unwrap()` (a panic without `/etc/resolv.conf`); resolve it here and
+/// give grammers an address.
+async fn resolve_proxy(proxy: Option<&str>) -> Result<Option<String>, ChatError> {
+    let Some(p) = proxy else { return Ok(None) };
+    let url = url::Url::parse(p).map_err(|e| ChatError::Session(format!("telegram.proxy: {e}")))?;
+    let Some(url::Host::Domain(host)) = url.host() else {
+        return Ok(Some(p.to_string()));
+    };
+    let port = url.port().unwrap_or(1080);
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| ChatError::Io(format!("telegram.proxy: cannot resolve {host}")))?;
+    Ok(Some(crate::config::proxy_with_address(p, addr.ip())))
+}
+
+/// The sender pool task, aborted (every socket dropped) when this is
+/// dropped or the kill switch fires.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One update's own state: what the session may store once the runner has
+/// finished with it.
+pub struct UpdateMark(State);
+
+/// The update stream (messages, with their state).
+pub struct GrammersUpdates {
+    stream: UpdateStream,
+    me: i64,
+}
+
+impl GrammersUpdates {
+    pub async fn next(&mut self) -> Result<Delivery, ChatError> {
+        let update = self.stream.next().await.map_err(rpc)?;
+        let mark = Mark::Grammers(UpdateMark(update.state().clone()));
+        let Update::NewMessage(m) = update else {
+            return Ok(Delivery { msg: None, mark });
+        };
+        let chat = m.peer_id();
+        let outgoing = m.outgoing();
+        let msg = Incoming {
+            id: m.id(),
+            chat: bare_id(chat, self.me),
+            // Outgoing messages carry grammers' `self_user` sentinel, not
+            // our id.
+            sender: m.sender_id().map(|s| bare_id(s, self.me)),
+            private: chat.kind() == PeerKind::User,
+            outgoing,
+            reply_to: m.reply_to_message_id(),
+            text: Zeroizing::new(m.text().to_string()),
+        };
+        Ok(Delivery {
+            msg: Some(msg),
+            mark,
+        })
+    }
+}
+
+/// A peer's bare id; grammers' `self_user` sentinel is this account.
+fn bare_id(p: PeerId, me: i64) -> i64 {
+    if p == PeerId::self_user() {
+        me
+    } else {
+        p.bare_id_unchecked()
+    }
 }
 
 pub struct GrammersChat {
     client: Client,
     handle: SenderPoolFatHandle,
     session: Arc<MemSession>,
-    runner: tokio::task::JoinHandle<()>,
-    reader: Option<tokio::task::JoinHandle<()>>,
-    stop: CancellationToken,
+    runner: AbortOnDrop,
+    /// The home data centre's key as loaded.
+    loaded_key: Option<[u8; 256]>,
     me: i64,
-    /// Chats seen in updates, to reply to them.
-    peers: Arc<Mutex<HashMap<i64, PeerRef>>>,
 }
 
 impl GrammersChat {
@@ -201,91 +286,33 @@ impl GrammersChat {
         session: &[u8],
         proxy: Option<&str>,
         flood_max: Duration,
-    ) -> Result<(GrammersChat, mpsc::Receiver<Incoming>), ChatError> {
+    ) -> Result<(GrammersChat, GrammersUpdates), ChatError> {
         let session = Arc::new(MemSession::load(session)?);
+        let loaded_key = session.home_key();
+        let proxy = resolve_proxy(proxy).await?;
         let (client, handle, runner, updates) = connect(session.clone(), api_id, proxy, flood_max);
-        let fail = |e: ChatError, handle: &SenderPoolFatHandle| {
-            handle.thin.quit();
-            e
-        };
-        if !client
-            .is_authorized()
-            .await
-            .map_err(rpc)
-            .map_err(|e| fail(e, &handle))?
-        {
-            return Err(fail(
-                ChatError::Unauthorized("the stored session is not logged in".into()),
-                &handle,
+        // Dropping `runner` on any error below closes every connection.
+        if !client.is_authorized().await.map_err(rpc)? {
+            return Err(ChatError::Unauthorized(
+                "the stored session is not logged in".into(),
             ));
         }
-        let me = client
-            .get_me()
-            .await
-            .map_err(rpc)
-            .map_err(|e| fail(e, &handle))?;
+        let me = client.get_me().await.map_err(rpc)?;
         let me = me.id().bare_id_unchecked();
-        let mut stream = client
+        let stream = client
             .stream_updates(updates, UpdatesConfiguration { catch_up: true })
             .await
-            .map_err(|e| fail(ChatError::Io(e.to_string()), &handle))?;
-        let (tx, rx) = mpsc::channel(1);
-        let stop = CancellationToken::new();
-        let peers: Arc<Mutex<HashMap<i64, PeerRef>>> = Arc::default();
-        let reader = tokio::spawn({
-            let stop = stop.clone();
-            let peers = peers.clone();
-            async move {
-                loop {
-                    let update = tokio::select! {
-                        _ = stop.cancelled() => break,
-                        u = stream.next() => u,
-                    };
-                    let message = match update {
-                        Ok(Update::NewMessage(m)) => m,
-                        Ok(_) => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "telegram: update stream failed");
-                            break;
-                        }
-                    };
-                    let chat = message.peer_id();
-                    if let Ok(Some(r)) = message.peer_ref().await {
-                        peers
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(chat.bare_id_unchecked(), r);
-                    }
-                    let msg = Incoming {
-                        id: message.id(),
-                        chat: chat.bare_id_unchecked(),
-                        sender: message.sender_id().map(|s| s.bare_id_unchecked()),
-                        private: chat.kind() == PeerKind::User,
-                        outgoing: message.outgoing(),
-                        text: Zeroizing::new(message.text().to_string()),
-                    };
-                    if tx.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-                // Stop intake, then persist where we are.
-                if let Err(e) = stream.sync_update_state().await {
-                    tracing::warn!(error = %e, "telegram: cannot sync update state");
-                }
-            }
-        });
+            .map_err(|e| ChatError::Io(e.to_string()))?;
         Ok((
             GrammersChat {
                 client,
                 handle,
                 session,
                 runner,
-                reader: Some(reader),
-                stop,
+                loaded_key,
                 me,
-                peers,
             },
-            rx,
+            GrammersUpdates { stream, me },
         ))
     }
 
@@ -293,31 +320,54 @@ impl GrammersChat {
         self.me
     }
 
-    /// Stops the client from any task, at once (fencing): intake stops and
-    /// the sender pool closes every connection, so no further request
-    /// reaches Telegram with this session.
+    /// Stops the client from any task, at once (fencing): the sender pool
+    /// task is aborted, which drops every connection, even one still being
+    /// set up (grammers' connect has no timeout).
     pub fn kill_switch(&self) -> impl FnOnce() + Send + 'static {
-        let handle = self.handle.clone();
-        let stop = self.stop.clone();
-        move || {
-            stop.cancel();
-            handle.thin.quit();
-        }
+        let abort = self.runner.0.abort_handle();
+        move || abort.abort()
     }
 
-    fn peer(&self, chat: i64) -> Result<PeerRef, ChatError> {
-        self.peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&chat)
-            .copied()
-            .ok_or_else(|| ChatError::Io(format!("chat {chat} not seen in this session")))
+    /// The user's peer from the session cache: typed, so a group or a
+    /// channel with the same bare id is never taken for it.
+    async fn user(&self, user: i64) -> Result<PeerRef, ChatError> {
+        let id =
+            PeerId::user(user).ok_or_else(|| ChatError::Io(format!("{user} is not a user id")))?;
+        self.session
+            .peer(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.auth().map(|auth| PeerRef { id, auth }))
+            .ok_or_else(|| ChatError::Io(format!("no access hash for user {user} in the session")))
+    }
+
+    /// Learns the access hash of the sender of a private message: an
+    /// `updateShortMessage` carries no user, and grammers 0.11 no longer
+    /// fetches it. `messages.getMessages` needs no peer for private chats;
+    /// its answer carries the user, which grammers caches in the session.
+    pub async fn resolve(&self, user: i64, msg_id: i32) -> Result<(), ChatError> {
+        if self.user(user).await.is_ok() {
+            return Ok(());
+        }
+        let id =
+            PeerId::user(user).ok_or_else(|| ChatError::Io(format!("{user} is not a user id")))?;
+        // Only the id is used for a private chat (no InputPeer is sent).
+        let peer = PeerRef {
+            id,
+            auth: PeerAuth::default(),
+        };
+        self.client
+            .get_messages_by_id(peer, &[msg_id])
+            .await
+            .map_err(rpc)?;
+        self.user(user).await.map(|_| ())
     }
 
     /// One message; `monospace` puts the whole text in a `pre` entity.
     pub async fn send(
         &self,
-        chat: i64,
+        user: i64,
         reply_to: i32,
         text: &str,
         monospace: bool,
@@ -334,14 +384,26 @@ impl GrammersChat {
         }
         let sent = self
             .client
-            .send_message(self.peer(chat)?, m)
+            .send_message(self.user(user).await?, m)
             .await
             .map_err(rpc)?;
         Ok(sent.id())
     }
 
+    /// Our recent messages to `user` replying to `reply_to`.
+    pub async fn find_replies(&self, user: i64, reply_to: i32) -> Result<Vec<i32>, ChatError> {
+        let mut it = self.client.iter_messages(self.user(user).await?).limit(50);
+        let mut ids = Vec::new();
+        while let Some(m) = it.next().await.map_err(rpc)? {
+            if m.outgoing() && m.reply_to_message_id() == Some(reply_to) {
+                ids.push(m.id());
+            }
+        }
+        Ok(ids)
+    }
+
     /// Deletes for everyone. Private-chat message ids need no peer.
-    pub async fn delete(&self, _chat: i64, ids: &[i32]) -> Result<(), ChatError> {
+    pub async fn delete(&self, _user: i64, ids: &[i32]) -> Result<(), ChatError> {
         self.client
             .invoke(&tl::functions::messages::DeleteMessages {
                 revoke: true,
@@ -352,23 +414,55 @@ impl GrammersChat {
         Ok(())
     }
 
-    pub async fn stop_intake(&mut self) {
-        self.stop.cancel();
-        if let Some(r) = self.reader.take() {
-            let _ = r.await;
-        }
+    /// A round trip through the home connection.
+    pub async fn ping(&self) -> Result<(), ChatError> {
+        self.client
+            .invoke(&tl::functions::updates::GetState {})
+            .await
+            .map_err(rpc)?;
+        Ok(())
+    }
+
+    /// Stores an update's state in the session (after it was handled).
+    pub async fn commit(&self, mark: UpdateMark) {
+        let s = mark.0;
+        let update = match s.message_box {
+            Some(MessageBox::Common { pts }) => UpdateState::Primary {
+                pts,
+                date: s.date,
+                seq: s.seq,
+            },
+            Some(MessageBox::Secondary { qts }) => UpdateState::Secondary { qts },
+            Some(MessageBox::Channel { channel_id, pts }) => UpdateState::Channel {
+                id: channel_id,
+                pts,
+            },
+            None => {
+                let pts = self.session.data().updates.pts;
+                UpdateState::Primary {
+                    pts,
+                    date: s.date,
+                    seq: s.seq,
+                }
+            }
+        };
+        let _ = self.session.set_update_state(update).await;
+    }
+
+    /// Whether the home data centre's key is still the one loaded (after a
+    /// transport 404 grammers generates a new, unauthorized one).
+    pub fn key_unchanged(&self) -> bool {
+        self.session.home_key() == self.loaded_key
     }
 
     pub fn export_session(&self) -> Zeroizing<Vec<u8>> {
         self.session.export()
     }
 
-    /// Closes every connection and waits for the sender pool to finish.
+    /// Closes every connection and waits (bounded) for the sender pool.
     pub async fn quit(mut self, _clean: bool) {
-        self.stop_intake().await;
         self.handle.thin.quit();
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.runner).await;
-        self.runner.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.runner.0).await;
     }
 }
 
@@ -377,7 +471,7 @@ impl GrammersChat {
 pub struct LoggedIn {
     client: Client,
     handle: SenderPoolFatHandle,
-    runner: tokio::task::JoinHandle<()>,
+    runner: AbortOnDrop,
     session: Arc<MemSession>,
 }
 
@@ -393,9 +487,49 @@ impl LoggedIn {
         r
     }
 
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         self.handle.thin.quit();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.runner).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.runner.0).await;
+    }
+}
+
+struct Steps<'a> {
+    client: &'a Client,
+    api_hash: String,
+}
+
+impl LoginSteps for Steps<'_> {
+    type Token = LoginToken;
+    type Password = PasswordToken;
+    async fn request_code(&mut self, phone: &str) -> Result<LoginToken, ChatError> {
+        self.client
+            .request_login_code(phone, &self.api_hash)
+            .await
+            .map_err(rpc)
+    }
+    async fn sign_in(&mut self, token: &LoginToken, code: &str) -> SignIn<PasswordToken> {
+        match self.client.sign_in(token, code).await {
+            Ok(_) => SignIn::Done,
+            Err(SignInError::PasswordRequired(pw)) => SignIn::Password(pw),
+            Err(SignInError::InvalidCode) => SignIn::InvalidCode,
+            Err(SignInError::Other(e)) => SignIn::Failed(rpc(e)),
+            Err(e) => SignIn::Failed(ChatError::Unauthorized(sign_in_error(&e))),
+        }
+    }
+    fn hint(password: &PasswordToken) -> Option<String> {
+        password.hint().map(str::to_string)
+    }
+    async fn check_password(
+        &mut self,
+        token: PasswordToken,
+        password: &[u8],
+    ) -> Check<PasswordToken> {
+        match self.client.check_password(token, password).await {
+            Ok(_) => Check::Done,
+            Err(SignInError::InvalidPassword(next)) => Check::Invalid(next),
+            Err(SignInError::Other(e)) => Check::Failed(rpc(e)),
+            Err(e) => Check::Failed(ChatError::Unauthorized(sign_in_error(&e))),
+        }
     }
 }
 
@@ -406,6 +540,7 @@ pub async fn login(
     prompt: &mut dyn LoginPrompt,
 ) -> Result<LoggedIn, ChatError> {
     let session = Arc::new(MemSession::fresh());
+    let proxy = resolve_proxy(proxy).await?;
     let (client, handle, runner, _updates) =
         connect(session.clone(), api_id, proxy, Duration::from_secs(60));
     let done = LoggedIn {
@@ -414,28 +549,12 @@ pub async fn login(
         runner,
         session,
     };
-    let result = async {
-        let phone = prompt.phone()?;
-        let token = client
-            .request_login_code(&phone, api_hash.expose_secret())
-            .await
-            .map_err(rpc)?;
-        let code = prompt.code()?;
-        match client.sign_in(&token, code.expose_secret()).await {
-            Ok(_) => Ok(()),
-            Err(SignInError::PasswordRequired(pw)) => {
-                let password = prompt.password(pw.hint())?;
-                client
-                    .check_password(pw, password.expose_secret().as_bytes())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| ChatError::Unauthorized(sign_in_error(&e)))
-            }
-            Err(e) => Err(ChatError::Unauthorized(sign_in_error(&e))),
-        }
-    }
-    .await;
-    match result {
+    let mut steps = Steps {
+        client: &client,
+        // A pasted hash often carries a newline or spaces.
+        api_hash: api_hash.expose_secret().trim().to_string(),
+    };
+    match login::sign_in(&mut steps, prompt).await {
         Ok(()) => Ok(done),
         Err(e) => {
             done.close().await;
@@ -450,5 +569,19 @@ fn sign_in_error(e: &SignInError) -> String {
         SignInError::InvalidCode => "the login code is not valid".into(),
         SignInError::InvalidPassword(_) => "the 2FA password is not valid".into(),
         other => format!("sign-in failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_self_user_sentinel_is_this_account_not_a_bare_id() {
+        // `bare_id_unchecked` on the sentinel trips a debug assertion
+        // (grammers-session peer.rs); outgoing messages carry it.
+        assert_eq!(bare_id(PeerId::self_user(), 4242), 4242);
+        assert_eq!(bare_id(PeerId::user(77).unwrap(), 4242), 77);
+        assert_eq!(bare_id(PeerId::chat(77).unwrap(), 4242), 77);
     }
 }

@@ -15,12 +15,16 @@
 
 mod file;
 mod grammers;
+mod login;
 pub mod route;
 pub mod session;
 
-use std::sync::Arc;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +48,16 @@ pub enum ChatError {
     FloodWait(Duration),
     #[error("telegram: not authorized: {0}")]
     Unauthorized(String),
+    /// `RANDOM_ID_DUPLICATE`: a retried send whose first attempt was
+    /// delivered; the message exists, its id is unknown.
+    #[error("telegram: {0}")]
+    Duplicate(String),
+    /// Start again from the session in Vault at once.
+    #[error("telegram session: {0}")]
+    Reload(String),
+    /// The stored session was refused before; waiting for a new login.
+    #[error("telegram: the stored session was refused; waiting for `vaultgram login`")]
+    Refused,
     #[error("telegram: {0}")]
     Io(String),
     #[error("telegram session: {0}")]
@@ -54,12 +68,98 @@ pub enum ChatError {
     Prompt(String),
 }
 
+/// What an RPC error from Telegram means here (both clients map through
+/// this, so the stand-in's injected errors test the real mapping).
+pub(crate) fn rpc_error(code: i32, name: &str, value: Option<u32>) -> ChatError {
+    match (code, name) {
+        (_, "FLOOD_WAIT" | "FLOOD_PREMIUM_WAIT" | "SLOWMODE_WAIT") => {
+            ChatError::FloodWait(Duration::from_secs(value.unwrap_or(0).into()))
+        }
+        // The key was used from two places at once (two leaders, a copied
+        // session): Telegram revoked it. Reconnecting cannot help.
+        (406, "AUTH_KEY_DUPLICATED") => ChatError::Unauthorized(
+            "AUTH_KEY_DUPLICATED: Telegram revoked this session's key; run `vaultgram login`"
+                .into(),
+        ),
+        (401, n) => ChatError::Unauthorized(format!("{n}: run `vaultgram login`")),
+        (_, "RANDOM_ID_DUPLICATE") => ChatError::Duplicate(
+            "RANDOM_ID_DUPLICATE: the message was delivered by an earlier attempt".into(),
+        ),
+        (c, n) => ChatError::Io(format!("RPC error {c} {n}")),
+    }
+}
+
 /// Where `vaultgram login` gets the phone number, the code and the 2FA
 /// password (a terminal in `main`).
 pub trait LoginPrompt {
     fn phone(&mut self) -> Result<String, ChatError>;
     fn code(&mut self) -> Result<SecretString, ChatError>;
     fn password(&mut self, hint: Option<&str>) -> Result<SecretString, ChatError>;
+    /// Tells the person what happened (a refused code, a new code sent).
+    fn notice(&mut self, _text: &str) {}
+}
+
+/// An update's own state, persisted only after the runner finished with
+/// it (so a failover neither skips nor refetches).
+pub(crate) enum Mark {
+    Grammers(grammers::UpdateMark),
+    /// The stand-in's inbox position after the line.
+    File(usize),
+}
+
+/// One update as the client library hands it over: a new message, or
+/// anything else (`msg: None`), with its state.
+pub(crate) struct Delivery {
+    pub msg: Option<Incoming>,
+    pub mark: Mark,
+}
+
+/// An update stream (grammers' `UpdateStream`, or the stand-in's).
+pub(crate) trait Source: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = Result<Delivery, ChatError>> + Send;
+}
+
+impl Source for grammers::GrammersUpdates {
+    fn next(&mut self) -> impl Future<Output = Result<Delivery, ChatError>> + Send {
+        grammers::GrammersUpdates::next(self)
+    }
+}
+
+impl Source for file::FileUpdates {
+    fn next(&mut self) -> impl Future<Output = Result<Delivery, ChatError>> + Send {
+        file::FileUpdates::next(self)
+    }
+}
+
+/// Updates waiting for the runner. grammers drops updates once its own
+/// 100-entry channel is full, which happens when nobody reads it: the
+/// intake keeps reading while a handler runs and buffers here instead.
+pub const INTAKE_CAPACITY: usize = 4096;
+
+/// Moves updates from the client to the runner until `stop`. Every wait
+/// is raced against `stop`: a runner that has left its loop receives
+/// nothing more, and a send waiting for it would keep this task, and the
+/// shutdown that waits for it, forever.
+async fn intake<S: Source>(mut source: S, tx: mpsc::Sender<Delivery>, stop: CancellationToken) {
+    loop {
+        let d = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            d = source.next() => d,
+        };
+        let d = match d {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "telegram: update stream failed");
+                return;
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = tx.send(d) => if r.is_err() { return },
+        }
+    }
 }
 
 /// The client behind the runner: grammers, or the test stand-in.
@@ -82,28 +182,55 @@ impl Client {
             Client::File(c) => c.me(),
         }
     }
+    /// Sends to a user (only users are served: a bare id never names a
+    /// group or channel here).
     async fn send(
         &self,
-        chat: i64,
+        user: i64,
         reply_to: i32,
         text: &str,
         mono: bool,
     ) -> Result<i32, ChatError> {
         match self {
-            Client::Grammers(c) => c.send(chat, reply_to, text, mono).await,
-            Client::File(c) => c.send(chat, reply_to, text, mono).await,
+            Client::Grammers(c) => c.send(user, reply_to, text, mono).await,
+            Client::File(c) => c.send(user, reply_to, text, mono).await,
         }
     }
-    async fn delete(&self, chat: i64, ids: &[i32]) -> Result<(), ChatError> {
+    async fn delete(&self, user: i64, ids: &[i32]) -> Result<(), ChatError> {
         match self {
-            Client::Grammers(c) => c.delete(chat, ids).await,
-            Client::File(c) => c.delete(chat, ids).await,
+            Client::Grammers(c) => c.delete(user, ids).await,
+            Client::File(c) => c.delete(user, ids).await,
         }
     }
-    async fn stop_intake(&mut self) {
+    async fn resolve(&self, user: i64, msg_id: i32) -> Result<(), ChatError> {
         match self {
-            Client::Grammers(c) => c.stop_intake().await,
-            Client::File(c) => c.stop_intake().await,
+            Client::Grammers(c) => c.resolve(user, msg_id).await,
+            Client::File(c) => c.resolve(user, msg_id).await,
+        }
+    }
+    async fn find_replies(&self, user: i64, reply_to: i32) -> Result<Vec<i32>, ChatError> {
+        match self {
+            Client::Grammers(c) => c.find_replies(user, reply_to).await,
+            Client::File(c) => c.find_replies(user, reply_to).await,
+        }
+    }
+    async fn ping(&self) -> Result<(), ChatError> {
+        match self {
+            Client::Grammers(c) => c.ping().await,
+            Client::File(c) => c.ping().await,
+        }
+    }
+    async fn commit(&self, mark: Mark) {
+        match (self, mark) {
+            (Client::Grammers(c), Mark::Grammers(m)) => c.commit(m).await,
+            (Client::File(c), Mark::File(line)) => c.commit(line),
+            _ => {}
+        }
+    }
+    fn key_unchanged(&self) -> bool {
+        match self {
+            Client::Grammers(c) => c.key_unchanged(),
+            Client::File(c) => c.key_unchanged(),
         }
     }
     fn export(&self) -> StoredSession {
@@ -146,19 +273,30 @@ async fn app_keys(app: &App) -> Result<(i32, SecretString), ChatError> {
     Ok((api_id, api_hash))
 }
 
+/// Starts a client and its intake task; the intake stops with `stop`.
 async fn start_client(
     app: &App,
     stored: &StoredSession,
-) -> Result<(Client, mpsc::Receiver<Incoming>), ChatError> {
+    stop: &CancellationToken,
+) -> Result<
+    (
+        Client,
+        mpsc::Receiver<Delivery>,
+        tokio::task::JoinHandle<()>,
+    ),
+    ChatError,
+> {
     let t = &app.cfg.telegram;
+    let (tx, rx) = mpsc::channel(INTAKE_CAPACITY);
     match t.backend {
         TelegramBackend::File => {
             let dir = t
                 .file_dir
                 .as_deref()
                 .ok_or_else(|| ChatError::Session("telegram.file_dir is not set".into()))?;
-            let (c, rx) = file::FileChat::start(dir, &stored.bytes).await?;
-            Ok((Client::File(c), rx))
+            let (c, updates) = file::FileChat::start(dir, &stored.bytes).await?;
+            let h = tokio::spawn(intake(updates, tx, stop.clone()));
+            Ok((Client::File(c), rx, h))
         }
         TelegramBackend::Grammers => {
             if stored.format != grammers::FORMAT {
@@ -169,14 +307,15 @@ async fn start_client(
                 )));
             }
             let (api_id, _hash) = app_keys(app).await?;
-            let (c, rx) = grammers::GrammersChat::start(
+            let (c, updates) = grammers::GrammersChat::start(
                 api_id,
                 &stored.bytes,
                 t.proxy.as_deref(),
                 Duration::from_secs(t.flood_wait_max_secs),
             )
             .await?;
-            Ok((Client::Grammers(c), rx))
+            let h = tokio::spawn(intake(updates, tx, stop.clone()));
+            Ok((Client::Grammers(c), rx, h))
         }
     }
 }
@@ -246,6 +385,11 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
         Duration::from_secs(app.cfg.telegram.dedup_ttl_secs),
         Duration::from_secs((app.cfg.telegram.dedup_ttl_secs / 7).max(30)),
     ));
+    // The session version Telegram refused (401/406): not started again
+    // until `vaultgram login` stores a new one.
+    let refused = Mutex::new(None);
+    // How often a refused or missing session is looked at again.
+    let recheck = Duration::from_secs(app.cfg.telegram.session_save_secs.clamp(1, 30));
     while let Some(term) = elector.campaign(&shutdown).await {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
@@ -256,20 +400,40 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
                 store: &store,
                 dedup: &dedup,
                 node: elector.node(),
+                refused: &refused,
             };
-            match t.serve(&shutdown).await {
+            // A panic in the runner (or a client library) is an error like
+            // any other: the client is dropped (its connections with it)
+            // and this node either restarts it or resigns; never a leader
+            // that holds the lease and serves nothing.
+            let result = match AssertUnwindSafe(t.serve(&shutdown)).catch_unwind().await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!(
+                        node = elector.node(),
+                        "telegram: the runner panicked; client dropped, restarting"
+                    );
+                    Err(ChatError::Io("the runner panicked".into()))
+                }
+            };
+            match result {
                 Ok(()) => break,
                 Err(e) => {
                     let wait = match e {
-                        ChatError::Session(_) | ChatError::Unauthorized(_) => {
-                            Duration::from_secs(30)
+                        ChatError::Reload(_) => Duration::from_millis(100),
+                        ChatError::Session(_) | ChatError::Unauthorized(_) | ChatError::Refused => {
+                            recheck
                         }
                         _ => backoff.next_delay(),
                     };
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "telegram client not running");
+                    if !matches!(e, ChatError::Refused) {
+                        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "telegram client not running");
+                    }
                     app.runtime.set_telegram(|s| {
                         s.connected = false;
-                        s.problem = Some(e.to_string());
+                        if !matches!(e, ChatError::Refused) {
+                            s.problem = Some(e.to_string());
+                        }
                     });
                     tokio::select! {
                         _ = lost.cancelled() => break,
@@ -293,6 +457,7 @@ struct Term<'a> {
     store: &'a SessionStore,
     dedup: &'a SharedLease,
     node: &'a str,
+    refused: &'a Mutex<Option<u64>>,
 }
 
 impl Term<'_> {
@@ -301,17 +466,30 @@ impl Term<'_> {
     async fn serve(&self, shutdown: &CancellationToken) -> Result<(), ChatError> {
         let lost = self.term.lost();
         let vault = self.app.broker.current();
-        let stored = self.store.load(&vault).await?.ok_or_else(|| {
+        let (stored, mut version) = self.store.load_versioned(&vault).await?.ok_or_else(|| {
             ChatError::Session(format!(
                 "no session stored at {}; run `vaultgram login`",
                 self.store.path()
             ))
         })?;
-        if lost.is_cancelled() || shutdown.is_cancelled() {
-            return Ok(());
+        if *self.refused.lock().unwrap_or_else(|e| e.into_inner()) == Some(version) {
+            return Err(ChatError::Refused);
         }
-        let (mut client, mut rx) = start_client(self.app, &stored).await?;
+        // The fence is armed before the client exists: losing the lease
+        // while grammers is still connecting (no timeout there) drops the
+        // half-started client at once.
+        let stop = CancellationToken::new();
+        let started = tokio::select! {
+            biased;
+            _ = lost.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(()),
+            r = start_client(self.app, &stored, &stop) => r,
+        };
         drop(stored);
+        let (client, mut rx, intake) = match started {
+            Ok(c) => c,
+            Err(e) => return Err(self.refuse(version, e)),
+        };
         let backend = match &client {
             Client::Grammers(_) => "grammers",
             Client::File(_) => "file",
@@ -327,46 +505,70 @@ impl Term<'_> {
         let fence = tokio::spawn({
             let kill = client.kill_switch();
             let lost = lost.clone();
+            let stop = stop.clone();
             let node = self.node.to_string();
             async move {
                 lost.cancelled().await;
+                stop.cancel();
                 kill();
                 tracing::warn!(node, "telegram client stopped");
             }
         });
         // A new leader first finishes what the previous one scheduled.
         self.run_deletions(&client).await;
-        let mut save =
-            tokio::time::interval(Duration::from_secs(self.app.cfg.telegram.session_save_secs));
+        let tg = &self.app.cfg.telegram;
+        let mut save = tokio::time::interval(Duration::from_secs(tg.session_save_secs));
         save.tick().await;
         let mut deletions = tokio::time::interval(Duration::from_secs(1));
+        let mut ping = tokio::time::interval(Duration::from_secs(tg.ping_secs));
+        ping.tick().await;
+        let ping_limit = Duration::from_secs(tg.ping_secs.clamp(1, 10));
         let outcome = loop {
             tokio::select! {
                 biased;
                 _ = lost.cancelled() => break Ok(false),
                 _ = shutdown.cancelled() => break Ok(true),
-                m = rx.recv() => match m {
+                d = rx.recv() => match d {
                     // Runs to completion: the select does not interrupt a
                     // branch body, so a command is never cut in half.
-                    Some(msg) => {
-                        self.app.runtime.set_telegram(|s| s.last_update = Some(crate::etcd::unix_secs()));
-                        self.handle(&client, msg).await
+                    Some(d) => {
+                        let mut fatal = None;
+                        if let Some(msg) = d.msg {
+                            self.app.runtime.set_telegram(|s| s.last_update = Some(crate::etcd::unix_secs()));
+                            fatal = self.handle(&client, msg).await.err();
+                        }
+                        // Only now may the session move past this update.
+                        client.commit(d.mark).await;
+                        if let Some(e) = fatal {
+                            break Err(e);
+                        }
                     }
                     None => break Err(ChatError::Io("the client stopped delivering updates".into())),
                 },
-                _ = save.tick() => self.save(&client).await,
+                _ = save.tick() => if let Err(e) = self.save(&client, &mut version).await {
+                    break Err(e);
+                },
                 _ = deletions.tick() => self.run_deletions(&client).await,
+                _ = ping.tick() => match tokio::time::timeout(ping_limit, client.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => break Err(ChatError::Io(format!(
+                        "no answer to a ping within {} s; reconnecting", ping_limit.as_secs()
+                    ))),
+                },
             }
         };
+        // Intake first: it never waits for a runner that left its loop.
+        stop.cancel();
+        let _ = intake.await;
         match outcome {
             Ok(true) => {
                 self.mark_stopped(Some("shutting down".into()));
                 fence.abort();
-                // Shutdown: stop intake, sync the update state, store it,
-                // then quit (the caller resigns afterwards).
+                // Shutdown: intake stopped; store the state of the last
+                // handled update, then quit (the caller resigns afterwards).
                 tracing::info!(node = self.node, "telegram: intake stopped");
-                client.stop_intake().await;
-                self.save(&client).await;
+                let _ = self.save(&client, &mut version).await;
                 client.quit(true).await;
                 tracing::info!(node = self.node, "telegram client stopped");
                 Ok(())
@@ -382,13 +584,31 @@ impl Term<'_> {
             Err(e) => {
                 self.mark_stopped(Some(e.to_string()));
                 fence.abort();
-                // The update state is still good: keep it for the next start.
-                self.save(&client).await;
+                // The state of what was handled is good: keep it for the
+                // next start (unless the session was replaced or refused).
+                if !matches!(e, ChatError::Reload(_) | ChatError::Unauthorized(_)) {
+                    let _ = self.save(&client, &mut version).await;
+                }
                 client.quit(false).await;
                 tracing::warn!(node = self.node, "telegram client stopped");
-                Err(e)
+                Err(self.refuse(version, e))
             }
         }
+    }
+
+    /// An `Unauthorized` error marks this session version as refused, said
+    /// once and loudly; the client is not started again with it.
+    fn refuse(&self, version: u64, e: ChatError) -> ChatError {
+        if let ChatError::Unauthorized(why) = &e {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+            tracing::error!(
+                node = self.node,
+                session_version = version,
+                reason = %why,
+                "telegram: Telegram refused the stored session; the client stays stopped until `vaultgram login` stores a new one"
+            );
+        }
+        e
     }
 
     /// Everything after the loop: the client is gone either way.
@@ -399,15 +619,43 @@ impl Term<'_> {
         });
     }
 
-    async fn save(&self, client: &Client) {
+    /// Writes the session back if it is still the one this client loaded:
+    /// check-and-set on the version read (a `vaultgram login` meanwhile wins
+    /// and this client restarts from it), and never a session whose home
+    /// key grammers replaced (after a transport 404 the new key is not
+    /// logged in; the stored one may still be good).
+    async fn save(&self, client: &Client, version: &mut u64) -> Result<(), ChatError> {
         if self.term.is_lost() {
-            return;
+            return Ok(());
+        }
+        if !client.key_unchanged() {
+            return Err(ChatError::Reload(
+                "the client replaced the session's auth key; not saved, restarting from the stored session".into(),
+            ));
         }
         let s = client.export();
         let vault = self.app.broker.current();
-        match self.store.save(&vault, &s, self.node).await {
-            Ok(v) => tracing::debug!(version = v, "telegram session saved"),
-            Err(e) => tracing::warn!(error = %e, "telegram session not saved"),
+        match self
+            .store
+            .save_cas(&vault, &s, self.node, Some(*version))
+            .await
+        {
+            Ok(v) => {
+                *version = v;
+                tracing::debug!(version = v, "telegram session saved");
+                Ok(())
+            }
+            Err(VaultError::Conflict(_)) => {
+                tracing::warn!(
+                    node = self.node,
+                    "telegram: the stored session changed (a new login); restarting from it"
+                );
+                Err(ChatError::Reload("the stored session was replaced".into()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "telegram session not saved");
+                Ok(())
+            }
         }
     }
 
@@ -478,16 +726,31 @@ impl Term<'_> {
         }
     }
 
-    async fn handle(&self, client: &Client, msg: Incoming) {
+    /// Handles one message. `Err` only for what ends the client
+    /// (Telegram refused the session).
+    async fn handle(&self, client: &Client, msg: Incoming) -> Result<(), ChatError> {
         let cfg: &Config = &self.app.cfg;
         let me = client.me();
         let route = route::route(&msg, &cfg.operators, me);
         if let Route::Ignore(reason) = route {
             tracing::debug!(msg_id = msg.id, reason, "telegram: update ignored");
-            return;
+            return Ok(());
         }
         if self.term.is_lost() {
-            return;
+            return Ok(());
+        }
+        if let Route::Command(_) = route {
+            // A first message usually comes as `updateShortMessage`, with
+            // no access hash: learn it now, or the reply would fail after
+            // the command ran.
+            match client.resolve(msg.chat, msg.id).await {
+                Ok(()) => {}
+                Err(e @ ChatError::Unauthorized(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(msg_id = msg.id, error = %e, "telegram: cannot reach the sender; not run");
+                    return Ok(());
+                }
+            }
         }
         match self.claim(msg.chat, msg.id, "started").await {
             Ok(None) => {}
@@ -507,11 +770,11 @@ impl Term<'_> {
                 }
                 let key = route::handled_key(self.prefix(), msg.chat, msg.id);
                 self.put_guarded(&key, &self.record("done")).await;
-                return;
+                return Ok(());
             }
             Ok(Some(_)) => {
                 tracing::info!(msg_id = msg.id, "duplicate message skipped");
-                return;
+                return Ok(());
             }
             Err(e) => {
                 tracing::warn!(msg_id = msg.id, error = %e, "telegram: cannot record the message; not run");
@@ -525,7 +788,7 @@ impl Term<'_> {
                         )
                         .await;
                 }
-                return;
+                return Ok(());
             }
         }
         let key = route::handled_key(self.prefix(), msg.chat, msg.id);
@@ -537,9 +800,9 @@ impl Term<'_> {
                     .dispatch(None, &format!("telegram:{sender}"), Transport::Telegram, "")
                     .await;
                 self.put_guarded(&key, &self.record("done")).await;
-                return;
+                return Ok(());
             }
-            Route::Ignore(_) => return,
+            Route::Ignore(_) => return Ok(()),
         };
         let secret_input = route::input_carries_secret(&msg.text);
         let result = self
@@ -564,12 +827,22 @@ impl Term<'_> {
             chunks.push(Zeroizing::new("(no output)".into()));
         }
         let mut sent = Vec::new();
+        // A chunk that was delivered without its id (a retried send that
+        // got RANDOM_ID_DUPLICATE, or id 0): found again below.
+        let mut unknown = 0;
+        let mut fatal = None;
         for chunk in &chunks {
             if self.term.is_lost() {
                 break;
             }
             match client.send(msg.chat, msg.id, chunk, secret).await {
-                Ok(id) => sent.push(id),
+                Ok(id) if id != 0 => sent.push(id),
+                Ok(_) | Err(ChatError::Duplicate(_)) => unknown += 1,
+                Err(e @ ChatError::Unauthorized(_)) => {
+                    tracing::warn!(msg_id = msg.id, error = %e, "telegram: reply not sent");
+                    fatal = Some(e);
+                    break;
+                }
                 Err(ChatError::FloodWait(d)) => {
                     tracing::warn!(
                         msg_id = msg.id,
@@ -581,6 +854,25 @@ impl Term<'_> {
                 Err(e) => {
                     tracing::warn!(msg_id = msg.id, error = %e, "telegram: reply not sent");
                     break;
+                }
+            }
+        }
+        if unknown > 0 && !self.term.is_lost() {
+            // Our messages in this chat replying to the command: the
+            // delivered chunks among them get their deletion too.
+            match client.find_replies(msg.chat, msg.id).await {
+                Ok(ids) => {
+                    let found: Vec<i32> = ids.into_iter().filter(|i| !sent.contains(i)).collect();
+                    tracing::info!(
+                        msg_id = msg.id,
+                        unknown,
+                        found = found.len(),
+                        "telegram: delivered replies without an id looked up"
+                    );
+                    sent.extend(found);
+                }
+                Err(e) => {
+                    tracing::warn!(msg_id = msg.id, error = %e, "telegram: delivered replies not found; not scheduled for deletion")
                 }
             }
         }
@@ -606,6 +898,7 @@ impl Term<'_> {
         if secret_input {
             self.run_deletions(client).await;
         }
+        fatal.map_or(Ok(()), Err)
     }
 
     /// Deletes the messages whose time has come, oldest first; a record is
@@ -655,5 +948,65 @@ impl Term<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source that always has another update, like a busy account.
+    struct Endless(usize);
+
+    impl Source for Endless {
+        fn next(&mut self) -> impl Future<Output = Result<Delivery, ChatError>> + Send {
+            self.0 += 1;
+            let n = self.0;
+            async move {
+                Ok(Delivery {
+                    msg: None,
+                    mark: Mark::File(n),
+                })
+            }
+        }
+    }
+
+    /// The runner left its loop and reads nothing more; the channel is
+    /// full. Stopping the intake must still end it (the hang of a shutdown
+    /// or a fence while updates keep arriving).
+    #[tokio::test]
+    async fn intake_stops_while_its_channel_is_full_and_unread() {
+        let (tx, rx) = mpsc::channel(2);
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(intake(Endless(0), tx, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(rx.len(), 2, "the channel filled up");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(2), h)
+            .await
+            .expect("intake did not stop within 2 s")
+            .unwrap();
+        drop(rx);
+    }
+
+    #[test]
+    fn telegram_rpc_errors_map_to_what_the_runner_must_do() {
+        assert!(matches!(
+            rpc_error(406, "AUTH_KEY_DUPLICATED", None),
+            ChatError::Unauthorized(m) if m.contains("vaultgram login")
+        ));
+        assert!(matches!(
+            rpc_error(401, "AUTH_KEY_UNREGISTERED", None),
+            ChatError::Unauthorized(_)
+        ));
+        assert!(matches!(
+            rpc_error(400, "RANDOM_ID_DUPLICATE", None),
+            ChatError::Duplicate(_)
+        ));
+        assert!(matches!(
+            rpc_error(420, "FLOOD_WAIT", Some(30)),
+            ChatError::FloodWait(d) if d == Duration::from_secs(30)
+        ));
+        assert!(matches!(rpc_error(500, "INTERNAL", None), ChatError::Io(_)));
     }
 }

@@ -24,6 +24,9 @@ pub struct Incoming {
     pub private: bool,
     /// Sent by this account.
     pub outgoing: bool,
+    /// The message this one replies to (our replies carry the command's
+    /// id: how a reply whose send "failed" is found again).
+    pub reply_to: Option<i32>,
     /// May carry a secret (`/kv put … password=…`): zeroed on drop.
     pub text: Zeroizing<String>,
 }
@@ -36,6 +39,7 @@ impl std::fmt::Debug for Incoming {
             .field("sender", &self.sender)
             .field("private", &self.private)
             .field("outgoing", &self.outgoing)
+            .field("reply_to", &self.reply_to)
             .finish_non_exhaustive()
     }
 }
@@ -247,6 +251,7 @@ mod tests {
             sender,
             private,
             outgoing,
+            reply_to: None,
             text: Zeroizing::new(text.into()),
         }
     }

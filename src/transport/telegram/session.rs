@@ -56,6 +56,14 @@ impl SessionStore {
     /// The stored session; `None` when there is none (never logged in, or
     /// its latest version deleted).
     pub async fn load(&self, vault: &Vault) -> Result<Option<StoredSession>, VaultError> {
+        Ok(self.load_versioned(vault).await?.map(|(s, _)| s))
+    }
+
+    /// The stored session and its KV version (what a save checks against).
+    pub async fn load_versioned(
+        &self,
+        vault: &Vault,
+    ) -> Result<Option<(StoredSession, u64)>, VaultError> {
         let secret = match vault.kv_get(&self.path, None).await {
             Ok(s) => s,
             Err(VaultError::NotFound(_)) => return Ok(None),
@@ -77,10 +85,13 @@ impl SessionStore {
                 ciphertext.expose_secret(),
             )
             .await?;
-        Ok(Some(StoredSession {
-            format,
-            bytes: Zeroizing::new(plain.expose_secret().to_vec()),
-        }))
+        Ok(Some((
+            StoredSession {
+                format,
+                bytes: Zeroizing::new(plain.expose_secret().to_vec()),
+            },
+            secret.version,
+        )))
     }
 
     /// Encrypts with transit first, then writes a new version: Vault's KV
@@ -90,6 +101,19 @@ impl SessionStore {
         vault: &Vault,
         session: &StoredSession,
         node: &str,
+    ) -> Result<u64, VaultError> {
+        self.save_cas(vault, session, node, None).await
+    }
+
+    /// [`save`](Self::save) only if the latest version is still `cas`:
+    /// the running leader must not overwrite a session that `vaultgram
+    /// login` stored meanwhile (a `Conflict` then).
+    pub async fn save_cas(
+        &self,
+        vault: &Vault,
+        session: &StoredSession,
+        node: &str,
+        cas: Option<u64>,
     ) -> Result<u64, VaultError> {
         let ciphertext = vault
             .transit_encrypt_bytes(&self.transit_mount, &self.transit_key, &session.bytes)
@@ -105,6 +129,6 @@ impl SessionStore {
             "saved_at".to_string(),
             SecretString::from(crate::audit::now_rfc3339()),
         );
-        vault.kv_put_unguarded(&self.path, &data, None).await
+        vault.kv_put_unguarded(&self.path, &data, cas).await
     }
 }
