@@ -37,6 +37,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::telegram::chat_flow_allowlist_replies_and_deletions",
         chat_flow_allowlist_replies_and_deletions,
     ),
+    (
+        "disruptive::telegram::grammers_faults_are_survived",
+        grammers_faults_are_survived,
+    ),
 ];
 
 /// The harness config with its own etcd prefix and the file stand-in.
@@ -608,4 +612,190 @@ impl vaultgram::transport::telegram::LoginPrompt for NoPrompt {
     ) -> Result<secrecy::SecretString, vaultgram::transport::telegram::ChatError> {
         panic!("the file stand-in asks nothing")
     }
+}
+
+/// Appends lines to the inbox in one write.
+fn inbox_all(dir: &Path, lines: &[Value]) {
+    for l in lines {
+        inbox(dir, l.clone());
+    }
+}
+
+/// What grammers and Telegram do that a kind stand-in hid (issue 16), one
+/// runner: first contact without an access hash, a group sharing an
+/// operator's bare id, a delivered reply whose id was lost
+/// (RANDOM_ID_DUPLICATE, id 0), a silently dead connection, a panic in the
+/// runner, a key Telegram refuses (406) until a new login, and a key
+/// grammers replaced (transport 404) that must not be saved.
+fn grammers_faults_are_survived(env: &Env) {
+    let dir = file_dir(env, "faults");
+    let mut cfg = tg_config(env, &dir);
+    cfg.telegram.ping_secs = 1;
+    let out = Outbox(dir.join("outbox.jsonl"));
+    let path = format!("secret/tgfault-{}", random_hex(3));
+    let pw = canary::plant("tgfault");
+    let stop = CancellationToken::new();
+    let (app, runner) = env.rt.block_on(async {
+        let app = App::start(cfg.clone()).await.unwrap();
+        vaultgram::transport::telegram::login(&app, &mut NoPrompt)
+            .await
+            .unwrap();
+        let elector = Arc::new(Elector::new(app.etcd.clone(), &cfg.etcd, "faults".into()));
+        let h = tokio::spawn(vaultgram::transport::telegram::run(
+            app.clone(),
+            elector,
+            stop.clone(),
+        ));
+        (app, h)
+    });
+    let starts = |o: &Outbox| o.lines().iter().filter(|v| v["op"] == "start").count();
+    out.wait("client start", Duration::from_secs(15), |o| starts(o) == 1);
+    let alice =
+        |id: i64, text: &str| json!({"id": id, "chat": 111111, "sender": 111111, "text": text});
+
+    // 1. A group whose bare id equals alice's (its hash cached), then
+    //    alice's first message as updateShortMessage (no hash): the group
+    //    gets nothing, alice gets her reply, in her user chat.
+    inbox_all(
+        &dir,
+        &[
+            json!({"id": 1, "chat": 111111, "kind": "chat", "sender": 111111, "users": true, "text": "/whoami"}),
+            alice(2, "/whoami"),
+        ],
+    );
+    out.wait(
+        "reply to alice's first message",
+        Duration::from_secs(10),
+        |o| !o.sends_to(2).is_empty(),
+    );
+    assert!(out.sends_to(1).is_empty(), "the group got a reply");
+    assert_eq!(out.sends_to(2)[0]["peer"], "user");
+
+    // 2. A secret reply delivered by a send that then failed with
+    //    RANDOM_ID_DUPLICATE, and one whose id came back as 0: both are
+    //    still deleted after the TTL (2 s).
+    inbox(&dir, alice(3, &format!("/kv put {path} password={pw}")));
+    out.wait("put", Duration::from_secs(10), |o| o.deleted().contains(&3));
+    for (id, fault) in [
+        (
+            4,
+            json!({"control": "send_error", "rpc": "RANDOM_ID_DUPLICATE", "code": 400, "delivered": true}),
+        ),
+        (
+            5,
+            json!({"control": "send_error", "zero": true, "delivered": true}),
+        ),
+    ] {
+        inbox_all(&dir, &[fault, alice(id, &format!("/kv get {path}"))]);
+        out.wait("secret reply", Duration::from_secs(10), |o| {
+            !o.sends_to(id).is_empty()
+        });
+        let reply = out.sends_to(id)[0]["id"].as_i64().unwrap();
+        out.wait(
+            "the delivered secret reply deleted",
+            Duration::from_secs(10),
+            |o| o.deleted().contains(&reply),
+        );
+    }
+
+    // 3. The connection dies silently: the ping (1 s) notices and the
+    //    client restarts.
+    inbox(&dir, json!({"control": "blackhole"}));
+    let t = Instant::now();
+    out.wait(
+        "restart after a dead connection",
+        Duration::from_secs(15),
+        |o| starts(o) == 2,
+    );
+    let dead_link_ms = t.elapsed().as_millis();
+    inbox(&dir, alice(6, "/whoami"));
+    out.wait("reply after the restart", Duration::from_secs(10), |o| {
+        !o.sends_to(6).is_empty()
+    });
+
+    // 4. A panic in the runner (inside a send): the client restarts, the
+    //    node keeps leading and serving.
+    inbox_all(&dir, &[json!({"control": "panic"}), alice(7, "/whoami")]);
+    out.wait("restart after a panic", Duration::from_secs(15), |o| {
+        starts(o) == 3
+    });
+    inbox(&dir, alice(8, "/whoami"));
+    out.wait("reply after the panic", Duration::from_secs(10), |o| {
+        !o.sends_to(8).is_empty()
+    });
+    assert!(
+        out.sends_to(7).is_empty(),
+        "the panicked command was re-run"
+    );
+
+    // 5. Telegram revokes the key (406 AUTH_KEY_DUPLICATED): the client
+    //    stops and is not started again with it; a new login revives it.
+    inbox_all(
+        &dir,
+        &[
+            json!({"control": "auth_key_duplicated"}),
+            alice(9, "/whoami"),
+        ],
+    );
+    env.rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = app.runtime.telegram();
+            if s.problem
+                .as_deref()
+                .is_some_and(|p| p.contains("AUTH_KEY_DUPLICATED"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no AUTH_KEY_DUPLICATED problem: {:?}",
+                s.problem
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let connects = |o: &Outbox| o.lines().iter().filter(|v| v["op"] == "connect").count();
+    let before = connects(&out);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(starts(&out), 3, "restarted with a refused key");
+    assert_eq!(connects(&out), before, "reconnected with a refused key");
+    env.rt.block_on(async {
+        vaultgram::transport::telegram::login(&app, &mut NoPrompt)
+            .await
+            .unwrap();
+    });
+    out.wait("start after the new login", Duration::from_secs(10), |o| {
+        starts(o) == 4
+    });
+    inbox(&dir, alice(10, "/whoami"));
+    out.wait("reply after the new login", Duration::from_secs(10), |o| {
+        !o.sends_to(10).is_empty()
+    });
+
+    // 6. grammers replaced the key (transport 404): the replaced key is
+    //    never saved over the stored one.
+    let stored_key = || {
+        env.rt.block_on(async {
+            let store = SessionStore::new(&cfg).unwrap();
+            let s = store.load(&app.broker.current()).await.unwrap().unwrap();
+            serde_json::from_slice::<Value>(&s.bytes).unwrap()["auth_key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+    let key = stored_key();
+    inbox(&dir, json!({"control": "reset_key"}));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(stored_key(), key, "a replaced key was saved");
+
+    stop.cancel();
+    env.rt.block_on(async {
+        runner.await.unwrap();
+        app.audit.flush().await;
+    });
+    eprintln!(
+        "faults: first contact answered; 2 lost reply ids found and deleted; dead link restarted in {dead_link_ms} ms; panic survived; 406 refused until login; replaced key not saved"
+    );
 }

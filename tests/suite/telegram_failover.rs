@@ -39,6 +39,22 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::telegram::sigterm_shuts_down_in_order_and_hands_over",
         sigterm_shuts_down_in_order_and_hands_over,
     ),
+    (
+        "disruptive::telegram::fenced_while_updates_keep_arriving",
+        fenced_while_updates_keep_arriving,
+    ),
+    (
+        "disruptive::telegram::relogin_while_running_is_not_overwritten",
+        relogin_while_running_is_not_overwritten,
+    ),
+    (
+        "disruptive::telegram::sigterm_with_buffered_commands_hands_them_over",
+        sigterm_with_buffered_commands_hands_them_over,
+    ),
+    (
+        "disruptive::telegram::fenced_while_connecting",
+        fenced_while_connecting,
+    ),
 ];
 
 /// `etcd.lease_ttl_secs` in these tests.
@@ -263,8 +279,18 @@ impl Group {
             base_config,
             env_root: root,
         };
-        // `login` over a config without proxies.
-        let login_cfg = g.write_config("login", &c.etcd_endpoints());
+        g.login(env);
+        for _ in 0..n {
+            g.add_node(env, proxied);
+        }
+        g
+    }
+
+    /// `vaultgram login` (the file stand-in: a fresh session with a new
+    /// auth key and offset 0), over a config without proxies.
+    fn login(&self, env: &Env) {
+        let c = env.cluster();
+        let login_cfg = self.write_config("login", &c.etcd_endpoints());
         let out = Command::new(env!("CARGO_BIN_EXE_vaultgram"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
@@ -275,11 +301,16 @@ impl Group {
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
-        std::fs::write(
-            g.logs_dir.join(format!("tg-{name}-{}-login.err", g.hex)),
-            [&out.stdout[..], &out.stderr[..]].concat(),
-        )
-        .unwrap();
+        let log = self
+            .logs_dir
+            .join(format!("tg-{}-{}-login.err", self.name, self.hex));
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        f.write_all(&[&out.stdout[..], &out.stderr[..]].concat())
+            .unwrap();
         assert!(
             out.status.success(),
             "login failed ({:?}):\n{}{}",
@@ -287,10 +318,20 @@ impl Group {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        for _ in 0..n {
-            g.add_node(env, proxied);
+    }
+
+    /// Appends raw lines (messages or stand-in control lines) in one write.
+    fn inbox_lines(&self, lines: &[Value]) {
+        let mut text = String::new();
+        for l in lines {
+            text.push_str(&format!("{l}\n"));
         }
-        g
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.file_dir.join("inbox.jsonl"))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
     }
 
     /// The harness config with this group's changes; returns its path.
@@ -966,5 +1007,258 @@ fn sigterm_shuts_down_in_order_and_hands_over(env: &Env) {
     g.send(4001, g.alice, "/whoami");
     let r = g.wait_reply(4001, Duration::from_secs(15));
     assert_eq!(r["pid"].as_u64(), Some(g.node(other).pid as u64), "{r}");
+    g.assert_no_overlap();
+}
+
+// ---------------------------------------------------------------------------
+// e) issue 16: what real Telegram (grammers) would break
+// ---------------------------------------------------------------------------
+
+/// The stored session's auth key and update offset (the file stand-in's
+/// session, decrypted through the broker's own store).
+fn stored_session(env: &Env) -> (String, u64) {
+    let cfg = env.config();
+    env.rt.block_on(async {
+        let app = vaultgram::dispatch::App::start(cfg.clone()).await.unwrap();
+        let store = vaultgram::transport::telegram::session::SessionStore::new(&cfg).unwrap();
+        let s = store
+            .load(&app.broker.current())
+            .await
+            .unwrap()
+            .expect("a stored session");
+        let v: Value = serde_json::from_slice(&s.bytes).unwrap();
+        (
+            v["auth_key"].as_str().unwrap_or_default().to_string(),
+            v["offset"].as_u64().unwrap_or(0),
+        )
+    })
+}
+
+fn alice_msg(g: &Group, id: i64, text: &str) -> Value {
+    json!({"id": id, "chat": g.alice, "sender": g.alice, "text": text})
+}
+
+/// The leader is cut off from etcd while one handler is slow (a 3 s send)
+/// and 300 updates arrive behind it. The fence must stop the client, the
+/// runner must leave and resign once etcd is back (no intake left waiting
+/// for a runner that reads nothing), the new leader answers the rest, and
+/// nothing runs twice.
+fn fenced_while_updates_keep_arriving(env: &Env) {
+    let g = Group::start(env, "flood", 2, true);
+    let leader = g.wait_single_leader(Duration::from_secs(20));
+    let other = 1 - leader;
+    g.wait_client_started(leader, Duration::from_secs(15));
+    g.inbox_lines(&[
+        json!({"control": "latency", "ms": 3000}),
+        alice_msg(&g, 5000, "/whoami"),
+    ]);
+    std::thread::sleep(Duration::from_millis(600));
+    let burst: Vec<Value> = (5001..5301)
+        .map(|id| alice_msg(&g, id, "/whoami"))
+        .collect();
+    g.inbox_lines(&burst);
+    std::thread::sleep(Duration::from_millis(300));
+    let mark = g.node(leader).events().len();
+    for p in &g.proxies[leader] {
+        p.cut();
+    }
+    g.wait_event(
+        leader,
+        "fenced: stopping Telegram",
+        mark,
+        Duration::from_secs(15),
+    );
+    g.wait_event(other, "became leader", 0, Duration::from_secs(20));
+    for p in &g.proxies[leader] {
+        p.restore();
+    }
+    // The old leader's term ends: its runner left the loop, its intake
+    // stopped, it resigned (or its lease was gone) and it follows again.
+    let follows = g.wait_event(leader, "following", mark, Duration::from_secs(30));
+    g.wait_client_started(other, Duration::from_secs(15));
+    let answered = wait_for(
+        Duration::from_secs(90),
+        "every message of the burst answered",
+        || {
+            let n = (5001..5301)
+                .filter(|&id| !g.replies_to(id).is_empty())
+                .count();
+            (n == 300).then_some(n)
+        },
+        || {
+            let missing: Vec<i64> = (5001..5301)
+                .filter(|&id| g.replies_to(id).is_empty())
+                .collect();
+            format!("missing: {missing:?}\n{}", g.dump())
+        },
+    );
+    for id in 5000..5301 {
+        assert!(
+            g.replies_to(id).len() <= 1,
+            "message {id} answered twice\n{}",
+            g.dump()
+        );
+    }
+    let dropped = g
+        .nodes
+        .iter()
+        .flatten()
+        .flat_map(|n| n.all("file backend: updates channel full, update dropped"))
+        .count();
+    assert_eq!(
+        dropped,
+        0,
+        "updates dropped by the client's bounded channel\n{}",
+        g.dump()
+    );
+    eprintln!(
+        "flood: {answered}/300 answered after the fence, 0 twice, 0 dropped; the old leader follows at idx {}",
+        follows.idx
+    );
+    g.assert_no_overlap();
+}
+
+/// `vaultgram login` while a leader runs (the documented re-login): the
+/// leader's next save conflicts, it restarts from the new session, and
+/// stopping it afterwards leaves the new session in Vault.
+fn relogin_while_running_is_not_overwritten(env: &Env) {
+    let mut g = Group::start(env, "relogin", 1, false);
+    let leader = g.wait_single_leader(Duration::from_secs(20));
+    g.wait_client_started(leader, Duration::from_secs(15));
+    g.send(6001, g.alice, "/whoami");
+    g.wait_reply(6001, Duration::from_secs(15));
+    let (old_key, _) = stored_session(env);
+    let mark = g.node(leader).events().len();
+    g.login(env);
+    let (new_key, _) = stored_session(env);
+    assert_ne!(old_key, new_key, "login stores a new key");
+    let reloaded = g.wait_event(
+        leader,
+        "telegram: the stored session changed (a new login); restarting from it",
+        mark,
+        Duration::from_secs(15),
+    );
+    g.wait_event(
+        leader,
+        "telegram client started",
+        reloaded.idx,
+        Duration::from_secs(15),
+    );
+    // Saves of the restarted client keep the new key.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        stored_session(env).0,
+        new_key,
+        "the running leader overwrote the new login\n{}",
+        g.dump()
+    );
+    g.send(6002, g.alice, "/whoami");
+    g.wait_reply(6002, Duration::from_secs(15));
+    let pid = g.node(leader).pid;
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    g.node_mut(leader)
+        .proc
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM\n{}", g.dump()));
+    assert_eq!(
+        stored_session(env).0,
+        new_key,
+        "the stopping leader overwrote the new login\n{}",
+        g.dump()
+    );
+    assert_eq!(g.replies_to(6001).len(), 1, "re-run after the reload");
+    eprintln!("relogin: the leader restarted from the new login; the new key survived its saves and its stop");
+}
+
+/// SIGTERM while commands wait behind a slow one: the session stores the
+/// state of the last *handled* update, so the next leader runs the rest
+/// (exactly once).
+fn sigterm_with_buffered_commands_hands_them_over(env: &Env) {
+    let mut g = Group::start(env, "buffered", 2, false);
+    let leader = g.wait_single_leader(Duration::from_secs(20));
+    let other = 1 - leader;
+    g.wait_client_started(leader, Duration::from_secs(15));
+    g.inbox_lines(&[
+        json!({"control": "latency", "ms": 2500}),
+        alice_msg(&g, 7001, "/whoami"),
+        alice_msg(&g, 7002, "/whoami"),
+        alice_msg(&g, 7003, "/whoami"),
+    ]);
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = g.node(leader).pid;
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    g.node_mut(leader)
+        .proc
+        .wait_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("no exit within 15 s of SIGTERM\n{}", g.dump()));
+    g.wait_event(other, "became leader", 0, Duration::from_secs(10));
+    for id in [7002, 7003] {
+        let r = g.wait_reply(id, Duration::from_secs(20));
+        assert_eq!(r["pid"].as_u64(), Some(g.node(other).pid as u64), "{r}");
+    }
+    for id in [7001, 7002, 7003] {
+        assert!(
+            g.replies_to(id).len() <= 1,
+            "message {id} answered twice\n{}",
+            g.dump()
+        );
+    }
+    eprintln!(
+        "buffered: 7001 answered by the old leader: {}; 7002 and 7003 by the new one",
+        !g.replies_to(7001).is_empty()
+    );
+    g.assert_no_overlap();
+}
+
+/// The leader loses its lease while its client is still connecting (a
+/// connect without timeout): it must stop and resign at once, never start
+/// that client later, and the next leader serves.
+fn fenced_while_connecting(env: &Env) {
+    let mut g = Group::start(env, "connect", 3, true);
+    let first = g.wait_single_leader(Duration::from_secs(20));
+    g.wait_client_started(first, Duration::from_secs(15));
+    std::fs::write(g.file_dir.join("connect_delay_ms"), "60000").unwrap();
+    g.kill(first);
+    // The next leader hangs in its connect.
+    let hung = wait_for(
+        Duration::from_secs(20),
+        "a new leader",
+        || {
+            g.running()
+                .into_iter()
+                .find(|&i| g.node(i).first("became leader").is_some())
+        },
+        || g.dump(),
+    );
+    let mark = 0;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        g.start_of(g.node(hung).pid).is_none(),
+        "the connect did not hang"
+    );
+    for p in &g.proxies[hung] {
+        p.cut();
+    }
+    g.wait_event(
+        hung,
+        "fenced: stopping Telegram",
+        mark,
+        Duration::from_secs(15),
+    );
+    let third = 3 - first - hung;
+    g.wait_event(third, "became leader", 0, Duration::from_secs(20));
+    g.wait_client_started(third, Duration::from_secs(15));
+    for p in &g.proxies[hung] {
+        p.restore();
+    }
+    g.wait_event(hung, "following", mark, Duration::from_secs(30));
+    g.send(8001, g.alice, "/whoami");
+    let r = g.wait_reply(8001, Duration::from_secs(15));
+    assert_eq!(r["pid"].as_u64(), Some(g.node(third).pid as u64), "{r}");
+    assert!(
+        g.start_of(g.node(hung).pid).is_none(),
+        "the fenced node's client started after all\n{}",
+        g.dump()
+    );
     g.assert_no_overlap();
 }

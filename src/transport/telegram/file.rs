@@ -37,7 +37,8 @@
 //! error, or returns id 0, after delivering the message or not).
 //! A file `connect_delay_ms` in the dir makes the next client start hang
 //! that long (a connect without a timeout); the start consumes it.
-//! Outbox lines: `{"op":"start"|"send"|"delete"|"stop","pid":…,…}`.
+//! Outbox lines: `{"op":"connect"|"start"|"send"|"delete"|"stop","pid":…,…}`
+//! (`connect`: every attempt; `start`: a client that is up).
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
@@ -211,6 +212,12 @@ impl FileChat {
             let ms: u64 = ms.trim().parse().unwrap_or(0);
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+        // The connection attempt reaches Telegram whatever it answers.
+        append(
+            dir,
+            "outbox.jsonl",
+            serde_json::json!({"op": "connect", "pid": std::process::id()}),
+        )?;
         if dead_keys(dir).contains(&state.auth_key) {
             return Err(rpc_error(406, "AUTH_KEY_DUPLICATED", None));
         }
@@ -435,8 +442,11 @@ impl Drop for FileChat {
     }
 }
 
-/// Reads inbox lines after `offset` every 50 ms and forwards them like
-/// grammers' sender: `try_send`, dropping what does not fit.
+/// Reads inbox lines after `offset` every 50 ms. What was already there at
+/// start is the catch-up (grammers: `getDifference`, buffered without
+/// bound by its update receiver); what arrives later is forwarded like
+/// grammers' sender forwards live updates: `try_send`, one packet at a
+/// time, dropping what does not fit.
 async fn network(
     path: PathBuf,
     mut received: usize,
@@ -447,6 +457,9 @@ async fn network(
 ) {
     let inbox = path.join("inbox.jsonl");
     let mut dropped = 0usize;
+    let catch_up = std::fs::read_to_string(&inbox)
+        .map(|t| t.rfind('\n').map(|i| t[..=i].lines().count()).unwrap_or(0))
+        .unwrap_or(0);
     loop {
         if faults.blackhole.load(Ordering::SeqCst) {
             stop.cancelled().await;
@@ -460,7 +473,9 @@ async fn network(
             let line = lines[received];
             received += 1;
             if let Ok(c) = serde_json::from_str::<Control>(line) {
-                if !first_time(received) {
+                // A fault hits the connection that is live when it is
+                // injected, not a later client catching up past it.
+                if received <= catch_up || !first_time(received) {
                     continue;
                 }
                 match c.control.as_str() {
@@ -527,6 +542,14 @@ async fn network(
                 reply_to: m.reply_to,
                 text: Zeroizing::new(m.text),
             };
+            if received <= catch_up {
+                if tx.send((received, msg)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            // The next update arrives in its own packet.
+            tokio::task::yield_now().await;
             match tx.try_send((received, msg)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {

@@ -261,6 +261,14 @@ impl GrammersUpdates {
     }
 }
 
+/// A user's peer from the session cache, looked up by its typed id: a
+/// group or channel with the same bare id is never taken for it.
+async fn user_ref(session: &MemSession, user: i64) -> Option<PeerRef> {
+    let id = PeerId::user(user)?;
+    let info = session.peer(id).await.ok().flatten()?;
+    info.auth().map(|auth| PeerRef { id, auth })
+}
+
 /// A peer's bare id; grammers' `self_user` sentinel is this account.
 fn bare_id(p: PeerId, me: i64) -> i64 {
     if p == PeerId::self_user() {
@@ -328,17 +336,10 @@ impl GrammersChat {
         move || abort.abort()
     }
 
-    /// The user's peer from the session cache: typed, so a group or a
-    /// channel with the same bare id is never taken for it.
+    /// The user's peer from the session cache.
     async fn user(&self, user: i64) -> Result<PeerRef, ChatError> {
-        let id =
-            PeerId::user(user).ok_or_else(|| ChatError::Io(format!("{user} is not a user id")))?;
-        self.session
-            .peer(id)
+        user_ref(&self.session, user)
             .await
-            .ok()
-            .flatten()
-            .and_then(|p| p.auth().map(|auth| PeerRef { id, auth }))
             .ok_or_else(|| ChatError::Io(format!("no access hash for user {user} in the session")))
     }
 
@@ -583,5 +584,35 @@ mod tests {
         assert_eq!(bare_id(PeerId::self_user(), 4242), 4242);
         assert_eq!(bare_id(PeerId::user(77).unwrap(), 4242), 77);
         assert_eq!(bare_id(PeerId::chat(77).unwrap(), 4242), 77);
+    }
+
+    /// A group (and a channel) sharing an operator's bare id is cached
+    /// first: replies to the operator must still find only the user.
+    #[tokio::test]
+    async fn a_group_with_an_operators_bare_id_is_never_the_operators_peer() {
+        let s = MemSession::fresh();
+        let _ = s.cache_peer(PeerInfo::Chat { id: 111111 }).await;
+        let _ = s
+            .cache_peer(PeerInfo::Channel {
+                id: 111111,
+                auth: Some(PeerAuth::from_hash(9)),
+                kind: None,
+            })
+            .await;
+        assert!(
+            user_ref(&s, 111111).await.is_none(),
+            "a chat or channel taken for the user"
+        );
+        let _ = s
+            .cache_peer(PeerInfo::User {
+                id: 111111,
+                auth: Some(PeerAuth::from_hash(7)),
+                bot: None,
+                is_self: None,
+            })
+            .await;
+        let r = user_ref(&s, 111111).await.expect("the user");
+        assert_eq!(r.id, PeerId::user(111111).unwrap());
+        assert_eq!(r.auth, PeerAuth::from_hash(7));
     }
 }

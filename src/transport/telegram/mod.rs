@@ -28,6 +28,7 @@ use futures_util::FutureExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, TelegramBackend};
@@ -481,13 +482,16 @@ impl Term<'_> {
         let stop = CancellationToken::new();
         let started = tokio::select! {
             biased;
-            _ = lost.cancelled() => return Ok(()),
+            _ = lost.cancelled() => {
+                tracing::warn!(node = self.node, "telegram client stopped");
+                return Ok(());
+            }
             _ = shutdown.cancelled() => return Ok(()),
             r = start_client(self.app, &stored, &stop) => r,
         };
         drop(stored);
         let (client, mut rx, intake) = match started {
-            Ok(c) => c,
+            Ok((c, rx, intake)) => (c, rx, AbortOnDropHandle::new(intake)),
             Err(e) => return Err(self.refuse(version, e)),
         };
         let backend = match &client {
@@ -502,7 +506,8 @@ impl Term<'_> {
         });
         // Fencing does not wait for the loop below (a handler may be stuck
         // on a partitioned etcd): losing the lease stops the client at once.
-        let fence = tokio::spawn({
+        // Aborted if this future is dropped (a panic unwinding through it).
+        let mut fence = AbortOnDropHandle::new(tokio::spawn({
             let kill = client.kill_switch();
             let lost = lost.clone();
             let stop = stop.clone();
@@ -513,7 +518,7 @@ impl Term<'_> {
                 kill();
                 tracing::warn!(node, "telegram client stopped");
             }
-        });
+        }));
         // A new leader first finishes what the previous one scheduled.
         self.run_deletions(&client).await;
         let tg = &self.app.cfg.telegram;
@@ -577,7 +582,7 @@ impl Term<'_> {
                 self.mark_stopped(Some("not the leader".into()));
                 // Fenced: the kill switch already stopped the client; write
                 // nothing (another node may be leading by now).
-                let _ = fence.await;
+                let _ = (&mut fence).await;
                 client.quit(false).await;
                 Ok(())
             }
