@@ -843,7 +843,9 @@ fn check_proxy(raw: &str) -> Result<(), ConfigError> {
     if url.port().is_none() {
         return Err(invalid(KEY, "must name a port (socks5://host:1080)"));
     }
-    if url.path().trim_start_matches('/') != "" || url.query().is_some() || url.fragment().is_some()
+    if !url.path().trim_start_matches('/').is_empty()
+        || url.query().is_some()
+        || url.fragment().is_some()
     {
         return Err(invalid(KEY, "must not have a path, query or fragment"));
     }

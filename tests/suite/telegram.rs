@@ -653,23 +653,33 @@ fn grammers_faults_are_survived(env: &Env) {
     let alice =
         |id: i64, text: &str| json!({"id": id, "chat": 111111, "sender": 111111, "text": text});
 
-    // 1. A group whose bare id equals alice's (its hash cached), then
-    //    alice's first message as updateShortMessage (no hash): the group
-    //    gets nothing, alice gets her reply, in her user chat.
-    inbox_all(
-        &dir,
-        &[
-            json!({"id": 1, "chat": 111111, "kind": "chat", "sender": 111111, "users": true, "text": "/whoami"}),
-            alice(2, "/whoami"),
-        ],
-    );
+    // 1. alice's first message arrives as updateShortMessage (no access
+    //    hash): she gets her reply, in her user chat. Then a group whose
+    //    bare id equals hers (its hash cached): it gets nothing, and
+    //    alice's next reply still goes to her user chat.
+    inbox(&dir, alice(2, "/whoami"));
     out.wait(
         "reply to alice's first message",
         Duration::from_secs(10),
         |o| !o.sends_to(2).is_empty(),
     );
+    inbox_all(
+        &dir,
+        &[
+            json!({"id": 1, "chat": 111111, "kind": "chat", "sender": 111111, "users": true, "text": "/whoami"}),
+            alice(20, "/whoami"),
+        ],
+    );
+    out.wait(
+        "reply to alice after the group",
+        Duration::from_secs(10),
+        |o| !o.sends_to(20).is_empty(),
+    );
     assert!(out.sends_to(1).is_empty(), "the group got a reply");
-    assert_eq!(out.sends_to(2)[0]["peer"], "user");
+    for id in [2, 20] {
+        assert_eq!(out.sends_to(id)[0]["peer"], "user");
+        assert_eq!(out.sends_to(id)[0]["chat"], 111111);
+    }
 
     // 2. A secret reply delivered by a send that then failed with
     //    RANDOM_ID_DUPLICATE, and one whose id came back as 0: both are

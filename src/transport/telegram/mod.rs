@@ -165,7 +165,8 @@ async fn intake<S: Source>(mut source: S, tx: mpsc::Sender<Delivery>, stop: Canc
 
 /// The client behind the runner: grammers, or the test stand-in.
 enum Client {
-    Grammers(grammers::GrammersChat),
+    // Boxed: it carries the loaded 256-byte auth key.
+    Grammers(Box<grammers::GrammersChat>),
     File(file::FileChat),
 }
 
@@ -248,7 +249,7 @@ impl Client {
     }
     async fn quit(self, clean: bool) {
         match self {
-            Client::Grammers(c) => c.quit(clean).await,
+            Client::Grammers(c) => (*c).quit(clean).await,
             Client::File(c) => c.quit(clean).await,
         }
     }
@@ -316,7 +317,7 @@ async fn start_client(
             )
             .await?;
             let h = tokio::spawn(intake(updates, tx, stop.clone()));
-            Ok((Client::Grammers(c), rx, h))
+            Ok((Client::Grammers(Box::new(c)), rx, h))
         }
     }
 }
