@@ -119,9 +119,38 @@ deploy_flavor() { # flavor [ansible-playbook args...]
   else
     bad "$flavor: bao kv put secret/telegram"; cat "$LOGS/$flavor-kv-put.log"
   fi
-  local want got left="" pid f p
+  local want got left="" pid f p seed code
+  local ctl=(env -u VAULT_TOKEN -u BAO_TOKEN "$D/bin/vaultgram" --config "$D/vaultgram/vaultgram.toml" ctl)
+  # The deployed config has step-up on ([security] step_up = "secrets"):
+  # a secret needs alice's own TOTP code first. Her key, as a Vault
+  # operator would create it; the code computed independently (RFC 6238).
+  seed=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
+  "$BAO" delete totp/keys/alice >/dev/null 2>&1 || true
+  "$BAO" write totp/keys/alice generate=false issuer=vaultgram account_name=alice \
+    key="$(python3 -c 'import base64,sys; print(base64.b32encode(bytes.fromhex(sys.argv[1])).decode().rstrip("="))' "$seed")" \
+    >"$LOGS/$flavor-totp.log" 2>&1 || { bad "$flavor: totp key for alice"; cat "$LOGS/$flavor-totp.log"; }
+  got=$("${ctl[@]}" /get_keys 2>&1)
+  if [[ $got == *"/unlock CODE"* ]]; then
+    ok "$flavor: step-up is on: /get_keys before /unlock is refused"
+  else
+    bad "$flavor: /get_keys before /unlock: got '$got'"
+  fi
+  code=$(python3 - "$seed" <<'PY'
+import hashlib, hmac, struct, sys, time
+k = bytes.fromhex(sys.argv[1])
+h = hmac.new(k, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
+o = h[19] & 15
+print("%06d" % ((struct.unpack(">I", h[o:o + 4])[0] & 0x7FFFFFFF) % 1000000))
+PY
+)
+  got=$("${ctl[@]}" /unlock "$code" 2>&1)
+  if [[ $got == *"unlocked until"* ]]; then
+    ok "$flavor: /unlock with alice's TOTP code"
+  else
+    bad "$flavor: /unlock: got '$got'"
+  fi
   want=$'API_ID: 123456\nAPI_HASH: abcdef1234567890'
-  got=$(env -u VAULT_TOKEN -u BAO_TOKEN "$D/bin/vaultgram" --config "$D/vaultgram/vaultgram.toml" ctl /get_keys 2>"$LOGS/$flavor-ctl.err")
+  got=$("${ctl[@]}" /get_keys 2>"$LOGS/$flavor-ctl.err")
   if [[ $got == *"$want"* ]]; then
     ok "$flavor: vaultgram ctl /get_keys returns the keys put with bao"
   else

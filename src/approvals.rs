@@ -630,6 +630,30 @@ impl Approvals {
         ))
     }
 
+    /// Cancels every pending request of `requester` (a suspension); how
+    /// many were cancelled.
+    pub async fn cancel_all_of(&self, requester: &str, by: &str) -> usize {
+        let Ok(entries) = self
+            .etcd
+            .list_prefix(&format!("{}pending/", self.prefix), 1000, false)
+            .await
+        else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in entries {
+            let Ok(req) = serde_json::from_slice::<Request>(&e.value) else {
+                continue;
+            };
+            if req.requester == requester
+                && matches!(self.take(&req, &e, "denied", by).await, Ok(true))
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// `/deny ID`: any admin, including the requester (cancelling).
     pub async fn deny(&self, ctx: &Ctx<'_>, id: &str) -> CommandResult {
         check_id(id)?;

@@ -117,7 +117,7 @@ pub fn now_rfc3339() -> String {
 }
 
 /// A time since the epoch as RFC 3339 (UTC, milliseconds).
-fn rfc3339(since_epoch: Duration) -> String {
+pub fn rfc3339(since_epoch: Duration) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since_epoch).to_string()
 }
 

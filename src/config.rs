@@ -42,13 +42,14 @@ pub const DEFAULT_PATH: &str = "/etc/vaultgram/vaultgram.toml";
 
 /// The commands that may be listed under `approvals.required` (and are by
 /// default): the destructive or secret-revealing ones of `SPEC.md`.
-pub const APPROVABLE_COMMANDS: [&str; 6] = [
+pub const APPROVABLE_COMMANDS: [&str; 7] = [
     "kv destroy",
     "kv metadata delete",
     "transit rotate",
     "agent revoke",
     "mtproto revoke",
     "panel show --reveal",
+    "operator resume",
 ];
 
 /// The pattern operator and agent names must match. They end up in Vault
@@ -122,6 +123,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    #[serde(default)]
+    pub security: SecurityConfig,
     /// Defaults to empty only so that a missing list gets the clear
     /// "at least one operator is required" rather than a serde message.
     #[serde(default)]
@@ -399,6 +402,47 @@ impl Default for ApprovalsConfig {
             max_pending_per_operator: 5,
         }
     }
+}
+
+/// `[security]`: containing a stolen operator account (`src/security.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SecurityConfig {
+    /// Which commands need an unlocked operator (`/unlock CODE`).
+    pub step_up: StepUp,
+    /// How long `/unlock` opens the window.
+    pub unlock_ttl_secs: u64,
+    /// Wrong unlock codes in a row that suspend the operator.
+    pub unlock_max_failures: u32,
+    /// Secret-bearing replies per operator per window.
+    pub reveal_budget: u32,
+    pub reveal_window_secs: u64,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            step_up: StepUp::Off,
+            unlock_ttl_secs: 900,
+            unlock_max_failures: 3,
+            reveal_budget: 30,
+            reveal_window_secs: 600,
+        }
+    }
+}
+
+/// `security.step_up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepUp {
+    /// No unlocking (the behaviour before `[security]`).
+    #[default]
+    Off,
+    /// Commands whose reply or input carries a secret.
+    Secrets,
+    /// Every command but `/help`, `/whoami`, `/unlock`, `/lock` and
+    /// `/operator suspend`.
+    All,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -922,7 +966,31 @@ impl Config {
         self.validate_telegram()?;
         self.validate_ipc_http()?;
         self.validate_approvals()?;
-        self.validate_operators()
+        self.validate_operators()?;
+        self.validate_security()
+    }
+
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        let s = &self.security;
+        check_at_least("security.unlock_ttl_secs", s.unlock_ttl_secs, 10)?;
+        if !(1..=20).contains(&s.unlock_max_failures) {
+            return Err(invalid(
+                "security.unlock_max_failures",
+                "must be between 1 and 20",
+            ));
+        }
+        check_at_least("security.reveal_budget", u64::from(s.reveal_budget), 1)?;
+        check_at_least("security.reveal_window_secs", s.reveal_window_secs, 10)?;
+        if s.step_up != StepUp::Off {
+            // Unlocking is a TOTP code from the operator's own key.
+            if let Some(i) = self.operators.iter().position(|o| o.totp_key.is_none()) {
+                return Err(invalid(
+                    format!("operators[{i}].totp_key"),
+                    "required while security.step_up is on (/unlock checks the operator's own TOTP code)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_vault(&self) -> Result<(), ConfigError> {
@@ -2512,7 +2580,41 @@ agent = "bob"
         fx.ok(&with_table("[approvals]\nrequired = []"), &[]);
         assert_eq!(
             fx.err(&with_table("[approvals]\nrequired = [\"kv destroy\", \"kv get\"]"), &[]),
-            "config key `approvals.required[1]`: `kv get` cannot require approval; allowed: kv destroy, kv metadata delete, transit rotate, agent revoke, mtproto revoke, panel show --reveal"
+            "config key `approvals.required[1]`: `kv get` cannot require approval; allowed: kv destroy, kv metadata delete, transit rotate, agent revoke, mtproto revoke, panel show --reveal, operator resume"
+        );
+    }
+
+    #[test]
+    fn security_rules() {
+        let fx = Fixture::new();
+        fx.ok(&with_table("[security]\nstep_up = \"off\""), &[]);
+        for (table, err) in [
+            ("[security]\nstep_up = \"some\"", None),
+            (
+                "[security]\nunlock_ttl_secs = 5",
+                Some("config key `security.unlock_ttl_secs`: must be at least 10"),
+            ),
+            (
+                "[security]\nunlock_max_failures = 0",
+                Some("config key `security.unlock_max_failures`: must be between 1 and 20"),
+            ),
+            (
+                "[security]\nreveal_budget = 0",
+                Some("config key `security.reveal_budget`: must be at least 1"),
+            ),
+        ] {
+            let e = fx.err(&with_table(table), &[]);
+            if let Some(want) = err {
+                assert_eq!(e, want, "{table}");
+            } else {
+                assert!(e.contains("security.step_up"), "{e}");
+            }
+        }
+        // Step-up needs every operator to have a TOTP key of its own.
+        let e = fx.err(&with_table("[security]\nstep_up = \"secrets\""), &[]);
+        assert!(
+            e.contains(".totp_key`: required while security.step_up is on"),
+            "{e}"
         );
     }
 

@@ -187,6 +187,8 @@ pub struct App {
     pub etcd: Etcd,
     pub audit: AuditLog,
     pub approvals: Approvals,
+    /// Suspensions, unlock windows, reveal budgets, alerts (`[security]`).
+    pub security: crate::security::Security,
     /// What `vaultgram run` is doing (election, Telegram client), for
     /// `/health`; empty in `console` and the one-shot tools.
     pub runtime: Runtime,
@@ -273,11 +275,34 @@ impl Ctx<'_> {
     /// The operator's child-token client (minted on first use, cached by
     /// [`OperatorTokens`]).
     pub async fn vault(&self) -> Result<Arc<Vault>, CommandError> {
-        let v = self
-            .vault
-            .get_or_try_init(|| self.app.tokens.for_operator(self.op))
-            .await?;
+        let v = self.vault.get_or_try_init(|| self.mint()).await?;
         Ok(v.clone())
+    }
+
+    /// The operator's child token; a freshly minted one is recorded in
+    /// etcd first (a suspension revokes it from any replica), and checked
+    /// against a suspension that raced with the mint.
+    async fn mint(&self) -> Result<Arc<Vault>, CommandError> {
+        let (vault, minted) = self.app.tokens.for_operator_tracked(self.op).await?;
+        let Some((accessor, ttl)) = minted else {
+            return Ok(vault);
+        };
+        let sec = &self.app.security;
+        let tracked = sec.track_token(&self.op.name, &accessor, ttl).await;
+        let suspended = matches!(sec.suspension(&self.op.name).await, Ok(Some(_)));
+        if tracked.is_err() || suspended {
+            // An untracked token could outlive a suspension: never use one.
+            self.app.tokens.forget(&self.op.name).await;
+            let _ = self.app.broker.current().revoke_accessor(&accessor).await;
+            return Err(if suspended {
+                CommandError::denied(format!("{} is suspended", self.op.name))
+            } else {
+                CommandError::unavailable(
+                    "etcd is unreachable; the operator's token was not recorded",
+                )
+            });
+        }
+        Ok(vault)
     }
 
     pub fn cfg(&self) -> &Config {
@@ -301,6 +326,11 @@ impl App {
             tokens: OperatorTokens::new(broker.clone()),
             audit: AuditLog::new(etcd.clone(), &cfg),
             approvals: Approvals::new(etcd.clone(), &cfg),
+            security: crate::security::Security::new(
+                etcd.clone(),
+                &cfg.etcd.prefix,
+                cfg.security.clone(),
+            ),
             runtime: Runtime::default(),
             broker,
             etcd,
@@ -373,11 +403,30 @@ impl App {
     /// Role check, effects, then — for a gated effect — arguments and
     /// ownership, then the approval gate, then execution.
     async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
+        // A suspended operator gets nothing, on every replica and
+        // transport (one etcd read: a suspension takes effect at once).
+        if let Some(s) = self.security.suspension(&ctx.op.name).await? {
+            return Err(CommandError::denied(format!(
+                "{} is suspended (since {} by {}); an admin can /operator resume {}",
+                ctx.op.name,
+                crate::audit::rfc3339(std::time::Duration::from_secs(s.since)),
+                s.by,
+                ctx.op.name
+            )));
+        }
         if !cmd.allowed_for(ctx.op.role) {
             return Err(CommandError::denied(format!(
                 "/{} is not available to {} operators",
                 cmd.name(),
                 ctx.op.role
+            )));
+        }
+        if self.security.needs_unlock(cmd.step())
+            && self.security.unlocked_until(&ctx.op.name).await?.is_none()
+        {
+            return Err(CommandError::denied(format!(
+                "locked: /{} needs step-up; send /unlock CODE with your TOTP code first (/lock ends it)",
+                cmd.name()
             )));
         }
         let effects = crate::effect::classify(cmd, &self.cfg.vault.kv_mount)?;
@@ -393,7 +442,42 @@ impl App {
             // pending request is created and the command stops.
             self.approvals.gate(ctx, cmd, &line).await?;
         }
+        if cmd.reply_is_secret() {
+            self.check_budget(ctx).await?;
+        }
         execute(ctx, cmd).await
+    }
+
+    /// At most `security.reveal_budget` secret-bearing replies per operator
+    /// per `reveal_window_secs` (attempts count: a reply is counted before
+    /// it is produced). The first one over the budget raises an alert.
+    async fn check_budget(&self, ctx: &Ctx<'_>) -> Result<(), CommandError> {
+        let sec = &self.security;
+        let n = sec.count_reveal(&ctx.op.name).await?;
+        let budget = sec.cfg.reveal_budget;
+        if n <= budget {
+            return Ok(());
+        }
+        if n == budget + 1 {
+            sec.alert(
+                &self.audit,
+                crate::security::Event::BudgetExceeded,
+                &ctx.op.name,
+                ctx.transport,
+                ctx.request_id,
+                &format!(
+                    "{} asked for more than {budget} secrets in {} s (via {}); further ones are refused until the window moves",
+                    ctx.op.name,
+                    sec.cfg.reveal_window_secs,
+                    ctx.transport.as_str()
+                ),
+            )
+            .await;
+        }
+        Err(CommandError::denied(format!(
+            "reveal budget exhausted: more than {budget} secrets in {} s; try again later, or /operator suspend {} if this was not you",
+            sec.cfg.reveal_window_secs, ctx.op.name
+        )))
     }
 }
 
@@ -412,6 +496,9 @@ pub async fn execute(ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
         Command::Mtproto(c) => c.execute(ctx).await,
         Command::Approve { .. } | Command::Deny { .. } | Command::Pending => {
             crate::command::approvals::execute(ctx, cmd).await
+        }
+        Command::Unlock { .. } | Command::Lock | Command::Operator(_) => {
+            crate::command::operator::execute(ctx, cmd).await
         }
     }
 }

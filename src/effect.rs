@@ -30,16 +30,19 @@ pub enum Effect {
     RevokeMtproto,
     /// A panel's password is shown.
     RevealPanelPassword,
+    /// A suspended operator (a possibly stolen account) is trusted again.
+    ResumeOperator,
 }
 
 impl Effect {
-    pub const ALL: [Effect; 6] = [
+    pub const ALL: [Effect; 7] = [
         Effect::DestroyVersions,
         Effect::DeleteMetadata,
         Effect::RotateKey,
         Effect::RevokeAgent,
         Effect::RevokeMtproto,
         Effect::RevealPanelPassword,
+        Effect::ResumeOperator,
     ];
 
     /// The name used in `approvals.required` (the canonical command that
@@ -52,6 +55,7 @@ impl Effect {
             Effect::RevokeAgent => "agent revoke",
             Effect::RevokeMtproto => "mtproto revoke",
             Effect::RevealPanelPassword => "panel show --reveal",
+            Effect::ResumeOperator => "operator resume",
         }
     }
 }
@@ -96,6 +100,9 @@ pub fn classify(cmd: &Command, kv_mount: &str) -> Result<Vec<Effect>, CommandErr
         Command::Mtproto(MtprotoCommand::Revoke { .. }) => vec![Effect::RevokeMtproto],
         Command::Panel(PanelCommand::Show { reveal: true, .. }) => {
             vec![Effect::RevealPanelPassword]
+        }
+        Command::Operator(crate::command::OperatorCommand::Resume { .. }) => {
+            vec![Effect::ResumeOperator]
         }
         _ => Vec::new(),
     })

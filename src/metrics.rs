@@ -30,6 +30,11 @@ struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SecurityLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
     operation: &'static str,
 }
@@ -48,6 +53,7 @@ pub struct Metrics {
     pub telegram_connected: Gauge,
     etcd_errors: Counter,
     pub approvals_pending: Gauge,
+    security_events: Family<SecurityLabels, Counter>,
 }
 
 fn vault_histogram() -> Histogram {
@@ -70,6 +76,7 @@ impl Metrics {
             telegram_connected: Gauge::default(),
             etcd_errors: Counter::default(),
             approvals_pending: Gauge::default(),
+            security_events: Family::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -114,6 +121,11 @@ impl Metrics {
             "Approval requests waiting for an admin",
             m.approvals_pending.clone(),
         );
+        registry.register(
+            "security_events",
+            "Security alerts (suspend, resume, auto_suspend, budget_exceeded, unlock_failed)",
+            m.security_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -146,6 +158,14 @@ pub fn command(command: &str, result: &'static str, transport: &'static str) {
 }
 
 /// One failed etcd request.
+/// One security alert of `kind` (bounded: `security::Event` names).
+pub fn security_event(kind: &'static str) {
+    get()
+        .security_events
+        .get_or_create(&SecurityLabels { kind })
+        .inc();
+}
+
 pub fn etcd_error() {
     get().etcd_errors.inc();
 }

@@ -146,6 +146,7 @@ caps "$BT" sys/policies/acl/vaultgram-op-agent-bob deny broker
 caps "$BT" auth/token/create deny broker
 caps "$BT" auth/token/create-orphan deny broker
 caps "$BT" auth/token/create/vaultgram-operator update broker
+caps "$BT" auth/token/revoke-accessor update broker
 caps "$BT" auth/token/roles/vaultgram-operator deny broker
 caps "$BT" secret/data/telegram read broker
 caps "$BT" secret/data/vaultgram/telegram-session "create, read, update" broker

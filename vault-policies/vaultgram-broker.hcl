@@ -33,6 +33,14 @@ path "sys/capabilities-self" {
   capabilities = ["update"]
 }
 
+# Suspending an operator (/operator suspend, [security]) revokes every child
+# token minted for it, by the accessors recorded in etcd at mint time, from
+# whichever replica handles the suspension. An accessor can revoke a token,
+# never use it; the broker could already make and drop tokens at will.
+path "auth/token/revoke-accessor" {
+  capabilities = ["update"]
+}
+
 # The userbot's Telegram app keys (api_id, api_hash), put by a Vault operator.
 path "secret/data/telegram" {
   capabilities = ["read"]

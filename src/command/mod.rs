@@ -12,6 +12,7 @@ pub mod info;
 pub mod kv;
 pub mod lexer;
 pub mod mtproto;
+pub mod operator;
 pub mod panel;
 pub mod transit;
 
@@ -23,6 +24,7 @@ use crate::config::Role;
 pub use agent::AgentCommand;
 pub use kv::KvCommand;
 pub use mtproto::MtprotoCommand;
+pub use operator::OperatorCommand;
 pub use panel::PanelCommand;
 pub use transit::TransitCommand;
 
@@ -84,6 +86,15 @@ pub enum Command {
         #[arg(value_parser = clap::value_parser!(u16).range(1..=500))]
         n: Option<u16>,
     },
+    /// Open your step-up window with your own TOTP code (start of work).
+    #[command(override_usage = "/unlock CODE")]
+    Unlock { code: SecretArg },
+    /// Close your step-up window now (end of work).
+    #[command(override_usage = "/lock")]
+    Lock,
+    /// Suspend, resume and list operators.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
 }
 
 /// `-wrap-ttl=DURATION` on a command whose reply carries a secret: the
@@ -204,6 +215,9 @@ impl Command {
             Command::Pending => "pending".into(),
             Command::Health => "health".into(),
             Command::Audit { .. } => "audit".into(),
+            Command::Unlock { .. } => "unlock".into(),
+            Command::Lock => "lock".into(),
+            Command::Operator(c) => format!("operator {}", c.name()),
         }
     }
 
@@ -216,6 +230,7 @@ impl Command {
             Command::Agent(c) => c.target(),
             Command::Panel(c) => c.target(),
             Command::Mtproto(c) => c.target(),
+            Command::Operator(c) => c.target(),
             Command::Approve { id, .. } | Command::Deny { id } => Some(id.clone()),
             Command::GetKeys(_) => Some("telegram".into()),
             _ => None,
@@ -230,7 +245,13 @@ impl Command {
             Role::Agent => match self {
                 // An agent may cancel its own request (`Approvals::deny`
                 // checks that it is its own).
-                Command::Help | Command::Whoami | Command::Health | Command::Deny { .. } => true,
+                Command::Help
+                | Command::Whoami
+                | Command::Health
+                | Command::Deny { .. }
+                | Command::Unlock { .. }
+                | Command::Lock => true,
+                Command::Operator(c) => c.allowed_for_agent(),
                 Command::Agent(c) => c.allowed_for_agent(),
                 Command::Panel(c) => c.allowed_for_agent(),
                 Command::Mtproto(_) => true,
@@ -259,8 +280,26 @@ impl Command {
             Command::Kv(c) => c.input_is_secret(),
             Command::Transit(c) => c.input_is_secret(),
             Command::Panel(c) => c.input_is_secret(),
-            Command::Approve { .. } => true,
+            Command::Approve { .. } | Command::Unlock { .. } => true,
             _ => false,
+        }
+    }
+
+    /// How the command stands to `security.step_up`.
+    pub fn step(&self) -> crate::security::Step {
+        use crate::security::Step;
+        match self {
+            // The panic button works without a TOTP code: whoever lost
+            // their phone has none.
+            Command::Help
+            | Command::Whoami
+            | Command::Unlock { .. }
+            | Command::Lock
+            | Command::Operator(OperatorCommand::Suspend { .. }) => Step::Free,
+            // The approver's code is checked by the approval itself.
+            Command::Approve { .. } => Step::Plain,
+            c if c.reply_is_secret() || c.input_is_secret() => Step::Secret,
+            _ => Step::Plain,
         }
     }
 }
@@ -280,6 +319,7 @@ pub async fn prepare(
         Command::Agent(c) => c.prepare(ctx).await,
         Command::Mtproto(c) => c.prepare(ctx).await,
         Command::Panel(c) => c.prepare(ctx).await,
+        Command::Operator(c) => c.prepare(ctx).await,
         _ => Err(crate::dispatch::CommandError::invalid(format!(
             "/{} cannot wait for approval",
             cmd.name()
@@ -412,7 +452,8 @@ fn role_may_use(role: Role, words: &[&str]) -> bool {
     match role {
         Role::Admin => true,
         Role::Agent => match words {
-            ["help"] | ["whoami"] | ["health"] | ["deny"] => true,
+            ["help"] | ["whoami"] | ["health"] | ["deny"] | ["unlock"] | ["lock"] => true,
+            ["operator", "suspend", ..] => true,
             ["agent", sub, ..] => agent::agent_may_use(sub),
             ["panel", sub, ..] => panel::agent_may_use(sub),
             ["mtproto", ..] => true,

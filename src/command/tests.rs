@@ -37,6 +37,8 @@ fn names_match_the_approval_table() {
         ("/panel show --reveal p1", "panel show --reveal"),
         ("/panel show p1", "panel show"),
         ("/get_keys", "get_keys"),
+        ("/operator resume bob", "operator resume"),
+        ("/operator suspend bob lost phone", "operator suspend"),
     ] {
         assert_eq!(parse(line).name(), name, "{line}");
     }
@@ -47,10 +49,38 @@ fn names_match_the_approval_table() {
             "transit rotate",
             "agent revoke",
             "mtproto revoke",
-            "panel show --reveal"
+            "panel show --reveal",
+            "operator resume"
         ]
         .contains(&n));
     }
+}
+
+#[test]
+fn step_up_classes() {
+    use crate::security::Step;
+    for (line, step) in [
+        ("/help", Step::Free),
+        ("/whoami", Step::Free),
+        ("/unlock 123456", Step::Free),
+        ("/lock", Step::Free),
+        ("/operator suspend alice lost my phone", Step::Free),
+        ("/operator resume alice", Step::Plain),
+        ("/operator list", Step::Plain),
+        ("/health", Step::Plain),
+        ("/approve 0a1b2c3d 123456", Step::Plain),
+        ("/kv list secret/", Step::Plain),
+        ("/get_keys", Step::Secret),
+        ("/kv get secret/x", Step::Secret),
+        ("/kv put secret/x a=b", Step::Secret),
+        ("/panel show --reveal p1", Step::Secret),
+        ("/transit decrypt k vault:v1:x", Step::Secret),
+    ] {
+        assert_eq!(parse(line).step(), step, "{line}");
+    }
+    // The unlock code is secret input: deleted from the chat.
+    assert!(parse("/unlock 123456").input_is_secret());
+    assert!(!format!("{:?}", parse("/unlock 123456")).contains("123456"));
 }
 
 #[test]

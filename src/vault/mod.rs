@@ -167,6 +167,25 @@ impl Vault {
         })
     }
 
+    /// `auth/token/revoke-accessor`: revokes the token (and its children)
+    /// that `accessor` names. Revoking one that is already gone is not an
+    /// error.
+    pub async fn revoke_accessor(&self, accessor: &str) -> Result<(), VaultError> {
+        match crate::metrics::time_vault(
+            "token_revoke",
+            vaultrs::token::revoke_accessor(&self.client, accessor),
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => match VaultError::from(e) {
+                // Vault: 400 "invalid accessor" once the token has expired.
+                VaultError::Invalid(m) if m.contains("invalid accessor") => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
     /// `auth/token/lookup-self`: the policies and remaining TTL of the token.
     pub async fn lookup_self(&self) -> Result<TokenInfo, VaultError> {
         let mut r =

@@ -84,14 +84,24 @@ impl OperatorTokens {
 
     /// A client whose token carries only `op`'s policy.
     pub async fn for_operator(&self, op: &Operator) -> Result<Arc<Vault>, VaultError> {
+        Ok(self.for_operator_tracked(op).await?.0)
+    }
+
+    /// [`for_operator`](Self::for_operator), and when a token was minted
+    /// for this call, its accessor and TTL (the caller records them, so a
+    /// suspension can revoke the token from any replica).
+    pub async fn for_operator_tracked(
+        &self,
+        op: &Operator,
+    ) -> Result<(Arc<Vault>, Option<(String, Duration)>), VaultError> {
         let generation = self.broker.generation();
         let mut cache = self.cache.lock().await;
         if let Some(c) = cache.get(&op.name) {
             if c.generation == generation && Instant::now() < c.refresh_after {
-                return Ok(c.vault.clone());
+                return Ok((c.vault.clone(), None));
             }
         }
-        let (vault, lease) = match self.mint(op).await {
+        let (vault, lease, accessor) = match self.mint(op).await {
             // The broker's own token may have been revoked from outside:
             // log in again and mint once more, so this command still works.
             Err(VaultError::Denied(_)) if self.heal_if_parent_dead().await => self.mint(op).await?,
@@ -114,7 +124,7 @@ impl OperatorTokens {
                 checked_at: None,
             },
         );
-        Ok(vault)
+        Ok((vault, Some((accessor, lease))))
     }
 
     /// After a `denied`: if the broker's own token is dead (revoked from
@@ -176,7 +186,7 @@ impl OperatorTokens {
         self.cache.lock().await.remove(name);
     }
 
-    async fn mint(&self, op: &Operator) -> Result<(Vault, Duration), VaultError> {
+    async fn mint(&self, op: &Operator) -> Result<(Vault, Duration, String), VaultError> {
         let cfg = self.broker.config();
         let parent = self.broker.current();
         let mut req = CreateRoleTokenRequestBuilder::default();
@@ -193,6 +203,6 @@ impl OperatorTokens {
         .await?;
         let lease = Duration::from_secs(auth.lease_duration);
         let token = SecretString::from(auth.client_token);
-        Ok((Vault::with_token(cfg, &token)?, lease))
+        Ok((Vault::with_token(cfg, &token)?, lease, auth.accessor))
     }
 }

@@ -15,6 +15,7 @@ mod gate;
 mod http;
 mod migration;
 mod policy_matrix;
+mod security;
 mod socket;
 mod telegram;
 mod telegram_failover;
@@ -44,6 +45,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(migration::TESTS);
     t.extend(failure::TESTS);
     t.extend(http::TESTS);
+    t.extend(security::TESTS);
     t.extend(telegram::TESTS);
     t.extend(telegram_failover::TESTS);
     t

@@ -443,6 +443,8 @@ const CASES: &[Case] = &[
     case(B, "auth/token/lookup", DENY),
     case(B, "auth/token/lookup-accessor", DENY),
     case(B, "auth/token/revoke", DENY),
+    // A suspension revokes the operator's child tokens by accessor.
+    case(B, "auth/token/revoke-accessor", U),
     case(B, "auth/token/lookup-self", R),
     case(B, "auth/token/renew-self", U),
     case(B, "auth/token/revoke-self", U),

@@ -373,7 +373,10 @@ impl GrammersChat {
         text: &str,
         monospace: bool,
     ) -> Result<i32, ChatError> {
-        let mut m = InputMessage::new().text(text).reply_to(Some(reply_to));
+        // 0: not a reply (a notice to an admin).
+        let mut m = InputMessage::new()
+            .text(text)
+            .reply_to((reply_to != 0).then_some(reply_to));
         if monospace {
             m = m.fmt_entities(vec![tl::enums::MessageEntity::Pre(
                 tl::types::MessageEntityPre {

@@ -185,7 +185,7 @@ impl Client {
         }
     }
     /// Sends to a user (only users are served: a bare id never names a
-    /// group or channel here).
+    /// group or channel here), replying to `reply_to` (0: no reply).
     async fn send(
         &self,
         user: i64,
@@ -554,7 +554,10 @@ impl Term<'_> {
                 _ = save.tick() => if let Err(e) = self.save(&client, &mut version).await {
                     break Err(e);
                 },
-                _ = deletions.tick() => self.run_deletions(&client).await,
+                _ = deletions.tick() => {
+                    self.run_deletions(&client).await;
+                    self.run_notices(&client).await;
+                }
                 _ = ping.tick() => match tokio::time::timeout(ping_limit, client.ping()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => break Err(e),
@@ -905,6 +908,53 @@ impl Term<'_> {
             self.run_deletions(client).await;
         }
         fatal.map_or(Ok(()), Err)
+    }
+
+    /// Sends the queued security notices (`notify/`) to every admin's
+    /// private chat, oldest first, then removes each (guarded). An admin
+    /// whose access hash the session does not know yet (never wrote to the
+    /// account) is skipped with a warning: there is no way to address them.
+    async fn run_notices(&self, client: &Client) {
+        if self.term.is_lost() {
+            return;
+        }
+        let etcd = &self.app.etcd;
+        let prefix = crate::security::notify_prefix(self.prefix());
+        let Ok(queued) = etcd.list_prefix(&prefix, 50, false).await else {
+            return;
+        };
+        let admins: Vec<&crate::config::Operator> = self
+            .app
+            .cfg
+            .operators
+            .iter()
+            .filter(|o| o.role == crate::config::Role::Admin)
+            .collect();
+        for entry in queued {
+            if self.term.is_lost() {
+                return;
+            }
+            let Ok(n) = serde_json::from_slice::<crate::security::Notice>(&entry.value) else {
+                let _ = etcd.delete_guarded(&self.term.guard, &entry.key).await;
+                continue;
+            };
+            for admin in &admins {
+                if let Err(e) = client.send(admin.telegram_id, 0, &n.text, false).await {
+                    tracing::warn!(admin = %admin.name, kind = %n.kind, error = %e, "telegram: security notice not delivered");
+                }
+            }
+            match etcd.delete_guarded(&self.term.guard, &entry.key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.term.fence("a guarded write was refused");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "telegram: notice kept");
+                    return;
+                }
+            }
+        }
     }
 
     /// Deletes the messages whose time has come, oldest first; a record is

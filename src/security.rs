@@ -1,0 +1,331 @@
+//! Containing a stolen operator account (`[security]`): step-up unlock
+//! with the operator's own TOTP, suspension, the reveal budget, and
+//! alerts.
+//!
+//! Everything lives in etcd, so every replica and every transport sees the
+//! same state at once and it survives failover:
+//!
+//! - `security/suspended/<op>` — `{since, by, reason}`; no lease (only
+//!   `/operator resume` ends it).
+//! - `security/unlock/<op>` — `{until}`, on a lease of `unlock_ttl_secs`.
+//! - `security/failures/<op>` — wrong unlock codes in a row, on a 1-day
+//!   lease; reset by a right one.
+//! - `security/reveal/<op>/<window>` — secret-bearing replies in one
+//!   window of `reveal_window_secs`, on a lease of two windows.
+//! - `security/tokens/<op>/<accessor>` — the accessor of every child token
+//!   minted for the operator, on a lease of the token's TTL, so a
+//!   suspension revokes them in Vault from any replica. An accessor can
+//!   look a token up or revoke it, never use it.
+//! - `notify/<ms>-<rand>` — a message for every admin's private chat, sent
+//!   by the Telegram leader (then deleted); on a 1-day lease.
+//!
+//! No value here is a secret: codes are checked by Vault and never stored,
+//! reasons and texts are what operators typed or what we composed.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditLog, AuditRecord};
+use crate::config::{SecurityConfig, StepUp};
+use crate::dispatch::Transport;
+use crate::etcd::{unix_secs, Etcd, EtcdError};
+use crate::text::escape_line;
+
+/// Why and since when an operator is suspended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Suspension {
+    pub since: u64,
+    pub by: String,
+    pub reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Unlock {
+    until: u64,
+}
+
+/// A message to the admins, queued for the Telegram leader.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Notice {
+    pub kind: String,
+    pub text: String,
+    pub at: u64,
+}
+
+/// The kinds of security event (metric label, audit command).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Suspend,
+    Resume,
+    AutoSuspend,
+    BudgetExceeded,
+    UnlockFailed,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Suspend => "suspend",
+            Event::Resume => "resume",
+            Event::AutoSuspend => "auto_suspend",
+            Event::BudgetExceeded => "budget_exceeded",
+            Event::UnlockFailed => "unlock_failed",
+        }
+    }
+}
+
+const FAILURES_TTL: u64 = 24 * 3600;
+const NOTICE_TTL: u64 = 24 * 3600;
+
+pub struct Security {
+    etcd: Etcd,
+    prefix: String,
+    notify_prefix: String,
+    pub cfg: SecurityConfig,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Option<T> {
+    serde_json::from_slice(v).ok()
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Security {
+    pub fn new(etcd: Etcd, etcd_prefix: &str, cfg: SecurityConfig) -> Security {
+        Security {
+            etcd,
+            prefix: format!("{etcd_prefix}security/"),
+            notify_prefix: notify_prefix(etcd_prefix),
+            cfg,
+        }
+    }
+
+    fn key(&self, what: &str, op: &str) -> String {
+        format!("{}{what}/{op}", self.prefix)
+    }
+
+    pub async fn suspension(&self, op: &str) -> Result<Option<Suspension>, EtcdError> {
+        Ok(self
+            .etcd
+            .get(&self.key("suspended", op))
+            .await?
+            .and_then(|v| decode(&v)))
+    }
+
+    /// Records a suspension; `false` when the operator already was.
+    pub async fn suspend(&self, op: &str, by: &str, reason: &str) -> Result<bool, EtcdError> {
+        let s = Suspension {
+            since: unix_secs(),
+            by: by.into(),
+            reason: reason.into(),
+        };
+        let key = self.key("suspended", op);
+        let created = self
+            .etcd
+            .create_if_absent(&[(key.as_str(), &encode(&s), 0)])
+            .await?;
+        // Whatever else: the unlock window ends now.
+        self.etcd.delete(&self.key("unlock", op)).await?;
+        Ok(created)
+    }
+
+    /// Ends a suspension; `false` when there was none.
+    pub async fn resume(&self, op: &str) -> Result<bool, EtcdError> {
+        let gone = self.etcd.delete(&self.key("suspended", op)).await?;
+        self.etcd.delete(&self.key("failures", op)).await?;
+        Ok(gone)
+    }
+
+    /// Unix seconds until which `op` is unlocked, if it is.
+    pub async fn unlocked_until(&self, op: &str) -> Result<Option<u64>, EtcdError> {
+        Ok(self
+            .etcd
+            .get(&self.key("unlock", op))
+            .await?
+            .and_then(|v| decode::<Unlock>(&v))
+            .map(|u| u.until)
+            .filter(|&u| u > unix_secs()))
+    }
+
+    pub async fn unlock(&self, op: &str) -> Result<u64, EtcdError> {
+        let ttl = self.cfg.unlock_ttl_secs;
+        let until = unix_secs() + ttl;
+        let lease = self.etcd.lease_grant(ttl).await?;
+        self.etcd
+            .put_leased(&self.key("unlock", op), encode(&Unlock { until }), lease)
+            .await?;
+        self.etcd.delete(&self.key("failures", op)).await?;
+        Ok(until)
+    }
+
+    /// Ends the unlock window; `false` when there was none.
+    pub async fn lock(&self, op: &str) -> Result<bool, EtcdError> {
+        self.etcd.delete(&self.key("unlock", op)).await
+    }
+
+    /// One more wrong unlock code in a row; returns how many now.
+    pub async fn add_failure(&self, op: &str) -> Result<u32, EtcdError> {
+        self.increment(&self.key("failures", op), FAILURES_TTL)
+            .await
+    }
+
+    /// Counts one secret-bearing reply of `op` in the current window;
+    /// returns the count including this one.
+    pub async fn count_reveal(&self, op: &str) -> Result<u32, EtcdError> {
+        let w = self.cfg.reveal_window_secs.max(1);
+        let key = format!("{}reveal/{op}/{}", self.prefix, unix_secs() / w);
+        self.increment(&key, 2 * w).await
+    }
+
+    /// A counter under compare-and-swap, so two replicas never lose a
+    /// count; a fresh key gets its own lease of `ttl`.
+    async fn increment(&self, key: &str, ttl: u64) -> Result<u32, EtcdError> {
+        for _ in 0..8 {
+            match self.etcd.get_entry(key).await? {
+                None => {
+                    let lease = self.etcd.lease_grant(ttl).await?;
+                    if self.etcd.create_if_absent(&[(key, b"1", lease)]).await? {
+                        return Ok(1);
+                    }
+                }
+                Some(e) => {
+                    let n: u32 = std::str::from_utf8(&e.value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0)
+                        + 1;
+                    if self
+                        .etcd
+                        .put_if_unchanged(key, e.mod_revision, n.to_string().as_bytes(), e.lease)
+                        .await?
+                    {
+                        return Ok(n);
+                    }
+                }
+            }
+        }
+        Err(EtcdError::Unavailable("counter kept changing".into()))
+    }
+
+    /// Remembers a child token's accessor for as long as the token lives.
+    pub async fn track_token(
+        &self,
+        op: &str,
+        accessor: &str,
+        ttl: Duration,
+    ) -> Result<(), EtcdError> {
+        let lease = self.etcd.lease_grant(ttl.as_secs().max(1) + 5).await?;
+        self.etcd
+            .put_leased(
+                &format!("{}tokens/{op}/{accessor}", self.prefix),
+                b"1".to_vec(),
+                lease,
+            )
+            .await
+    }
+
+    /// The accessors of `op`'s child tokens that may still be alive.
+    pub async fn tokens(&self, op: &str) -> Result<Vec<(String, String)>, EtcdError> {
+        let prefix = format!("{}tokens/{op}/", self.prefix);
+        Ok(self
+            .etcd
+            .list_prefix(&prefix, 0, false)
+            .await?
+            .into_iter()
+            .filter_map(|e| {
+                let acc = e.key.strip_prefix(&prefix)?.to_string();
+                Some((e.key, acc))
+            })
+            .collect())
+    }
+
+    pub async fn forget_token(&self, key: &str) -> Result<bool, EtcdError> {
+        self.etcd.delete(key).await
+    }
+
+    /// Whether `cmd` needs an unlocked operator under the configured mode.
+    pub fn needs_unlock(&self, step: Step) -> bool {
+        match self.cfg.step_up {
+            StepUp::Off => false,
+            StepUp::Secrets => step == Step::Secret,
+            StepUp::All => step != Step::Free,
+        }
+    }
+
+    /// Queues a message for every admin's private chat.
+    pub async fn notify(&self, kind: &str, text: &str) -> Result<(), EtcdError> {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let key = format!(
+            "{}{now_ms:015}-{}",
+            self.notify_prefix,
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        );
+        let lease = self.etcd.lease_grant(NOTICE_TTL).await?;
+        let n = Notice {
+            kind: kind.into(),
+            text: text.into(),
+            at: unix_secs(),
+        };
+        self.etcd.put_leased(&key, encode(&n), lease).await
+    }
+
+    /// An alert: audit record, WARN line, metric, and a message to the
+    /// admins. `text` must never carry a secret (callers compose it from
+    /// names and numbers; operator-typed reasons are escaped).
+    pub async fn alert(
+        &self,
+        audit: &AuditLog,
+        event: Event,
+        operator: &str,
+        transport: Transport,
+        request_id: &str,
+        text: &str,
+    ) {
+        let text = escape_line(text);
+        tracing::warn!(kind = event.as_str(), operator, alert = %text, "security alert");
+        crate::metrics::security_event(event.as_str());
+        audit
+            .record(AuditRecord::new(
+                request_id,
+                operator,
+                transport,
+                &format!("security {}", event.as_str()),
+                None,
+                "alert",
+            ))
+            .await;
+        if let Err(e) = self
+            .notify(event.as_str(), &format!("security: {text}"))
+            .await
+        {
+            tracing::warn!(error = %e, "security alert not queued for Telegram");
+        }
+    }
+}
+
+/// Where the admins' notices wait for the Telegram leader.
+pub fn notify_prefix(etcd_prefix: &str) -> String {
+    format!("{etcd_prefix}notify/")
+}
+
+/// How a command stands to step-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Never needs unlocking (`/help`, `/whoami`, `/unlock`, `/lock`, and
+    /// the panic button `/operator suspend`: someone who lost their phone
+    /// has no TOTP code).
+    Free,
+    /// Needs unlocking under `all`.
+    Plain,
+    /// Its reply or input carries a secret: needs unlocking under
+    /// `secrets` and `all`.
+    Secret,
+}
