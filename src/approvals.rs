@@ -53,6 +53,7 @@ use crate::config::{Config, Operator, Role};
 use crate::dispatch::{CommandError, CommandResult, Ctx, Reply, Transport};
 use crate::error::ErrorKind;
 use crate::etcd::{unix_secs, Entry, Etcd, EtcdError, SharedLease};
+use crate::notify::Notifier;
 use crate::text::escape_line;
 use crate::vault::VaultError;
 
@@ -126,7 +127,14 @@ pub struct Approvals {
     ttl_secs: u64,
     max_pending: u32,
     log_lease: SharedLease,
+    /// `approvals.notify`: admins hear of new requests, requesters of
+    /// their outcome, in Telegram.
+    notifier: Option<Notifier>,
+    admins: Vec<String>,
 }
+
+/// How long an outcome message may wait for a Telegram leader.
+const OUTCOME_NOTICE_TTL: u64 = 86_400;
 
 /// A short random ID (8 hex digits) that an admin can type.
 fn new_id() -> String {
@@ -159,7 +167,7 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 impl Approvals {
     pub fn new(etcd: Etcd, cfg: &Config) -> Approvals {
         Approvals {
-            etcd,
+            etcd: etcd.clone(),
             prefix: format!("{}approvals/", cfg.etcd.prefix),
             ttl_secs: cfg.approvals.ttl_secs,
             max_pending: cfg.approvals.max_pending_per_operator,
@@ -168,6 +176,53 @@ impl Approvals {
                 LOG_RETENTION,
                 LOG_LEASE_REUSE,
             ),
+            notifier: cfg
+                .approvals
+                .notify
+                .then(|| Notifier::new(etcd.clone(), &cfg.etcd.prefix)),
+            admins: cfg
+                .operators
+                .iter()
+                .filter(|o| o.role == Role::Admin)
+                .map(|o| o.name.clone())
+                .collect(),
+        }
+    }
+
+    /// Queue records (and their lease) telling `to` about `req`; none
+    /// when notifications are off.
+    async fn notices(
+        &self,
+        kind: &str,
+        to: &[&str],
+        text: &str,
+        expires_at: u64,
+    ) -> Result<(Vec<(String, Vec<u8>)>, i64), CommandError> {
+        match &self.notifier {
+            Some(n) if !to.is_empty() => {
+                Ok((n.records(kind, to, text, expires_at), n.lease().await?))
+            }
+            _ => Ok((Vec::new(), 0)),
+        }
+    }
+
+    /// What the requester is told when `req` ends with `status`.
+    fn outcome_text(&self, req: &Request, status: &str, by: &str) -> String {
+        let what = format!("your request {} ({})", req.id, escape_line(&req.line));
+        match status {
+            "approved" => {
+                let grant = Command::parse(&req.line).is_ok_and(|c| c.reply_is_secret());
+                if grant {
+                    format!(
+                        "{what} was approved by {by}: send the command again within {} s to get its reply (once)",
+                        req.seconds_left().max(MIN_GRANT_SECS)
+                    )
+                } else {
+                    format!("{what} was approved by {by} and runs now as you")
+                }
+            }
+            "expired" => format!("{what} expired without approval"),
+            other => format!("{what} was {other} by {by}"),
         }
     }
 
@@ -240,12 +295,39 @@ impl Approvals {
             let (pk, lk) = (self.pending_key(&id), self.log_key(&id));
             let sk = format!("{}{slot}", self.slots_prefix(&ctx.op.name));
             let (pv, lv) = (encode(&req), encode(&log));
+            // Every admin who may approve it hears of it, in the same
+            // transaction: a filed request is always announced, once.
+            let approvers: Vec<&str> = self
+                .admins
+                .iter()
+                .map(String::as_str)
+                .filter(|a| *a != ctx.op.name)
+                .collect();
+            let text = format!(
+                "approval request {id}: {} asks to run {}{} (expires in {} s)\napprove: /approve {id} CODE\ndeny: /deny {id}",
+                req.requester,
+                escape_line(&req.line),
+                req.target
+                    .as_deref()
+                    .map(|t| format!(" on {}", escape_line(t)))
+                    .unwrap_or_default(),
+                self.ttl_secs
+            );
+            let (notes, note_lease) = self
+                .notices("approval_request", &approvers, &text, req.expires_at)
+                .await?;
             let puts = |log_lease| {
-                [
+                let mut p = vec![
                     (pk.as_str(), pv.as_slice(), lease),
                     (lk.as_str(), lv.as_slice(), log_lease),
                     (sk.as_str(), id.as_bytes(), lease),
-                ]
+                ];
+                p.extend(
+                    notes
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_slice(), note_lease)),
+                );
+                p
             };
             let created = match self.etcd.create_if_absent(&puts(log_lease)).await {
                 Err(EtcdError::NotFound(_)) => {
@@ -363,9 +445,26 @@ impl Approvals {
         let mut done = log.clone();
         done.status = "expired".into();
         done.updated_at = Some(now_rfc3339());
+        let r = &log.request;
+        let (notes, note_lease) = self
+            .notices(
+                "approval_outcome",
+                &[r.requester.as_str()],
+                &self.outcome_text(r, "expired", "-"),
+                unix_secs() + OUTCOME_NOTICE_TTL,
+            )
+            .await
+            .unwrap_or_default();
+        let value = encode(&done);
+        let mut puts = vec![(e.key.as_str(), value.as_slice(), e.lease)];
+        puts.extend(
+            notes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice(), note_lease)),
+        );
         if self
             .etcd
-            .put_if_unchanged(&e.key, e.mod_revision, &encode(&done), e.lease)
+            .commit_if_unchanged(&e.key, e.mod_revision, false, &puts)
             .await
             .unwrap_or(false)
         {
@@ -433,16 +532,43 @@ impl Approvals {
         });
         let (pk, lk) = (self.pending_key(&req.id), self.log_key(&req.id));
         let lease = self.log_lease.get(&self.etcd).await?;
+        // The requester hears of the outcome (unless they cancelled it
+        // themselves), in the same transaction.
+        let to: Vec<&str> = if by == req.requester {
+            vec![]
+        } else {
+            vec![req.requester.as_str()]
+        };
+        let (notes, note_lease) = self
+            .notices(
+                "approval_outcome",
+                &to,
+                &self.outcome_text(req, status, by),
+                unix_secs() + OUTCOME_NOTICE_TTL,
+            )
+            .await?;
+        let puts = |lease| {
+            let mut p = vec![(lk.as_str(), log.as_slice(), lease)];
+            p.extend(
+                notes
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice(), note_lease)),
+            );
+            p
+        };
         let r = match self
             .etcd
-            .delete_if_unchanged(&pk, mod_revision, Some((&lk, &log, lease)))
+            .commit_if_unchanged(&pk, mod_revision, true, &puts(lease))
             .await
         {
             Err(EtcdError::NotFound(_)) => {
                 self.log_lease.invalidate();
+                if let Some(n) = &self.notifier {
+                    n.lease_lost();
+                }
                 let lease = self.log_lease.get(&self.etcd).await?;
                 self.etcd
-                    .delete_if_unchanged(&pk, mod_revision, Some((&lk, &log, lease)))
+                    .commit_if_unchanged(&pk, mod_revision, true, &puts(lease))
                     .await?
             }
             other => other?,
@@ -711,6 +837,24 @@ impl Approvals {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
+        // Who the Telegram leader could not tell (they never wrote to the
+        // userbot, so it has no way to address them).
+        let unreachable = match &self.notifier {
+            Some(n) => n.unreachable().await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let text = if unreachable.is_empty() {
+            text
+        } else {
+            format!(
+                "{text}\nnot reachable in Telegram (never wrote to the userbot): {}",
+                unreachable
+                    .iter()
+                    .map(|u| escape_line(u))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         let data: Vec<_> = reqs
             .iter()
             .map(|r| {
@@ -721,7 +865,8 @@ impl Approvals {
                 })
             })
             .collect();
-        Ok(Reply::text(text).with_data(serde_json::json!({ "pending": data })))
+        Ok(Reply::text(text)
+            .with_data(serde_json::json!({ "pending": data, "not_reachable": unreachable })))
     }
 }
 

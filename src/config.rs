@@ -392,6 +392,9 @@ pub struct ApprovalsConfig {
     /// Requests one operator may have waiting at once (a full `/pending`
     /// is a way to hide the one that matters).
     pub max_pending_per_operator: u32,
+    /// Tell the admins of a new request and the requester of its outcome
+    /// in Telegram (sent by the leader).
+    pub notify: bool,
 }
 
 impl Default for ApprovalsConfig {
@@ -400,6 +403,7 @@ impl Default for ApprovalsConfig {
             required: APPROVABLE_COMMANDS.iter().map(|s| s.to_string()).collect(),
             ttl_secs: 600,
             max_pending_per_operator: 5,
+            notify: true,
         }
     }
 }

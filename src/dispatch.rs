@@ -189,6 +189,8 @@ pub struct App {
     pub approvals: Approvals,
     /// Suspensions, unlock windows, reveal budgets, alerts (`[security]`).
     pub security: crate::security::Security,
+    /// Messages for operators' Telegram chats, delivered by the leader.
+    pub notifier: crate::notify::Notifier,
     /// What `vaultgram run` is doing (election, Telegram client), for
     /// `/health`; empty in `console` and the one-shot tools.
     pub runtime: Runtime,
@@ -288,19 +290,15 @@ impl Ctx<'_> {
             return Ok(vault);
         };
         let sec = &self.app.security;
-        let tracked = sec.track_token(&self.op.name, &accessor, ttl).await;
-        let suspended = matches!(sec.suspension(&self.op.name).await, Ok(Some(_)));
-        if tracked.is_err() || suspended {
-            // An untracked token could outlive a suspension: never use one.
+        sec.record_token(&self.op.name, &accessor, ttl).await;
+        if let Ok(Some(_)) = sec.suspension(&self.op.name).await {
+            // Suspended while this token was being minted.
             self.app.tokens.forget(&self.op.name).await;
             let _ = self.app.broker.current().revoke_accessor(&accessor).await;
-            return Err(if suspended {
-                CommandError::denied(format!("{} is suspended", self.op.name))
-            } else {
-                CommandError::unavailable(
-                    "etcd is unreachable; the operator's token was not recorded",
-                )
-            });
+            return Err(CommandError::denied(format!(
+                "{} is suspended",
+                self.op.name
+            )));
         }
         Ok(vault)
     }
@@ -330,7 +328,13 @@ impl App {
                 etcd.clone(),
                 &cfg.etcd.prefix,
                 cfg.security.clone(),
+                cfg.operators
+                    .iter()
+                    .filter(|o| o.role == crate::config::Role::Admin)
+                    .map(|o| o.name.clone())
+                    .collect(),
             ),
+            notifier: crate::notify::Notifier::new(etcd.clone(), &cfg.etcd.prefix),
             runtime: Runtime::default(),
             broker,
             etcd,
@@ -405,14 +409,26 @@ impl App {
     async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
         // A suspended operator gets nothing, on every replica and
         // transport (one etcd read: a suspension takes effect at once).
-        if let Some(s) = self.security.suspension(&ctx.op.name).await? {
-            return Err(CommandError::denied(format!(
-                "{} is suspended (since {} by {}); an admin can /operator resume {}",
-                ctx.op.name,
-                crate::audit::rfc3339(std::time::Duration::from_secs(s.since)),
-                s.by,
-                ctx.op.name
-            )));
+        match self.security.suspension(&ctx.op.name).await {
+            Ok(Some(s)) => {
+                return Err(CommandError::denied(format!(
+                    "{} is suspended (since {} by {}); an admin can /operator resume {}",
+                    ctx.op.name,
+                    crate::audit::rfc3339(std::time::Duration::from_secs(s.since)),
+                    s.by,
+                    ctx.op.name
+                )))
+            }
+            Ok(None) => {}
+            // etcd unreachable: commands that need no etcd keep working.
+            // A suspended operator still gets nothing from Vault: the
+            // suspension revoked every token recorded for it, and no new
+            // one is handed out while the suspension is visible.
+            Err(e) => tracing::warn!(
+                operator = %ctx.op.name,
+                error = %e,
+                "suspension state unreadable; relying on Vault-side revocation"
+            ),
         }
         if !cmd.allowed_for(ctx.op.role) {
             return Err(CommandError::denied(format!(
@@ -453,7 +469,25 @@ impl App {
     /// it is produced). The first one over the budget raises an alert.
     async fn check_budget(&self, ctx: &Ctx<'_>) -> Result<(), CommandError> {
         let sec = &self.security;
-        let n = sec.count_reveal(&ctx.op.name).await?;
+        let counted = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            sec.count_reveal(&ctx.op.name),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::etcd::EtcdError::Unavailable(
+                "no answer within 2 s".into(),
+            ))
+        });
+        let n = match counted {
+            Ok(n) => n,
+            // A rate limit, not an authorisation: an etcd outage does not
+            // stop secrets (step-up, when on, still needs etcd).
+            Err(e) => {
+                tracing::warn!(operator = %ctx.op.name, error = %e, "reveal budget not counted (etcd)");
+                return Ok(());
+            }
+        };
         let budget = sec.cfg.reveal_budget;
         if n <= budget {
             return Ok(());
@@ -461,6 +495,7 @@ impl App {
         if n == budget + 1 {
             sec.alert(
                 &self.audit,
+                &self.notifier,
                 crate::security::Event::BudgetExceeded,
                 &ctx.op.name,
                 ctx.transport,

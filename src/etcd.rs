@@ -187,10 +187,30 @@ impl Etcd {
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
+    /// Reads one key from the member this client talks to, without a
+    /// quorum round (serializable): fast even while quorum is lost, as
+    /// fresh as that member (replication lag, normally milliseconds).
+    pub async fn get_local(&self, key: &str) -> Result<Option<Vec<u8>>, EtcdError> {
+        let resp = retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            async move {
+                kv.get(key, Some(GetOptions::new().with_serializable()))
+                    .await
+            }
+        })
+        .await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
     /// Grants a lease of `ttl_secs` (at least 1 s); returns its id.
     pub async fn lease_grant(&self, ttl_secs: u64) -> Result<i64, EtcdError> {
         let ttl = i64::try_from(ttl_secs.max(1)).unwrap_or(i64::MAX);
-        let resp = self.client.lease_client().grant(ttl, None).await?;
+        // A fast failure (a member that is down) is retried on another.
+        let resp = retrying(self.retry_below, || {
+            let mut l = self.client.lease_client();
+            async move { l.grant(ttl, None).await }
+        })
+        .await?;
         Ok(resp.id())
     }
 
@@ -243,7 +263,11 @@ impl Etcd {
 
     /// Deletes one key; `false` when it did not exist.
     pub async fn delete(&self, key: &str) -> Result<bool, EtcdError> {
-        let resp = self.client.kv_client().delete(key, None).await?;
+        let resp = retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            async move { kv.delete(key, None).await }
+        })
+        .await?;
         Ok(resp.deleted() > 0)
     }
 
@@ -305,7 +329,18 @@ impl Etcd {
                     .map(|(k, v, lease)| TxnOp::put(*k, v.to_vec(), Some(put_opts(*lease))))
                     .collect::<Vec<_>>(),
             );
-        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+        Ok(self.txn_retrying(txn).await?.succeeded())
+    }
+
+    /// A transaction; a fast failure (a member that is down, nothing
+    /// sent) is retried on another member.
+    async fn txn_retrying(&self, txn: Txn) -> Result<etcd_client::TxnResponse, EtcdError> {
+        retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
     }
 
     /// Deletes `key` only if it still has `mod_revision` (nobody changed
@@ -328,6 +363,29 @@ impl Etcd {
         Ok(self.client.kv_client().txn(txn).await?.succeeded())
     }
 
+    /// If `key` still has `mod_revision`: deletes it (with `delete`) and
+    /// writes every `(key, value, lease)` of `puts`, in one transaction.
+    /// `false`: it was changed or deleted meanwhile, nothing was written.
+    pub async fn commit_if_unchanged(
+        &self,
+        key: &str,
+        mod_revision: i64,
+        delete: bool,
+        puts: &[(&str, &[u8], i64)],
+    ) -> Result<bool, EtcdError> {
+        let mut ops = Vec::new();
+        if delete {
+            ops.push(TxnOp::delete(key, None));
+        }
+        for (k, v, lease) in puts {
+            ops.push(TxnOp::put(*k, v.to_vec(), Some(put_opts(*lease))));
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+            .and_then(ops);
+        Ok(self.txn_retrying(txn).await?.succeeded())
+    }
+
     /// Writes `key` only if it still has `mod_revision`. `false`: it was
     /// changed or deleted meanwhile, nothing was written.
     pub async fn put_if_unchanged(
@@ -340,7 +398,7 @@ impl Etcd {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
             .and_then([TxnOp::put(key, value.to_vec(), Some(put_opts(lease)))]);
-        Ok(self.client.kv_client().txn(txn).await?.succeeded())
+        Ok(self.txn_retrying(txn).await?.succeeded())
     }
 
     /// One election round: creates `key` with `value` attached to `lease`

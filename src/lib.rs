@@ -57,6 +57,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod migrate;
+pub mod notify;
 pub mod security;
 pub mod telemetry;
 pub mod text;

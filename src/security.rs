@@ -16,8 +16,8 @@
 //!   minted for the operator, on a lease of the token's TTL, so a
 //!   suspension revokes them in Vault from any replica. An accessor can
 //!   look a token up or revoke it, never use it.
-//! - `notify/<ms>-<rand>` — a message for every admin's private chat, sent
-//!   by the Telegram leader (then deleted); on a 1-day lease.
+//!
+//! Alerts reach every admin's private chat through [`crate::notify`].
 //!
 //! No value here is a secret: codes are checked by Vault and never stored,
 //! reasons and texts are what operators typed or what we composed.
@@ -30,6 +30,7 @@ use crate::audit::{AuditLog, AuditRecord};
 use crate::config::{SecurityConfig, StepUp};
 use crate::dispatch::Transport;
 use crate::etcd::{unix_secs, Etcd, EtcdError};
+use crate::notify::Notifier;
 use crate::text::escape_line;
 
 /// Why and since when an operator is suspended.
@@ -43,14 +44,6 @@ pub struct Suspension {
 #[derive(Serialize, Deserialize)]
 struct Unlock {
     until: u64,
-}
-
-/// A message to the admins, queued for the Telegram leader.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Notice {
-    pub kind: String,
-    pub text: String,
-    pub at: u64,
 }
 
 /// The kinds of security event (metric label, audit command).
@@ -76,12 +69,19 @@ impl Event {
 }
 
 const FAILURES_TTL: u64 = 24 * 3600;
-const NOTICE_TTL: u64 = 24 * 3600;
+/// How long a command waits for its new token to be recorded in etcd.
+const RECORD_WAIT: Duration = Duration::from_secs(1);
+/// An alert undelivered this long is dropped (with an audit record).
+const ALERT_TTL: u64 = 24 * 3600;
 
 pub struct Security {
     etcd: Etcd,
     prefix: String,
-    notify_prefix: String,
+    /// Child tokens minted while etcd was unreachable: recorded as soon as
+    /// it answers again, revoked by a suspension handled here meanwhile.
+    untracked: std::sync::Mutex<Vec<(String, String, Duration)>>,
+    /// Who gets the alerts in Telegram.
+    admins: Vec<String>,
     pub cfg: SecurityConfig,
 }
 
@@ -94,11 +94,17 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Security {
-    pub fn new(etcd: Etcd, etcd_prefix: &str, cfg: SecurityConfig) -> Security {
+    pub fn new(
+        etcd: Etcd,
+        etcd_prefix: &str,
+        cfg: SecurityConfig,
+        admins: Vec<String>,
+    ) -> Security {
         Security {
             etcd,
             prefix: format!("{etcd_prefix}security/"),
-            notify_prefix: notify_prefix(etcd_prefix),
+            untracked: std::sync::Mutex::new(Vec::new()),
+            admins,
             cfg,
         }
     }
@@ -107,10 +113,12 @@ impl Security {
         format!("{}{what}/{op}", self.prefix)
     }
 
+    /// Checked before every command: a serializable read, so it costs no
+    /// quorum round and still answers while quorum is lost.
     pub async fn suspension(&self, op: &str) -> Result<Option<Suspension>, EtcdError> {
         Ok(self
             .etcd
-            .get(&self.key("suspended", op))
+            .get_local(&self.key("suspended", op))
             .await?
             .and_then(|v| decode(&v)))
     }
@@ -210,6 +218,43 @@ impl Security {
         Err(EtcdError::Unavailable("counter kept changing".into()))
     }
 
+    /// Records a child token's accessor; while etcd is unreachable it is
+    /// kept here and recorded with the next token that is. (Commands that
+    /// need no etcd keep working through an etcd outage; a suspension needs
+    /// etcd itself, so it cannot happen in the meantime.)
+    pub async fn record_token(&self, op: &str, accessor: &str, ttl: Duration) {
+        let pending: Vec<_> =
+            std::mem::take(&mut *self.untracked.lock().unwrap_or_else(|e| e.into_inner()));
+        for (o, a, t) in pending
+            .into_iter()
+            .chain([(op.to_string(), accessor.to_string(), ttl)])
+        {
+            // Bounded: without quorum a lease grant waits for etcd's own
+            // timeout, and the command should not.
+            let r = match tokio::time::timeout(RECORD_WAIT, self.track_token(&o, &a, t)).await {
+                Ok(r) => r,
+                Err(_) => Err(EtcdError::Unavailable("no answer within 1 s".into())),
+            };
+            if let Err(e) = r {
+                tracing::warn!(operator = %o, error = %e, "child token not recorded in etcd yet (kept in memory)");
+                self.untracked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((o, a, t));
+            }
+        }
+    }
+
+    /// Accessors of `op`'s tokens minted here but not recorded yet.
+    pub fn take_untracked(&self, op: &str) -> Vec<String> {
+        let mut g = self.untracked.lock().unwrap_or_else(|e| e.into_inner());
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *g)
+            .into_iter()
+            .partition(|(o, _, _)| o == op);
+        *g = rest;
+        mine.into_iter().map(|(_, a, _)| a).collect()
+    }
+
     /// Remembers a child token's accessor for as long as the token lives.
     pub async fn track_token(
         &self,
@@ -255,34 +300,14 @@ impl Security {
         }
     }
 
-    /// Queues a message for every admin's private chat.
-    pub async fn notify(&self, kind: &str, text: &str) -> Result<(), EtcdError> {
-        let mut b = [0u8; 4];
-        let _ = getrandom::fill(&mut b);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let key = format!(
-            "{}{now_ms:015}-{}",
-            self.notify_prefix,
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        );
-        let lease = self.etcd.lease_grant(NOTICE_TTL).await?;
-        let n = Notice {
-            kind: kind.into(),
-            text: text.into(),
-            at: unix_secs(),
-        };
-        self.etcd.put_leased(&key, encode(&n), lease).await
-    }
-
     /// An alert: audit record, WARN line, metric, and a message to the
     /// admins. `text` must never carry a secret (callers compose it from
     /// names and numbers; operator-typed reasons are escaped).
+    #[allow(clippy::too_many_arguments)]
     pub async fn alert(
         &self,
         audit: &AuditLog,
+        notifier: &Notifier,
         event: Event,
         operator: &str,
         transport: Transport,
@@ -302,18 +327,19 @@ impl Security {
                 "alert",
             ))
             .await;
-        if let Err(e) = self
-            .notify(event.as_str(), &format!("security: {text}"))
+        let admins: Vec<&str> = self.admins.iter().map(String::as_str).collect();
+        if let Err(e) = notifier
+            .queue(
+                "security",
+                &admins,
+                &format!("security: {text}"),
+                unix_secs() + ALERT_TTL,
+            )
             .await
         {
             tracing::warn!(error = %e, "security alert not queued for Telegram");
         }
     }
-}
-
-/// Where the admins' notices wait for the Telegram leader.
-pub fn notify_prefix(etcd_prefix: &str) -> String {
-    format!("{etcd_prefix}notify/")
 }
 
 /// How a command stands to step-up.

@@ -150,6 +150,7 @@ async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
         contain(ctx, &ctx.op.name).await;
         sec.alert(
             audit,
+            &ctx.app.notifier,
             Event::AutoSuspend,
             &ctx.op.name,
             ctx.transport,
@@ -169,6 +170,7 @@ async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
     }
     sec.alert(
         audit,
+        &ctx.app.notifier,
         Event::UnlockFailed,
         &ctx.op.name,
         ctx.transport,
@@ -192,6 +194,9 @@ pub async fn contain(ctx: &Ctx<'_>, name: &str) {
     let app = ctx.app;
     app.tokens.forget(name).await;
     let broker = app.broker.current();
+    for accessor in app.security.take_untracked(name) {
+        let _ = broker.revoke_accessor(&accessor).await;
+    }
     match app.security.tokens(name).await {
         Ok(tokens) => {
             for (key, accessor) in tokens {
@@ -239,6 +244,7 @@ async fn suspend(ctx: &Ctx<'_>, name: &str, reason: &str) -> CommandResult {
     if fresh {
         sec.alert(
             &ctx.app.audit,
+            &ctx.app.notifier,
             Event::Suspend,
             &target.name,
             ctx.transport,
@@ -277,6 +283,7 @@ async fn resume(ctx: &Ctx<'_>, name: &str) -> CommandResult {
     }
     sec.alert(
         &ctx.app.audit,
+        &ctx.app.notifier,
         Event::Resume,
         &target.name,
         ctx.transport,

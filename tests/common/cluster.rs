@@ -720,6 +720,11 @@ listen = "127.0.0.1:0"
 [approvals]
 max_pending_per_operator = 100
 
+# Every test reads secrets as these operators: the reveal budget itself is
+# tested with its own config (tests/suite/security.rs).
+[security]
+reveal_budget = 1000000
+
 [[operators]]
 name = "alice"
 telegram_id = 111111

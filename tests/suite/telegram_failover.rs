@@ -55,6 +55,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::telegram::fenced_while_connecting",
         fenced_while_connecting,
     ),
+    (
+        "disruptive::telegram::approvals_are_announced_once_across_failover",
+        approvals_are_announced_once_across_failover,
+    ),
 ];
 
 /// `etcd.lease_ttl_secs` in these tests.
@@ -258,6 +262,18 @@ impl Group {
     /// offset 0) and starts `n` processes; with `proxied`, each process
     /// reaches etcd through its own three `TcpProxy`s.
     fn start(env: &Env, name: &str, n: usize, proxied: bool) -> Group {
+        Self::start_with(env, name, n, proxied, |t| t)
+    }
+
+    /// Like `start`, with the harness config text passed through `edit`
+    /// first (for every node and the login).
+    fn start_with(
+        env: &Env,
+        name: &str,
+        n: usize,
+        proxied: bool,
+        edit: impl FnOnce(String) -> String,
+    ) -> Group {
         let c = env.cluster();
         let hex = random_hex(4);
         let root = c.path().to_path_buf();
@@ -265,7 +281,7 @@ impl Group {
         std::fs::create_dir_all(&file_dir).unwrap();
         let logs_dir = root.join("console-output");
         std::fs::create_dir_all(&logs_dir).unwrap();
-        let base_config = std::fs::read_to_string(&c.config_path).unwrap();
+        let base_config = edit(std::fs::read_to_string(&c.config_path).unwrap());
         let alice = telegram_id(&base_config, "alice");
         let mut g = Group {
             name: name.to_string(),
@@ -335,6 +351,11 @@ impl Group {
     }
 
     /// The harness config with this group's changes; returns its path.
+    /// The Unix socket of node `tag` (`n0`, `n1`, …).
+    fn socket(&self, tag: &str) -> PathBuf {
+        self.env_root.join(format!("tg-{}-{tag}.sock", self.hex))
+    }
+
     fn write_config(&self, tag: &str, endpoints: &[String]) -> PathBuf {
         let root = self.env_root.display().to_string();
         let socket = format!("{root}/tg-{}-{tag}.sock", self.hex);
@@ -1260,5 +1281,251 @@ fn fenced_while_connecting(env: &Env) {
         "the fenced node's client started after all\n{}",
         g.dump()
     );
+    g.assert_no_overlap();
+}
+
+// ---------------------------------------------------------------------------
+// f) issue 20: the two-person rule in chat
+// ---------------------------------------------------------------------------
+
+/// `vaultgram ctl --socket PATH …` as our uid (alice in these configs).
+fn ctl_json(socket: &Path, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_vaultgram"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "ctl: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn request_id_of(v: &Value) -> String {
+    assert_eq!(v["error"]["kind"], "approval_required", "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    m.strip_prefix("request ")
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string()
+}
+
+/// Requests filed on a follower's socket are announced by the leader to
+/// the admin who may approve them, once, also when the leader dies while
+/// sending; approval, denial and expiry each reach the requester once; an
+/// admin the userbot cannot address is "not reachable" in /pending until
+/// they write to it.
+fn approvals_are_announced_once_across_failover(env: &Env) {
+    let c = env.cluster();
+    let me = vaultgram::transport::socket::user_name(unsafe { libc::getuid() }).unwrap();
+    let dave_key =
+        crate::common::totp::create_totp_key(env, &format!("chat-dave-{}", random_hex(3)));
+    let dave_key_name = dave_key.name.clone();
+    let mut g = Group::start_with(env, "approve", 2, false, |t| {
+        let t = t.replacen(
+            "role = \"admin\"\n",
+            &format!("role = \"admin\"\nunix_user = \"{me}\"\n"),
+            1,
+        );
+        let t = t.replace(
+            "name = \"dave\"\n",
+            &format!("name = \"dave\"\ntotp_key = \"{dave_key_name}\"\n"),
+        );
+        t.replace(
+            "max_pending_per_operator = 100",
+            "max_pending_per_operator = 100\nttl_secs = 25",
+        )
+    });
+    let dave = telegram_id(&g.base_config, "dave");
+    let leader = g.wait_single_leader(Duration::from_secs(20));
+    let follower = 1 - leader;
+    g.wait_client_started(leader, Duration::from_secs(15));
+    let fsock = g.socket(&format!("n{follower}"));
+    let keys: Vec<String> = (0..4).map(|i| format!("it-chat-{}-{i}", g.hex)).collect();
+    for k in &keys {
+        c.root_call(
+            reqwest::Method::POST,
+            &format!("transit/keys/{k}"),
+            Some(json!({})),
+        );
+    }
+    let outbox_path = g.file_dir.join("outbox.jsonl");
+    let to = |chat: i64, needle: &str| -> Vec<Value> {
+        std::fs::read_to_string(&outbox_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| {
+                v["op"] == "send"
+                    && v["chat"] == chat
+                    && v["text"].as_str().is_some_and(|t| t.contains(needle))
+            })
+            .collect()
+    };
+    // alice has written to the userbot (her hash is cached); dave has not.
+    g.inbox_lines(&[
+        json!({"id": 9000, "chat": g.alice, "sender": g.alice, "users": true, "text": "hi"}),
+    ]);
+    // 0. Filed while dave is unreachable: /pending says so; once dave
+    //    writes, the retry reaches him.
+    let id0 = request_id_of(&ctl_json(&fsock, &["/transit", "rotate", &keys[0]]));
+    let pending = wait_for(
+        Duration::from_secs(15),
+        "dave reported not reachable",
+        || {
+            let v = ctl_json(&fsock, &["/pending"]);
+            v["data"]["not_reachable"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "dave"))
+                .then_some(v)
+        },
+        || g.dump(),
+    );
+    assert!(
+        pending["text"]
+            .as_str()
+            .unwrap()
+            .contains("not reachable in Telegram"),
+        "{pending}"
+    );
+    g.inbox_lines(&[
+        json!({"id": 9001, "chat": dave, "sender": dave, "users": true, "text": "hi"}),
+    ]);
+    wait_for(
+        Duration::from_secs(20),
+        "request 0 announced to dave",
+        || (to(dave, &id0).len() == 1).then_some(()),
+        || g.dump(),
+    );
+    let v = ctl_json(&fsock, &["/pending"]);
+    assert!(
+        v["data"]["not_reachable"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    // Let the leader save its session (dave's hash) before the failover.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // 1. The leader dies while sending (each of its requests takes 3 s).
+    g.inbox_lines(&[json!({"control": "latency", "ms": 3000})]);
+    std::thread::sleep(Duration::from_millis(300));
+    let id1 = request_id_of(&ctl_json(&fsock, &["/transit", "rotate", &keys[1]]));
+    std::thread::sleep(Duration::from_millis(1500));
+    g.kill(leader);
+    let announced = wait_for(
+        Duration::from_secs(30),
+        "request 1 announced by the new leader",
+        || {
+            let s = to(dave, &id1);
+            (!s.is_empty()).then_some(s)
+        },
+        || g.dump(),
+    );
+    assert_eq!(
+        announced[0]["pid"].as_u64(),
+        Some(g.node(follower).pid as u64),
+        "{}",
+        announced[0]
+    );
+    let text = announced[0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("/approve {id1} CODE")) && text.contains(&format!("/deny {id1}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("/transit rotate {}", keys[1])) && text.contains("alice asks"),
+        "{text}"
+    );
+
+    // 2. Outcomes reach the requester (alice) once: approved, denied.
+    let code = crate::common::totp::fresh_code(&dave_key);
+    let r = crate::common::console::console_with_config(
+        env,
+        &g.node(follower).config,
+        "dave",
+        &[&format!("/approve {id0} {code}")],
+    );
+    r.ok_text(0);
+    let r = crate::common::console::console_with_config(
+        env,
+        &g.node(follower).config,
+        "dave",
+        &[&format!("/deny {id1}")],
+    );
+    r.ok_text(0);
+    wait_for(
+        Duration::from_secs(15),
+        "approval and denial told to alice",
+        || {
+            (to(g.alice, &format!("your request {id0}")).len() == 1
+                && to(g.alice, &format!("your request {id1}")).len() == 1)
+                .then_some(())
+        },
+        || g.dump(),
+    );
+    assert!(to(g.alice, &format!("your request {id0}"))[0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("approved by dave"));
+    assert!(to(g.alice, &format!("your request {id1}"))[0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("denied by dave"));
+
+    // 3. Expiry (ttl 25 s) reaches her once too.
+    let id3 = request_id_of(&ctl_json(&fsock, &["/transit", "rotate", &keys[3]]));
+    wait_for(
+        Duration::from_secs(70),
+        "expiry told to alice",
+        || (to(g.alice, &format!("your request {id3}")).len() == 1).then_some(()),
+        || g.dump(),
+    );
+    assert!(to(g.alice, &format!("your request {id3}"))[0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+
+    // Once each, never twice; nothing to alice about her own filing; no
+    // code anywhere.
+    std::thread::sleep(Duration::from_secs(2));
+    for id in [&id0, &id1, &id3] {
+        assert_eq!(
+            to(dave, id).len(),
+            1,
+            "dave told of {id} not exactly once\n{}",
+            g.dump()
+        );
+        assert!(
+            to(g.alice, &format!("approval request {id}")).is_empty(),
+            "the requester was asked to approve"
+        );
+    }
+    for (id, n) in [(&id0, 1), (&id1, 1), (&id3, 1)] {
+        assert_eq!(
+            to(g.alice, &format!("your request {id}")).len(),
+            n,
+            "outcome of {id}\n{}",
+            g.dump()
+        );
+    }
+    let all = g
+        .outbox()
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !all.split(|ch: char| !ch.is_ascii_digit())
+            .any(|w| w == code),
+        "a TOTP code in a message"
+    );
+    eprintln!("approvals: 3 requests announced to dave once each (one across a kill -9 mid-send), approval/denial/expiry told to alice once each; dave 'not reachable' until he wrote");
     g.assert_no_overlap();
 }

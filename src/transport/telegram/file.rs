@@ -358,6 +358,44 @@ impl FileChat {
         }
     }
 
+    /// grammers: a raw `messages.sendMessage` with our `random_id`;
+    /// Telegram answers `RANDOM_ID_DUPLICATE` for an id it has seen (the
+    /// outbox is the stand-in's memory of them).
+    pub async fn send_once(&self, user: i64, text: &str, random_id: i64) -> Result<(), ChatError> {
+        self.request().await?;
+        if !self.state().peers.contains(&format!("user:{user}")) {
+            return Err(ChatError::Io(format!(
+                "no access hash for user {user} in the session"
+            )));
+        }
+        let outbox = std::fs::read_to_string(self.dir.join("outbox.jsonl")).unwrap_or_default();
+        let seen = outbox.lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["random_id"].as_i64() == Some(random_id))
+        });
+        if seen {
+            return Err(rpc_error(400, "RANDOM_ID_DUPLICATE", None));
+        }
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        let id = (u32::from_le_bytes(b) % 1_000_000_000) as i32 + 1_000_000_000;
+        append(
+            &self.dir,
+            "outbox.jsonl",
+            serde_json::json!({
+                "op": "send", "pid": std::process::id(), "chat": user, "peer": "user",
+                "id": id, "reply_to": 0, "random_id": random_id, "text": text, "monospace": false,
+            }),
+        )?;
+        append(
+            &self.dir,
+            "inbox.jsonl",
+            serde_json::json!({
+                "id": id, "chat": user, "sender": self.me(), "text": text, "outgoing": true,
+            }),
+        )
+    }
+
     pub async fn delete(&self, user: i64, ids: &[i32]) -> Result<(), ChatError> {
         self.request().await?;
         append(

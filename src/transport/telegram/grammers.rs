@@ -394,6 +394,41 @@ impl GrammersChat {
         Ok(sent.id())
     }
 
+    /// One plain message with our own `random_id`: Telegram refuses a
+    /// second message with the same id (`RANDOM_ID_DUPLICATE`), which
+    /// makes a retry by another leader harmless.
+    pub async fn send_once(&self, user: i64, text: &str, random_id: i64) -> Result<(), ChatError> {
+        let peer = self.user(user).await?;
+        self.client
+            .invoke(&tl::functions::messages::SendMessage {
+                no_webpage: true,
+                silent: false,
+                background: false,
+                clear_draft: false,
+                noforwards: false,
+                update_stickersets_order: false,
+                invert_media: false,
+                allow_paid_floodskip: false,
+                peer: (&peer).into(),
+                reply_to: None,
+                message: text.to_string(),
+                random_id,
+                reply_markup: None,
+                entities: None,
+                schedule_date: None,
+                schedule_repeat_period: None,
+                send_as: None,
+                quick_reply_shortcut: None,
+                effect: None,
+                allow_paid_stars: None,
+                suggested_post: None,
+                rich_message: None,
+            })
+            .await
+            .map_err(rpc)?;
+        Ok(())
+    }
+
     /// Our recent messages to `user` replying to `reply_to`.
     pub async fn find_replies(&self, user: i64, reply_to: i32) -> Result<Vec<i32>, ChatError> {
         let mut it = self.client.iter_messages(self.user(user).await?).limit(50);

@@ -210,6 +210,14 @@ impl Client {
             Client::File(c) => c.resolve(user, msg_id).await,
         }
     }
+    /// One message with our own `random_id` (Telegram's idempotency key):
+    /// a second send with the same id is `ChatError::Duplicate`.
+    async fn send_once(&self, user: i64, text: &str, random_id: i64) -> Result<(), ChatError> {
+        match self {
+            Client::Grammers(c) => c.send_once(user, text, random_id).await,
+            Client::File(c) => c.send_once(user, text, random_id).await,
+        }
+    }
     async fn find_replies(&self, user: i64, reply_to: i32) -> Result<Vec<i32>, ChatError> {
         match self {
             Client::Grammers(c) => c.find_replies(user, reply_to).await,
@@ -556,7 +564,9 @@ impl Term<'_> {
                 },
                 _ = deletions.tick() => {
                     self.run_deletions(&client).await;
-                    self.run_notices(&client).await;
+                    if let Err(e) = self.run_notices(&client).await {
+                        break Err(e);
+                    }
                 }
                 _ = ping.tick() => match tokio::time::timeout(ping_limit, client.ping()).await {
                     Ok(Ok(())) => {}
@@ -910,49 +920,94 @@ impl Term<'_> {
         fatal.map_or(Ok(()), Err)
     }
 
-    /// Sends the queued security notices (`notify/`) to every admin's
-    /// private chat, oldest first, then removes each (guarded). An admin
-    /// whose access hash the session does not know yet (never wrote to the
-    /// account) is skipped with a warning: there is no way to address them.
-    async fn run_notices(&self, client: &Client) {
+    /// Delivers queued notices ([`crate::notify`]), oldest first: each
+    /// to its operator's private chat with the record's own `random_id`
+    /// (a copy already sent by a deposed leader is refused by Telegram as
+    /// a duplicate, not sent twice), then the record is deleted (guarded).
+    /// A failure is retried with backoff until the notice expires; then it
+    /// is dropped with an audit record. An operator the session cannot
+    /// address (no access hash: they never wrote to the userbot) is marked
+    /// `not reachable` for `/pending`.
+    async fn run_notices(&self, client: &Client) -> Result<(), ChatError> {
         if self.term.is_lost() {
-            return;
+            return Ok(());
         }
         let etcd = &self.app.etcd;
-        let prefix = crate::security::notify_prefix(self.prefix());
-        let Ok(queued) = etcd.list_prefix(&prefix, 50, false).await else {
-            return;
+        let Ok(queued) = etcd
+            .list_prefix(&crate::notify::queue_prefix(self.prefix()), 50, false)
+            .await
+        else {
+            return Ok(());
         };
-        let admins: Vec<&crate::config::Operator> = self
-            .app
-            .cfg
-            .operators
-            .iter()
-            .filter(|o| o.role == crate::config::Role::Admin)
-            .collect();
+        let now = now_ms();
         for entry in queued {
             if self.term.is_lost() {
-                return;
+                return Ok(());
             }
-            let Ok(n) = serde_json::from_slice::<crate::security::Notice>(&entry.value) else {
-                let _ = etcd.delete_guarded(&self.term.guard, &entry.key).await;
+            let Ok(mut n) = serde_json::from_slice::<crate::notify::Notice>(&entry.value) else {
+                self.delete_guarded(&entry.key).await;
                 continue;
             };
-            for admin in &admins {
-                if let Err(e) = client.send(admin.telegram_id, 0, &n.text, false).await {
-                    tracing::warn!(admin = %admin.name, kind = %n.kind, error = %e, "telegram: security notice not delivered");
+            if n.not_before_ms > now {
+                continue;
+            }
+            let op = self.app.cfg.operators.iter().find(|o| o.name == n.to);
+            let (Some(op), false) = (op, n.expires_at < now / 1000) else {
+                tracing::warn!(to = %n.to, kind = %n.kind, attempts = n.attempts, "telegram: notice dropped undelivered");
+                self.app
+                    .audit
+                    .record(crate::audit::AuditRecord::new(
+                        "-",
+                        &n.to,
+                        Transport::Telegram,
+                        &format!("notify {}", n.kind),
+                        None,
+                        "dropped",
+                    ))
+                    .await;
+                self.delete_guarded(&entry.key).await;
+                continue;
+            };
+            let unreachable = crate::notify::unreachable_key(self.prefix(), &op.name);
+            match client.send_once(op.telegram_id, &n.text, n.random_id).await {
+                Ok(()) | Err(ChatError::Duplicate(_)) => {
+                    tracing::info!(to = %op.name, kind = %n.kind, "telegram: notice sent");
+                    if !self.delete_guarded(&entry.key).await {
+                        return Ok(());
+                    }
+                    let _ = etcd.delete(&unreachable).await;
+                }
+                Err(e @ ChatError::Unauthorized(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(to = %op.name, kind = %n.kind, error = %e, "telegram: notice not sent; retried later");
+                    if matches!(&e, ChatError::Io(m) if m.contains("no access hash")) {
+                        self.put_guarded(&unreachable, b"1").await;
+                    }
+                    n.retry_later(now);
+                    let value = serde_json::to_vec(&n).unwrap_or_default();
+                    if let Err(e) = etcd
+                        .put_guarded(&self.term.guard, &entry.key, &value, entry.lease)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "telegram: notice retry not recorded");
+                    }
                 }
             }
-            match etcd.delete_guarded(&self.term.guard, &entry.key).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.term.fence("a guarded write was refused");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "telegram: notice kept");
-                    return;
-                }
+        }
+        Ok(())
+    }
+
+    /// Guarded delete by the leader; `false` (and fenced) when refused.
+    async fn delete_guarded(&self, key: &str) -> bool {
+        match self.app.etcd.delete_guarded(&self.term.guard, key).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.term.fence("a guarded write was refused");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "telegram: etcd delete failed");
+                false
             }
         }
     }
