@@ -1444,6 +1444,38 @@ fn approvals_are_announced_once_across_failover(env: &Env) {
         "{text}"
     );
 
+    // 1b. The leader dies right after Telegram accepted a notice, before
+    //     it could delete the record: the next leader sends it again with
+    //     the record's random_id, which Telegram refuses as a duplicate.
+    let third = g.add_node(env, false);
+    g.wait_event(third, "following", 0, Duration::from_secs(20));
+    let dying = follower;
+    g.inbox_lines(&[json!({"control": "die_after_send"})]);
+    std::thread::sleep(Duration::from_millis(300));
+    let id2 = request_id_of(&ctl_json(
+        &g.socket(&format!("n{third}")),
+        &["/transit", "rotate", &keys[2]],
+    ));
+    let status = g
+        .node_mut(dying)
+        .proc
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("the leader did not die after sending\n{}", g.dump()));
+    g.killed_at[dying] = Some(now_ms());
+    assert_eq!(status.code(), Some(137), "{status:?}");
+    assert_eq!(to(dave, &id2).len(), 1, "the dying leader's notice is out");
+    let resent = g.wait_event(third, "telegram: notice sent", 0, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        to(dave, &id2).len(),
+        1,
+        "request {id2} announced twice across the crash\n{}",
+        g.dump()
+    );
+    let follower = third;
+    let fsock = g.socket(&format!("n{third}"));
+    eprintln!("approvals: crash after sending: the new leader's resend of {id2} was refused as RANDOM_ID_DUPLICATE (logged at idx {})", resent.idx);
+
     // 2. Outcomes reach the requester (alice) once: approved, denied.
     let code = crate::common::totp::fresh_code(&dave_key);
     let r = crate::common::console::console_with_config(
@@ -1526,6 +1558,6 @@ fn approvals_are_announced_once_across_failover(env: &Env) {
             .any(|w| w == code),
         "a TOTP code in a message"
     );
-    eprintln!("approvals: 3 requests announced to dave once each (one across a kill -9 mid-send), approval/denial/expiry told to alice once each; dave 'not reachable' until he wrote");
+    eprintln!("approvals: 4 requests announced to dave once each (one across a kill -9 mid-send, one across a crash after sending), approval/denial/expiry told to alice once each; dave 'not reachable' until he wrote");
     g.assert_no_overlap();
 }

@@ -34,7 +34,9 @@
 //! new, unauthorized key), `"latency"` with `"ms"` (each request takes that
 //! long), `"panic"` (the next send panics), `"send_error"` with `"rpc"`,
 //! `"code"`, `"delivered"`, `"zero"` (the next send fails with that RPC
-//! error, or returns id 0, after delivering the message or not).
+//! error, or returns id 0, after delivering the message or not),
+//! `"die_after_send"` (the process exits right after its next
+//! `send_once` was delivered: a crash before the leader recorded it).
 //! A file `connect_delay_ms` in the dir makes the next client start hang
 //! that long (a connect without a timeout); the start consumes it.
 //! Outbox lines: `{"op":"connect"|"start"|"send"|"delete"|"stop","pid":…,…}`
@@ -151,6 +153,9 @@ struct Faults {
     refused: Mutex<Option<(i32, String)>>,
     latency_ms: AtomicU64,
     panic_next: AtomicBool,
+    /// The process dies right after its next `send_once` reached
+    /// Telegram (before anything else is recorded).
+    die_after_send: AtomicBool,
     next_send: Mutex<Option<Control>>,
 }
 
@@ -393,7 +398,15 @@ impl FileChat {
             serde_json::json!({
                 "id": id, "chat": user, "sender": self.me(), "text": text, "outgoing": true,
             }),
-        )
+        )?;
+        if self.faults.die_after_send.load(Ordering::SeqCst) {
+            // A crash between Telegram accepting the message and the
+            // leader recording that it was sent.
+            tracing::warn!("file backend: the process dies now (test control line)");
+            // SAFETY: _exit ends the process at once, as a kill would.
+            unsafe { libc::_exit(137) };
+        }
+        Ok(())
     }
 
     pub async fn delete(&self, user: i64, ids: &[i32]) -> Result<(), ChatError> {
@@ -549,6 +562,7 @@ async fn network(
                     }
                     "latency" => faults.latency_ms.store(c.ms, Ordering::SeqCst),
                     "panic" => faults.panic_next.store(true, Ordering::SeqCst),
+                    "die_after_send" => faults.die_after_send.store(true, Ordering::SeqCst),
                     "send_error" => {
                         *faults.next_send.lock().unwrap_or_else(|e| e.into_inner()) = Some(c)
                     }
