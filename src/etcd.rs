@@ -823,6 +823,14 @@ impl SharedLease {
 }
 
 /// Seconds since the Unix epoch.
+/// Unix milliseconds now (keys that sort by time, due times).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -70,13 +70,6 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Where the queue lives.
 pub fn queue_prefix(etcd_prefix: &str) -> String {
     format!("{etcd_prefix}notify/q/")
@@ -121,7 +114,7 @@ impl Notifier {
                     attempts: 0,
                     not_before_ms: 0,
                 };
-                let key = format!("{q}{:015}-{:016x}", now_ms(), random_u64());
+                let key = format!("{q}{:015}-{:016x}", crate::etcd::unix_ms(), random_u64());
                 (key, serde_json::to_vec(&n).unwrap_or_default())
             })
             .collect()

@@ -75,6 +75,14 @@ struct State {
     peers: BTreeSet<String>,
 }
 
+/// A fresh id for a message this account sends (Telegram's are positive
+/// and increasing per chat; random high ones never collide with the tests').
+fn message_id() -> i32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    (u32::from_le_bytes(b) % 1_000_000_000) as i32 + 1_000_000_000
+}
+
 fn random_key() -> String {
     let mut b = [0u8; 16];
     let _ = getrandom::fill(&mut b);
@@ -333,9 +341,7 @@ impl FileChat {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        let mut b = [0u8; 4];
-        let _ = getrandom::fill(&mut b);
-        let id = (u32::from_le_bytes(b) % 1_000_000_000) as i32 + 1_000_000_000;
+        let id = message_id();
         let delivered = injected.as_ref().is_none_or(|c| c.delivered);
         if delivered {
             append(
@@ -381,9 +387,7 @@ impl FileChat {
         if seen {
             return Err(rpc_error(400, "RANDOM_ID_DUPLICATE", None));
         }
-        let mut b = [0u8; 4];
-        let _ = getrandom::fill(&mut b);
-        let id = (u32::from_le_bytes(b) % 1_000_000_000) as i32 + 1_000_000_000;
+        let id = message_id();
         append(
             &self.dir,
             "outbox.jsonl",

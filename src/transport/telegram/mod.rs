@@ -371,13 +371,6 @@ pub async fn login(app: &App, prompt: &mut dyn LoginPrompt) -> Result<u64, ChatE
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// The service loop: campaign, serve while leading, resign; again until
 /// `shutdown`.
 pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationToken) {
@@ -906,7 +899,7 @@ impl Term<'_> {
             msg.chat,
             secret_input.then_some(msg.id),
             if secret { &sent } else { &[] },
-            now_ms(),
+            crate::etcd::unix_ms(),
             cfg.telegram.secret_reply_ttl_secs * 1000,
         );
         for d in &plan {
@@ -939,7 +932,7 @@ impl Term<'_> {
         else {
             return Ok(());
         };
-        let now = now_ms();
+        let now = crate::etcd::unix_ms();
         for entry in queued {
             if self.term.is_lost() {
                 return Ok(());
@@ -1029,7 +1022,7 @@ impl Term<'_> {
                 return;
             }
         };
-        let now = now_ms();
+        let now = crate::etcd::unix_ms();
         for entry in due {
             let Ok(d) = serde_json::from_slice::<Deletion>(&entry.value) else {
                 continue;
@@ -1044,13 +1037,10 @@ impl Term<'_> {
                         count = d.ids.len(),
                         "telegram: messages deleted"
                     );
-                    match etcd.delete_guarded(&self.term.guard, &entry.key).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            self.term.fence("a guarded write was refused");
-                            return;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "telegram: deletion record kept"),
+                    // Refused: fenced, stop; an etcd error: the record is
+                    // kept and the deletion repeated later (harmless).
+                    if !self.delete_guarded(&entry.key).await && self.term.is_lost() {
+                        return;
                     }
                 }
                 Err(e) => {
