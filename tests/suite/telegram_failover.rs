@@ -1418,6 +1418,14 @@ fn approvals_are_announced_once_across_failover(env: &Env) {
     std::thread::sleep(Duration::from_millis(300));
     let id1 = request_id_of(&ctl_json(&fsock, &["/transit", "rotate", &keys[1]]));
     std::thread::sleep(Duration::from_millis(1500));
+    // The node that leads now (under load a term can change hands): the
+    // one that announced request 0.
+    let sender = to(dave, &id0)[0]["pid"].as_u64().unwrap();
+    let (leader, follower) = if u64::from(g.node(leader).pid) == sender {
+        (leader, follower)
+    } else {
+        (follower, leader)
+    };
     g.kill(leader);
     let announced = wait_for(
         Duration::from_secs(30),
