@@ -73,6 +73,9 @@ ensure_tools() {
   # HashiCorp Vault (MPL-2.0 v1.14.1), built from the Go module proxy once
   # per machine; the suite runs against it and against OpenBao.
   vault_binary >/dev/null || return 1
+  # kube-apiserver + kubectl (v1.37.2, matching k8s-openapi's v1_37), built
+  # once per machine; the Kubernetes tests run against them.
+  kube_binaries >/dev/null || return 1
   local venv
   venv=$(k8s_venv)
   if [[ ! -x $venv/bin/checkov || ! -x $venv/bin/kubernetes-validate || ! -x $venv/bin/yamllint ]] ||
@@ -122,6 +125,7 @@ tool_versions() {
     checkov "$("$(k8s_venv)/bin/checkov" --version 2>/dev/null)" \
     k8s-validate "$("$(k8s_venv)/bin/pip" show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')" \
     kubectl "$(kubectl version --client 2>/dev/null | head -1)" \
+    kube-apiserver "$("$(kube_binaries 2>/dev/null)/kube-apiserver" --version 2>/dev/null)" \
     shellcheck "$(shellcheck --version 2>/dev/null | sed -n 's/^version: //p')" \
     go "$(go version 2>/dev/null)" \
     python3 "$(python3 --version 2>&1)" \
@@ -275,6 +279,84 @@ vault_binary() { # the version: $VAULT_VERSION, default 1.14.1
     echo "vault_binary: $got -> $out ($((SECONDS - start))s)" >&2
   ) || return 1
 
+  printf '%s\n' "$out"
+}
+
+# kube-apiserver and kubectl of one Kubernetes release, built once per
+# machine from k8s.io/kubernetes through the Go module proxy; prints the
+# directory holding both. The release matches the k8s-openapi feature in
+# Cargo.toml (v1_37 <-> v1.37.x). The kubernetes module replaces its staging
+# modules (k8s.io/api, ...) by ./staging dirs its zip lacks: a small build
+# module requires kubernetes and points each staging module at its published
+# v0.X.Y twin instead.
+kube_binaries() { # the version: $KUBE_VERSION, default 1.37.2
+  local version=${KUBE_VERSION:-1.37.2}
+  version=${version#v}
+  local root="${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram-tools"
+  local out="$root/kube-$version"
+  if [[ -x $out/kube-apiserver && -x $out/kubectl ]]; then
+    printf '%s\n' "$out"
+    return 0
+  fi
+  if [[ ! $version =~ ^1\.([0-9]+)\.([0-9]+)$ ]]; then
+    echo "kube_binaries: version check: '$version' is not a release version like 1.37.2" >&2
+    return 1
+  fi
+  local staging="0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}" minor=${BASH_REMATCH[1]}
+  # The API server must be the release the broker's k8s-openapi types describe.
+  local cargo_toml feature
+  cargo_toml="$(dirname "${BASH_SOURCE[0]}")/../Cargo.toml"
+  feature=$(sed -n 's/^k8s-openapi = .*features = \["v1_\([0-9]*\)"\].*/\1/p' "$cargo_toml" 2>/dev/null)
+  if [[ -n $feature && $feature != "$minor" ]]; then
+    echo "kube_binaries: version check: Kubernetes $version but Cargo.toml's k8s-openapi feature is v1_$feature: set KUBE_VERSION to a 1.$feature.x release" >&2
+    return 1
+  fi
+  local go
+  go=$(command -v go || true)
+  [[ -n $go ]] || go=/usr/local/go/bin/go
+  if [[ ! -x $go ]]; then
+    echo "kube_binaries: toolchain check: no go on PATH nor at /usr/local/go/bin/go" >&2
+    return 1
+  fi
+  local tmp
+  if ! mkdir -p "$root" || ! tmp=$(mktemp -d "$root/.kube-$version.XXXXXX"); then
+    echo "kube_binaries: cache dir: cannot create a build dir under $root" >&2
+    return 1
+  fi
+  (
+    set -o pipefail
+    trap 'rm -rf "$tmp"' EXIT
+    fail() { echo "kube_binaries: step '$1' failed for k8s.io/kubernetes@v$version${2:+: $2}" >&2; exit 1; }
+    local gorun=(nice -n 19 env GOTOOLCHAIN=local GOWORK=off GOFLAGS=-modcacherw CGO_ENABLED=0 "$go")
+    local start=$SECONDS
+    cd "$tmp" || fail "cd $tmp"
+    echo "kube_binaries: building kube-apiserver and kubectl v$version from the Go module proxy (nice 19; ~15 min on a cold cache)" >&2
+    "${gorun[@]}" mod init vaultgram.local/kubebuild >/dev/null 2>&1 || fail "go mod init"
+    local modfile
+    modfile=$("${gorun[@]}" mod download -json "k8s.io/kubernetes@v$version" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
+    [[ -f $modfile ]] || fail "go mod download" "no go.mod for k8s.io/kubernetes@v$version"
+    local edits=(-require="k8s.io/kubernetes@v$version") name
+    # Each `k8s.io/<name> => ./staging/src/k8s.io/<name>` becomes the published module.
+    while read -r name; do
+      edits+=(-replace="$name=$name@v$staging")
+    done < <(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$modfile")
+    ((${#edits[@]} > 10)) || fail "read staging replaces" "found only $((${#edits[@]} - 1)) in $modfile"
+    "${gorun[@]}" mod edit "${edits[@]}" || fail "go mod edit"
+    printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubectl/pkg/cmd"\n)\n' >tools.go
+    "${gorun[@]}" mod tidy >"$tmp/tidy.log" 2>&1 || fail "go mod tidy" "$(grep -v '^go: downloading' "$tmp/tidy.log" | head -n 5 | tr '\n' ' ')"
+    local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$version -X k8s.io/client-go/pkg/version.gitVersion=v$version"
+    ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${version#1.}"
+    local cmd
+    for cmd in k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl; do
+      "${gorun[@]}" build -trimpath -ldflags="$ldflags" -o "$tmp/bin/${cmd##*/}" "$cmd" >"$tmp/build.log" 2>&1 ||
+        fail "go build $cmd" "$(grep -E '^(# |go: )|:[0-9]+:[0-9]+: ' "$tmp/build.log" | grep -v '^go: downloading' | head -n 6 | tr '\n' ' ')"
+    done
+    local got
+    got=$("$tmp/bin/kube-apiserver" --version 2>&1) || fail "run kube-apiserver --version" "$got"
+    [[ $got == "Kubernetes v$version" ]] || fail "version check" "built kube-apiserver says: $got"
+    mkdir -p "$out" && mv -f "$tmp/bin/kube-apiserver" "$tmp/bin/kubectl" "$out/" || fail "install into $out"
+    echo "kube_binaries: $got -> $out ($((SECONDS - start))s)" >&2
+  ) || return 1
   printf '%s\n' "$out"
 }
 

@@ -3,7 +3,8 @@
 # missing, then the unit tests and the one integration-test binary run; the
 # latter starts a real 3-member etcd cluster and a real Vault-API server over
 # TLS on free loopback ports, once with OpenBao (raft) and once with
-# HashiCorp Vault (storage "etcd" on those members).
+# HashiCorp Vault (storage "etcd" on those members), and a real
+# kube-apiserver for the Kubernetes tests.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -14,7 +15,10 @@ cd "$ROOT"
 unset VAULT_ADDR BAO_ADDR VAULT_TOKEN VAULT_CACERT VAULTGRAM_CONFIG \
   ETCDCTL_ENDPOINTS ETCDCTL_CACERT ETCDCTL_CERT ETCDCTL_KEY ETCDCTL_USER
 # Every Vault-facing test runs against both servers: OpenBao on raft, then
-# HashiCorp Vault on storage "etcd" (built once by ensure_tools).
+# HashiCorp Vault on storage "etcd" (built once by ensure_tools). The
+# Kubernetes tests start a real kube-apiserver (built once, too).
+KUBE_BIN_DIR=$(kube_binaries)
+export KUBE_BIN_DIR
 cargo test --locked --all-targets "$@"
 VAULT_BINARY=$(vault_binary) VAULTGRAM_IT_SERVER=vault \
   cargo test --locked --test integration "$@"

@@ -125,6 +125,8 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     #[serde(default)]
     pub security: SecurityConfig,
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
     /// Defaults to empty only so that a missing list gets the clear
     /// "at least one operator is required" rather than a serde message.
     #[serde(default)]
@@ -435,6 +437,33 @@ impl Default for SecurityConfig {
     }
 }
 
+/// `[kubernetes]`: the pod's own confinement check (`src/kube.rs`). Inside
+/// a pod (`KUBERNETES_SERVICE_HOST` set) the broker reads its Pod and the
+/// namespace's NetworkPolicies with its ServiceAccount; outside it does
+/// nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct KubernetesConfig {
+    /// `run` refuses to start, and `/readyz` fails, while the pod is not
+    /// selected for Egress by a NetworkPolicy.
+    pub require_confinement: bool,
+    /// How often `run` checks again.
+    pub recheck_secs: u64,
+    /// The API credentials: `token`, `ca.crt` and `namespace`, as the
+    /// kubelet mounts them (k8s/base/vaultgram.yaml projects the same files).
+    pub service_account_dir: PathBuf,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            require_confinement: false,
+            recheck_secs: 300,
+            service_account_dir: PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount"),
+        }
+    }
+}
+
 /// `security.step_up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -650,6 +679,7 @@ impl Config {
             *p = resolve(base, p);
         }
         v.auth.jwt_file = resolve(base, &v.auth.jwt_file);
+        self.kubernetes.service_account_dir = resolve(base, &self.kubernetes.service_account_dir);
         self.ipc.socket = resolve(base, &self.ipc.socket);
     }
 
@@ -971,7 +1001,8 @@ impl Config {
         self.validate_ipc_http()?;
         self.validate_approvals()?;
         self.validate_operators()?;
-        self.validate_security()
+        self.validate_security()?;
+        check_at_least("kubernetes.recheck_secs", self.kubernetes.recheck_secs, 10)
     }
 
     fn validate_security(&self) -> Result<(), ConfigError> {

@@ -202,6 +202,8 @@ pub struct App {
 pub struct Runtime {
     pub elector: std::sync::OnceLock<Arc<crate::leader::Elector>>,
     pub telegram: std::sync::Mutex<TelegramStatus>,
+    /// The last confinement check (`src/kube.rs`); `None` before the first.
+    pub confinement: std::sync::Mutex<Option<crate::kube::Status>>,
 }
 
 /// The Telegram client of this process.
@@ -216,6 +218,18 @@ pub struct TelegramStatus {
 }
 
 impl Runtime {
+    pub fn confinement(&self) -> Option<crate::kube::Status> {
+        self.confinement
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_confinement(&self, status: crate::kube::Status) {
+        crate::metrics::confinement(status.state);
+        *self.confinement.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    }
+
     pub fn telegram(&self) -> TelegramStatus {
         self.telegram
             .lock()

@@ -176,6 +176,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
     checks.extend(cert_checks(cfg, unix_now()));
     checks.push(leadership_check(cfg, etcd.as_ref()).await);
     checks.push(telegram_check(cfg).await);
+    checks.push(confinement_check(cfg).await);
     Report { checks }
 }
 
@@ -193,6 +194,33 @@ fn rfc3339(unix: i64) -> String {
 
 fn human_secs(secs: u64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+// ---- Kubernetes ---------------------------------------------------------
+
+/// The pod's NetworkPolicy confinement (`src/kube.rs`).
+async fn confinement_check(cfg: &Config) -> Check {
+    const NAME: &str = "kubernetes.confinement";
+    let s = crate::kube::status(cfg).await;
+    let data = s.report.as_ref().map(|r| {
+        json!({
+            "pod": r.pod,
+            "namespace": r.namespace,
+            "ingress_by": r.ingress_by,
+            "egress_by": r.egress_by,
+            "allowed_egress": r.allowed,
+            "findings": r.findings,
+        })
+    });
+    let check = match s.state {
+        "ok" | "not_in_pod" => Check::ok(NAME, s.detail),
+        "warn" => Check::warn(NAME, s.detail),
+        _ => Check::fail(NAME, s.detail),
+    };
+    match data {
+        Some(d) => check.data(d),
+        None => check,
+    }
 }
 
 // ---- Vault --------------------------------------------------------------

@@ -12,7 +12,9 @@
 //!   checks are bounded by [`CHECK_TIMEOUT`] and their result is cached for
 //!   [`READY_CACHE`] so that probes cannot hammer Vault. The body also
 //!   carries this process's election and Telegram status (`leading`),
-//!   which `doctor` and the benchmarks read.
+//!   which `doctor` and the benchmarks read, and the last confinement
+//!   check (`src/kube.rs`), which fails readiness under
+//!   `kubernetes.require_confinement`.
 //! - `/metrics`: [`crate::metrics`] in the text format; values other
 //!   modules already track are copied in per scrape.
 
@@ -170,7 +172,12 @@ async fn readyz(State(s): State<Arc<Endpoints>>) -> Response {
             }
         }
     };
-    let failed = checks.failed();
+    let mut failed = checks.failed();
+    // Refreshed by run's own re-check task, not per probe (API calls).
+    let confinement = s.app.runtime.confinement();
+    if confinement.as_ref().is_some_and(|c| c.blocks()) {
+        failed.push("confinement");
+    }
     let ready = failed.is_empty();
     // Status of this process, fresh on every probe (cheap, in memory).
     let leader = s.app.runtime.elector.get().map(|e| e.status());
@@ -188,6 +195,7 @@ async fn readyz(State(s): State<Arc<Endpoints>>) -> Response {
         "leading": leading,
         "leader": leader,
         "telegram": telegram,
+        "confinement": confinement,
     });
     let code = if ready {
         StatusCode::OK

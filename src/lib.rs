@@ -54,6 +54,7 @@ pub mod effect;
 pub mod error;
 pub mod etcd;
 pub mod http;
+pub mod kube;
 pub mod leader;
 pub mod metrics;
 pub mod migrate;

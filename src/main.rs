@@ -396,8 +396,39 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     // Bind before logging in: a second broker on the same socket fails fast.
     let listener = vaultgram::transport::socket::bind(&socket_path).await?;
     let http_listener = vaultgram::http::bind(&cfg.http).await?;
+    // Before logging in: an unconfined pod never gets a Vault token.
+    let confinement = vaultgram::kube::status(&cfg).await;
+    if confinement.blocks() {
+        anyhow::bail!(
+            "kubernetes.require_confinement: refusing to start: {}",
+            confinement.detail
+        );
+    }
+    log_confinement(&confinement);
     let app = vaultgram::dispatch::App::start(cfg).await?;
+    let in_pod = confinement.state != "not_in_pod";
+    app.runtime.set_confinement(confinement);
     let shutdown = CancellationToken::new();
+    // Policies change under a running pod: check again, show it on /readyz.
+    let rechecker = in_pod.then(|| {
+        let app = app.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(app.cfg.kubernetes.recheck_secs);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let status = vaultgram::kube::status(&app.cfg).await;
+                let before = app.runtime.confinement().map(|c| c.state);
+                if before != Some(status.state) {
+                    log_confinement(&status);
+                }
+                app.runtime.set_confinement(status);
+            }
+        })
+    });
     let renewer = tokio::spawn({
         let stop = shutdown.clone();
         app.broker
@@ -462,6 +493,9 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     server.await?;
     http.await??;
     sweeper.await?;
+    if let Some(r) = rechecker {
+        r.await?;
+    }
     // Bounded: every record is in the log already; the etcd copy of a
     // backlog is not worth hanging a shutdown for.
     if tokio::time::timeout(std::time::Duration::from_secs(10), app.audit.flush())
@@ -473,6 +507,19 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     renewer.await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn log_confinement(c: &vaultgram::kube::Status) {
+    match c.state {
+        "ok" | "not_in_pod" => tracing::info!(state = c.state, "confinement: {}", c.detail),
+        "warn" => tracing::warn!(state = c.state, "confinement: {}", c.detail),
+        _ => tracing::error!(
+            state = c.state,
+            required = c.required,
+            "confinement: {}",
+            c.detail
+        ),
+    }
 }
 
 /// `vaultgram ctl`: one line to the socket, its reply printed. What the

@@ -30,6 +30,11 @@ struct CommandLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SecurityLabels {
     kind: &'static str,
 }
@@ -54,6 +59,7 @@ pub struct Metrics {
     etcd_errors: Counter,
     pub approvals_pending: Gauge,
     security_events: Family<SecurityLabels, Counter>,
+    confinement: Family<StateLabels, Gauge>,
 }
 
 fn vault_histogram() -> Histogram {
@@ -77,6 +83,7 @@ impl Metrics {
             etcd_errors: Counter::default(),
             approvals_pending: Gauge::default(),
             security_events: Family::default(),
+            confinement: Family::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -126,6 +133,11 @@ impl Metrics {
             "Security alerts (suspend, resume, auto_suspend, budget_exceeded, unlock_failed)",
             m.security_events.clone(),
         );
+        registry.register(
+            "confinement",
+            "1 for the pod's NetworkPolicy confinement state (ok, warn, fail, error, not_in_pod)",
+            m.confinement.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -159,6 +171,16 @@ pub fn command(command: &str, result: &'static str, transport: &'static str) {
 
 /// One failed etcd request.
 /// One security alert of `kind` (bounded: `security::Event` names).
+/// Sets `vaultgram_confinement{state}`: 1 for `state`, 0 for the others.
+pub fn confinement(state: &'static str) {
+    for s in crate::kube::STATES {
+        get()
+            .confinement
+            .get_or_create(&StateLabels { state: s })
+            .set(i64::from(s == state));
+    }
+}
+
 pub fn security_event(kind: &'static str) {
     get()
         .security_events

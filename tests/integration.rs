@@ -85,6 +85,19 @@ fn main() {
             }
         }
     }
+    if let Some(kube) = ENV.get().and_then(|e| e.kube_if_started()) {
+        kube.shutdown();
+        logs.extend(kube.log_files());
+        let dir = kube.path().display().to_string();
+        for (pid, cmd) in processes_mentioning(&dir) {
+            leftovers.push(format!("pid {pid}: {cmd}"));
+        }
+        for port in kube.ports() {
+            if port_open(port) {
+                leftovers.push(format!("port {port} still accepts connections"));
+            }
+        }
+    }
     for (pid, name) in started_pids().lock().unwrap().iter() {
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -120,6 +133,9 @@ fn main() {
     if !conclusion.has_failed() && std::env::var_os("VAULTGRAM_KEEP_TEST_DIR").is_none() {
         if let Some(cluster) = ENV.get().and_then(|e| e.cluster_if_started()) {
             let _ = std::fs::remove_dir_all(cluster.path());
+        }
+        if let Some(kube) = ENV.get().and_then(|e| e.kube_if_started()) {
+            let _ = std::fs::remove_dir_all(kube.path());
         }
         let _ = std::fs::remove_file(common::canary::log_path());
     }

@@ -33,6 +33,18 @@
 #   VAULTGRAM_APPROLE_TOKEN_TTL           default 1h (only with TOKEN_PERIOD=0)
 #   VAULTGRAM_APPROLE_TOKEN_MAX_TTL       default 4h (only with TOKEN_PERIOD=0)
 #   VAULTGRAM_OPERATOR_TOKEN_MAX_TTL      explicit max TTL of operator child tokens, default 1h
+# Kubernetes auth for the broker's pod (only when VAULTGRAM_K8S_HOST is set):
+#   VAULTGRAM_K8S_HOST            the API server Vault sends TokenReviews to
+#                                 (in the cluster: https://kubernetes.default.svc)
+#   VAULTGRAM_K8S_CA_CERT         file: the API server's CA (default: Vault's own
+#                                 pod CA, when Vault runs in the cluster)
+#   VAULTGRAM_K8S_REVIEWER_JWT_FILE  file: a token allowed to create TokenReviews
+#                                 (system:auth-delegator; default: Vault's own pod
+#                                 token, re-read by Vault as the kubelet rotates it)
+#   VAULTGRAM_K8S_MOUNT           default kubernetes
+#   VAULTGRAM_K8S_NAMESPACE, VAULTGRAM_K8S_SERVICE_ACCOUNT  default vaultgram, vaultgram
+#   VAULTGRAM_K8S_AUDIENCE        the audience the pod's projected token carries (default vault)
+#   VAULTGRAM_K8S_TOKEN_PERIOD / _TOKEN_TTL / _TOKEN_MAX_TTL  as the AppRole ones (same defaults)
 set -euo pipefail
 
 PROG=apply.sh
@@ -131,6 +143,31 @@ for c in ${cidr_list[@]+"${cidr_list[@]}"}; do
     die "invalid CIDR '$c' in VAULTGRAM_APPROLE_CIDRS"
   CIDRS=${CIDRS:+$CIDRS,}$c
 done
+
+# Kubernetes auth: validated here, written after the AppRole role.
+K8S_HOST=${VAULTGRAM_K8S_HOST:-}
+K8S_MOUNT=${VAULTGRAM_K8S_MOUNT:-kubernetes}
+K8S_NAMESPACE=${VAULTGRAM_K8S_NAMESPACE:-vaultgram}
+K8S_SA=${VAULTGRAM_K8S_SERVICE_ACCOUNT:-vaultgram}
+K8S_AUDIENCE=${VAULTGRAM_K8S_AUDIENCE:-vault}
+K8S_TOKEN_PERIOD=${VAULTGRAM_K8S_TOKEN_PERIOD:-$TOKEN_PERIOD}
+K8S_TOKEN_TTL=${VAULTGRAM_K8S_TOKEN_TTL:-$TOKEN_TTL}
+K8S_TOKEN_MAX_TTL=${VAULTGRAM_K8S_TOKEN_MAX_TTL:-$TOKEN_MAX_TTL}
+if [[ -n $K8S_HOST ]]; then
+  [[ $K8S_HOST =~ ^https://[^/[:space:]]+(/[^[:space:]]*)?$ ]] || die "invalid VAULTGRAM_K8S_HOST '$K8S_HOST' (an https:// URL)"
+  [[ $K8S_MOUNT =~ $MOUNT_RE ]] || die "invalid VAULTGRAM_K8S_MOUNT '$K8S_MOUNT'"
+  for pair in "VAULTGRAM_K8S_NAMESPACE=$K8S_NAMESPACE" "VAULTGRAM_K8S_SERVICE_ACCOUNT=$K8S_SA"; do
+    [[ ${pair#*=} =~ ^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$ ]] || die "invalid ${pair%%=*} '${pair#*=}' (a Kubernetes name)"
+  done
+  [[ $K8S_AUDIENCE =~ ^[A-Za-z0-9._:/-]+$ ]] || die "invalid VAULTGRAM_K8S_AUDIENCE '$K8S_AUDIENCE'"
+  for pair in "VAULTGRAM_K8S_TOKEN_PERIOD=$K8S_TOKEN_PERIOD" "VAULTGRAM_K8S_TOKEN_TTL=$K8S_TOKEN_TTL" \
+    "VAULTGRAM_K8S_TOKEN_MAX_TTL=$K8S_TOKEN_MAX_TTL"; do
+    [[ ${pair#*=} =~ $TTL_RE ]] || die "invalid ${pair%%=*} '${pair#*=}' (a duration such as 90s, 10m, 4h)"
+  done
+  for f in "${VAULTGRAM_K8S_CA_CERT:-}" "${VAULTGRAM_K8S_REVIEWER_JWT_FILE:-}"; do
+    [[ -z $f || -r $f ]] || die "cannot read $f"
+  done
+fi
 
 # Agents: all checked first, so a bad name changes nothing.
 AGENTS=()
@@ -262,6 +299,8 @@ kv_state=$(check_mount "$secrets_json" "$KV_MOUNT" kv-v2)
 transit_state=$(check_mount "$secrets_json" "$TRANSIT_MOUNT" transit)
 totp_state=$(check_mount "$secrets_json" "$TOTP_MOUNT" totp)
 approle_state=$(check_mount "$auth_json" "$APPROLE_MOUNT" approle)
+k8s_state=absent
+[[ -z $K8S_HOST ]] || k8s_state=$(check_mount "$auth_json" "$K8S_MOUNT" kubernetes)
 
 # ---------------------------------------------------------------------------
 # Phase 3: write.
@@ -358,6 +397,41 @@ fi
   secret_id_num_uses="$SECRET_ID_NUM_USES" \
   secret_id_bound_cidrs="$CIDRS" >/dev/null || die "writing auth/$APPROLE_MOUNT/role/$APPROLE_ROLE failed"
 log "approle role auth/$APPROLE_MOUNT/role/$APPROLE_ROLE written (policy vaultgram-broker, secret_id ttl $SECRET_ID_TTL x$SECRET_ID_NUM_USES, token period $TOKEN_PERIOD ttl $TOKEN_TTL max $TOKEN_MAX_TTL${CIDRS:+, bound to $CIDRS})"
+
+# Kubernetes auth: the broker's pod logs in with its projected token
+# (audience $K8S_AUDIENCE); Vault has the API server review it (TokenReview).
+if [[ -n $K8S_HOST ]]; then
+  if [[ $k8s_state == present ]]; then
+    log "auth method $K8S_MOUNT/ (kubernetes) already enabled"
+  else
+    "$CLI" auth enable -path="$K8S_MOUNT" -description="vaultgram broker login (pod)" kubernetes >/dev/null ||
+      die "enabling kubernetes at $K8S_MOUNT/ failed"
+    log "auth method $K8S_MOUNT/ (kubernetes) enabled"
+  fi
+  k8s_args=(kubernetes_host="$K8S_HOST")
+  [[ -z ${VAULTGRAM_K8S_CA_CERT:-} ]] || k8s_args+=(kubernetes_ca_cert="@$VAULTGRAM_K8S_CA_CERT")
+  [[ -z ${VAULTGRAM_K8S_REVIEWER_JWT_FILE:-} ]] || k8s_args+=(token_reviewer_jwt="@$VAULTGRAM_K8S_REVIEWER_JWT_FILE")
+  # Outside the cluster there is no local CA/token to fall back to.
+  if [[ -n ${VAULTGRAM_K8S_CA_CERT:-} && -n ${VAULTGRAM_K8S_REVIEWER_JWT_FILE:-} ]]; then
+    k8s_args+=(disable_local_ca_jwt=true)
+  fi
+  "$CLI" write "auth/$K8S_MOUNT/config" "${k8s_args[@]}" >/dev/null || die "writing auth/$K8S_MOUNT/config failed"
+  if [[ $K8S_TOKEN_PERIOD != 0 && $K8S_TOKEN_PERIOD != 0s ]]; then
+    K8S_TOKEN_TTL=0 K8S_TOKEN_MAX_TTL=0
+  fi
+  "$CLI" write "auth/$K8S_MOUNT/role/$APPROLE_ROLE" \
+    bound_service_account_names="$K8S_SA" \
+    bound_service_account_namespaces="$K8S_NAMESPACE" \
+    audience="$K8S_AUDIENCE" \
+    token_policies=vaultgram-broker \
+    token_type=service \
+    token_ttl="$K8S_TOKEN_TTL" \
+    token_max_ttl="$K8S_TOKEN_MAX_TTL" \
+    token_period="$K8S_TOKEN_PERIOD" \
+    token_num_uses=0 \
+    token_no_default_policy=false >/dev/null || die "writing auth/$K8S_MOUNT/role/$APPROLE_ROLE failed"
+  log "kubernetes role auth/$K8S_MOUNT/role/$APPROLE_ROLE written ($K8S_NAMESPACE/$K8S_SA, audience $K8S_AUDIENCE, policy vaultgram-broker, token period $K8S_TOKEN_PERIOD ttl $K8S_TOKEN_TTL max $K8S_TOKEN_MAX_TTL; API $K8S_HOST)"
+fi
 
 # Token role through which the broker mints operators' child tokens. Both
 # allowed policies are given as globs and allowed_policies stays EMPTY on

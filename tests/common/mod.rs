@@ -4,6 +4,7 @@
 pub mod canary;
 pub mod cluster;
 pub mod console;
+pub mod kube;
 pub mod pki;
 pub mod process;
 pub mod tcpproxy;
@@ -17,6 +18,7 @@ pub use cluster::Cluster;
 /// and a Tokio runtime to drive the library's async API.
 pub struct Env {
     cluster: OnceLock<Cluster>,
+    kube: OnceLock<kube::KubeApi>,
     pub rt: tokio::runtime::Runtime,
 }
 
@@ -26,6 +28,7 @@ impl Env {
         canary::capture_logs();
         Env {
             cluster: OnceLock::new(),
+            kube: OnceLock::new(),
             rt: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -41,6 +44,15 @@ impl Env {
 
     pub fn cluster_if_started(&self) -> Option<&Cluster> {
         self.cluster.get()
+    }
+
+    /// The shared kube-apiserver; the first caller starts it.
+    pub fn kube(&self) -> &kube::KubeApi {
+        self.kube.get_or_init(kube::KubeApi::start)
+    }
+
+    pub fn kube_if_started(&self) -> Option<&kube::KubeApi> {
+        self.kube.get()
     }
 
     /// The broker config for this cluster, loaded through the library.

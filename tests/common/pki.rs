@@ -42,8 +42,22 @@ impl Ca {
     /// for `valid_days` from now, for 127.0.0.1 and localhost. `CN` is what
     /// etcd takes as the user name.
     pub fn issue(&self, common_name: &str, valid_days: i64) -> (String, String) {
+        self.issue_in(common_name, None, valid_days)
+    }
+
+    /// As [`Ca::issue`], with an organisation (Kubernetes takes `O` as the
+    /// user's group, e.g. `system:masters`).
+    pub fn issue_in(
+        &self,
+        common_name: &str,
+        org: Option<&str>,
+        valid_days: i64,
+    ) -> (String, String) {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(common_name);
+        if let Some(o) = org {
+            params.distinguished_name.push(DnType::OrganizationName, o);
+        }
         params.subject_alt_names = vec![
             SanType::IpAddress("127.0.0.1".parse().unwrap()),
             SanType::DnsName("localhost".try_into().unwrap()),
@@ -67,7 +81,18 @@ impl Ca {
 
     /// Writes `<stem>.pem` and `<stem>-key.pem` (0600) into `dir`.
     pub fn write_leaf(&self, dir: &Path, stem: &str, common_name: &str, valid_days: i64) -> Leaf {
-        let (cert, key) = self.issue(common_name, valid_days);
+        self.write_leaf_in(dir, stem, common_name, None, valid_days)
+    }
+
+    pub fn write_leaf_in(
+        &self,
+        dir: &Path,
+        stem: &str,
+        common_name: &str,
+        org: Option<&str>,
+        valid_days: i64,
+    ) -> Leaf {
+        let (cert, key) = self.issue_in(common_name, org, valid_days);
         let leaf = Leaf {
             cert: dir.join(format!("{stem}.pem")),
             key: dir.join(format!("{stem}-key.pem")),

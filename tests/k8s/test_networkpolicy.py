@@ -4,7 +4,9 @@
 Renders `kubectl kustomize k8s/` (and the openbao-raft overlay) and asserts:
   * default-deny policies for Ingress and for Egress select every pod;
   * vaultgram's egress allow-list equals EXACTLY: DNS 53/udp+tcp to kube-dns
-    in kube-system, Vault 8200, etcd 2379, Telegram's ranges on 443/tcp;
+    in kube-system, Vault 8200, etcd 2379, the API server placeholder
+    192.0.2.1/32 on 443+6443/tcp (confinement check), Telegram's ranges on
+    443/tcp;
   * ingress to vaultgram is only 9090/tcp from namespace `monitoring`;
   * no policy anywhere allows 0.0.0.0/0 or ::/0 (or any prefix shorter
     than /8 v4, /32 v6), and no rule has an empty/missing `to:`/`from:`
@@ -42,7 +44,8 @@ def pod_peer(name):
 
 EXPECTED_VAULTGRAM_EGRESS = (
     {(DNS_PEER, "UDP", 53), (DNS_PEER, "TCP", 53),
-     (pod_peer("vault"), "TCP", 8200), (pod_peer("etcd"), "TCP", 2379)}
+     (pod_peer("vault"), "TCP", 8200), (pod_peer("etcd"), "TCP", 2379),
+     (("cidr", "192.0.2.1/32"), "TCP", 443), (("cidr", "192.0.2.1/32"), "TCP", 6443)}
     | {(("cidr", c), "TCP", 443) for c in TELEGRAM}
 )
 EXPECTED_VAULTGRAM_INGRESS = {
@@ -213,7 +216,7 @@ def mutations():
     """(description, function mutating a deep copy of the rendered docs)."""
     def add_cidr(cidr):
         def m(d):
-            find(d, "vaultgram-egress")["spec"]["egress"][3]["to"].append({"ipBlock": {"cidr": cidr}})
+            find(d, "vaultgram-egress")["spec"]["egress"][-1]["to"].append({"ipBlock": {"cidr": cidr}})
         return m
 
     def m_new_policy(d):
@@ -234,10 +237,10 @@ def mutations():
         find(d, "vault-ingress")["spec"]["ingress"][0]["from"].append({})
 
     def m_extra_port(d):
-        find(d, "vaultgram-egress")["spec"]["egress"][3]["ports"].append({"protocol": "TCP", "port": 80})
+        find(d, "vaultgram-egress")["spec"]["egress"][-1]["ports"].append({"protocol": "TCP", "port": 80})
 
     def m_drop_range(d):
-        find(d, "vaultgram-egress")["spec"]["egress"][3]["to"].pop()
+        find(d, "vaultgram-egress")["spec"]["egress"][-1]["to"].pop()
 
     def m_ingress_any_ns(d):
         find(d, "vaultgram-ingress")["spec"]["ingress"][0]["from"] = [{"namespaceSelector": {}}]

@@ -13,6 +13,7 @@ mod etcd;
 mod failure;
 mod gate;
 mod http;
+mod kubernetes;
 mod migration;
 mod policy_matrix;
 mod security;
@@ -48,6 +49,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(security::TESTS);
     t.extend(telegram::TESTS);
     t.extend(telegram_failover::TESTS);
+    t.extend(kubernetes::TESTS);
     t
 }
 

@@ -61,6 +61,18 @@ impl Broker {
         edit: impl Fn(String) -> String,
         before: impl FnOnce(&Path),
     ) -> Broker {
+        Self::start_full(env, name, edit, before, &[])
+    }
+
+    /// Like `start_with_before`, with extra environment variables (the
+    /// environment is otherwise cleared).
+    pub fn start_full(
+        env: &Env,
+        name: &str,
+        edit: impl Fn(String) -> String,
+        before: impl FnOnce(&Path),
+        vars: &[(&str, String)],
+    ) -> Broker {
         let c = env.cluster();
         // World-traversable, so a test can connect as another uid.
         let dir = tempfile::Builder::new()
@@ -93,11 +105,12 @@ impl Broker {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .env("VAULTGRAM_LOG", "info,vaultgram=debug")
+            .envs(vars.iter().map(|(k, v)| (k, v)))
             .args(["--log-format", "json", "--config"])
             .arg(&config)
             .arg("run");
         before(&config);
-        let proc = Proc::spawn(
+        let mut proc = Proc::spawn(
             &format!("run-{name}"),
             cmd,
             &out_dir.join(format!("run-{name}.err")),
@@ -105,7 +118,7 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(
-                Instant::now() < deadline,
+                Instant::now() < deadline && !proc.exited(),
                 "run did not open its socket:\n{}",
                 proc.log_text()
             );

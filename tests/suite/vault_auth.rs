@@ -3,7 +3,6 @@
 //! per-operator child tokens, and behaviour while OpenBao is sealed or
 //! restarted.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,10 +46,6 @@ pub const TESTS: &[(&str, TestFn)] = &[
     (
         "vault_auth::child_tokens_carry_only_the_operators_policy",
         child_tokens,
-    ),
-    (
-        "vault_auth::kubernetes_login_uses_the_jwt_file",
-        kubernetes_login,
     ),
     (
         "disruptive::vault_sealed_then_unsealed",
@@ -155,7 +150,9 @@ fn short_role(c: &Cluster, name: &str, settings: Value) {
     );
 }
 
-fn err_text<T: std::fmt::Debug>(r: Result<T, vaultgram::vault::VaultError>) -> (ErrorKind, String) {
+pub(super) fn err_text<T: std::fmt::Debug>(
+    r: Result<T, vaultgram::vault::VaultError>,
+) -> (ErrorKind, String) {
     let e = r.expect_err("expected an error");
     (e.kind(), e.to_string())
 }
@@ -235,7 +232,7 @@ fn reused_secret_id_refused(env: &Env) {
 
 /// Reads `secret/telegram` (the broker policy's one KV read) with the
 /// manager's current token every 25 ms for `dur`; returns (reads, failures).
-fn read_loop(env: &Env, mgr: &TokenManager, dur: Duration) -> (u64, Vec<String>) {
+pub(super) fn read_loop(env: &Env, mgr: &TokenManager, dur: Duration) -> (u64, Vec<String>) {
     let telegram = KvPath::parse("secret/telegram").unwrap();
     env.rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));
@@ -384,63 +381,6 @@ fn child_tokens(env: &Env) {
     env.rt
         .block_on(after.lookup_self())
         .expect("new child works");
-}
-
-fn kubernetes_login(env: &Env) {
-    let c = env.cluster();
-    // A kubernetes auth mount whose API server (a closed loopback port)
-    // cannot be reached: OpenBao must get as far as reviewing our JWT.
-    let (code, _) = c
-        .vault_api(
-            Method::POST,
-            "sys/auth/k8s-it",
-            Some(&c.root_token),
-            Some(json!({"type": "kubernetes"})),
-        )
-        .unwrap();
-    assert!(code == 204 || code == 400, "enable kubernetes auth: {code}");
-    root_call(
-        c,
-        Method::POST,
-        "auth/k8s-it/config",
-        Some(json!({
-            "kubernetes_host": "https://127.0.0.1:9",
-            "kubernetes_ca_cert": c.ca.cert_pem,
-            "disable_local_ca_jwt": true,
-        })),
-    );
-    root_call(
-        c,
-        Method::POST,
-        "auth/k8s-it/role/vaultgram",
-        Some(
-            json!({"bound_service_account_names": ["vaultgram"], "bound_service_account_namespaces": ["vaultgram"], "token_policies": ["vaultgram-broker"]}),
-        ),
-    );
-    let dir = c.path().join("k8s");
-    std::fs::create_dir_all(&dir).unwrap();
-    let jwt_path: PathBuf = dir.join("token");
-    let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6dmF1bHRncmFtOnZhdWx0Z3JhbSJ9.c2ln";
-    write_private(&jwt_path, jwt.as_bytes());
-    let mut v = env.config().vault;
-    v.auth.method = AuthMethod::Kubernetes;
-    v.auth.mount = "k8s-it".into();
-    v.auth.role = Some("vaultgram".into());
-    v.auth.jwt_file = jwt_path.clone();
-    v.auth.token = None;
-    v.auth.token_file = None;
-    let (kind, msg) = err_text(env.rt.block_on(TokenManager::login(&v)));
-    // Not a set-up error: the JWT went to Vault, which could not review it.
-    assert_ne!(msg, "", "{kind:?}");
-    assert!(!msg.contains(jwt), "error text carries the JWT");
-    // A missing JWT file is a clear set-up error.
-    std::fs::remove_file(&jwt_path).unwrap();
-    let (_, msg) = err_text(env.rt.block_on(TokenManager::login(&v)));
-    assert!(
-        msg.contains("service-account token") && msg.contains(&jwt_path.display().to_string()),
-        "{msg}"
-    );
-    let _ = Path::new("");
 }
 
 /// The broker's view while OpenBao is sealed: `unavailable` within the

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The import invariants of ARCHITECTURE.md, checked: each external client
+# crate is used by exactly one module. Comment lines are ignored; paths
+# through our own module (`crate::kube::`, `vaultgram::kube::`) are ours.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+fail=0
+check() { # crate-regex allowed-path-regex what
+  local hits
+  hits=$(grep -rnE "$1" src --include='*.rs' |
+    grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' |
+    grep -vE '(crate|vaultgram|super)::kube::' |
+    grep -vE "^($2)" || true)
+  if [[ -n $hits ]]; then
+    echo "check-imports: $3 used outside its module:" >&2
+    echo "$hits" >&2
+    fail=1
+  fi
+}
+check '(^|[^A-Za-z0-9_:])(::)?(vaultrs|rustify)::' 'src/vault/' 'vaultrs/rustify'
+check '(^|[^A-Za-z0-9_:])(::)?etcd_client::' 'src/etcd\.rs:' 'etcd_client'
+check '(^|[^A-Za-z0-9_:])(::)?grammers_[a-z_]+::' 'src/transport/telegram/grammers\.rs:' 'grammers_*'
+check '(^|[^A-Za-z0-9_:])(::)?(kube|k8s_openapi)::' 'src/kube\.rs:' 'kube/k8s-openapi'
+((fail == 0)) && echo "check-imports: vaultrs, etcd_client, grammers_*, kube each in one module"
+exit "$fail"
