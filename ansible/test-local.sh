@@ -162,6 +162,29 @@ PY
     bad "$flavor: main server status"; cat "$LOGS/$flavor-status.log"
   fi
 
+  # ---- backups: the timer's job, run once ----
+  local bk=$D/backups envs=() line kinds="etcd"
+  [[ $flavor == openbao ]] && kinds="etcd raft unsealer"
+  while IFS= read -r line; do
+    [[ $line == \#* || -z $line ]] || envs+=("$line")
+  done <"$D/backup/backup.env"
+  if env "${envs[@]}" "$D/backup/backup.sh" >"$LOGS/$flavor-backup.log" 2>&1; then
+    ok "$flavor: the backup job ran: $(awk '{printf "%s %s B; ", $1, $3}' "$LOGS/$flavor-backup.log")"
+  else
+    bad "$flavor: the backup job failed"; cat "$LOGS/$flavor-backup.log"
+  fi
+  local kind snap
+  for kind in $kinds; do
+    snap=$(find "$bk" -maxdepth 1 -name "$kind-*" ! -name '*.sha256' | sort | tail -n 1)
+    if [[ -n $snap && $(stat -c %a "$snap") == 600 ]] && (cd "$bk" && sha256sum --quiet -c "$(basename "$snap").sha256") &&
+      { [[ $kind != etcd ]] || ETCDCTL_API=3 etcdctl snapshot status "$snap" >/dev/null 2>&1; } &&
+      { [[ $kind == etcd ]] || tar -tzf "$snap" 2>/dev/null | grep -qx state.bin; }; then
+      ok "$flavor: $kind snapshot $(basename "$snap") (0600) verifies"
+    else
+      bad "$flavor: no verified $kind snapshot in $bk"; ls -la "$bk"
+    fi
+  done
+
   # ---- teardown ----
   trap - EXIT
   if playbook "$flavor-teardown" teardown-local.yml; then ok "$flavor: teardown-local.yml"; else bad "$flavor: teardown-local.yml"; tail -30 "$LOGS/$flavor-teardown.log"; fi

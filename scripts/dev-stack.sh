@@ -16,7 +16,7 @@
 # lives in $VAULTGRAM_DEV_DIR (default: .dev-stack/ in the repository).
 # Ports: VAULTGRAM_DEV_ETCD_PORTS (three client ports; peer = client + 1),
 # VAULTGRAM_DEV_BAO_PORT (cluster port = + 1). VAULTGRAM_BIN selects a built
-# binary instead of `cargo run`.
+# binary instead of `cargo run`; VAULTGRAM_DEV_AUDIT_LOG the audit file.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,6 +34,9 @@ esac
 BAO_PORT=${VAULTGRAM_DEV_BAO_PORT:-18200}
 BAO_CLUSTER_PORT=$((BAO_PORT + 1))
 TLS=$STATE/tls
+# The audit device's file: part of the server's stored state, so a restored
+# server must find the same path (VAULTGRAM_DEV_AUDIT_LOG; restore drill).
+AUDIT_LOG=${VAULTGRAM_DEV_AUDIT_LOG:-$STATE/bao-audit.log}
 ADMIN=alice
 AGENT=bob
 
@@ -227,7 +230,7 @@ start_bao() {
         start_bg bao "$STATE/bao.log" "$BAO" server -config="$STATE/bao.hcl"
       )
     else
-      BAO_DATA_DIR=$STATE/bao-data BAO_TLS_DIR=$TLS BAO_AUDIT_LOG=$STATE/bao-audit.log \
+      BAO_DATA_DIR=$STATE/bao-data BAO_TLS_DIR=$TLS BAO_AUDIT_LOG=$AUDIT_LOG \
         BAO_PORT=$BAO_PORT BAO_CLUSTER_PORT=$BAO_CLUSTER_PORT \
         render "$ROOT/scripts/openbao.hcl.tmpl" BAO_DATA_DIR BAO_TLS_DIR BAO_AUDIT_LOG \
         BAO_PORT BAO_CLUSTER_PORT >"$STATE/bao.hcl"
@@ -265,8 +268,8 @@ start_bao() {
       if [[ $SERVER == vault ]] &&
         ! VAULT_TOKEN=$(<"$STATE/root-token") bao_cli audit list 2>/dev/null | grep -q '^file/'; then
         VAULT_TOKEN=$(<"$STATE/root-token") bao_cli audit enable file \
-          file_path="$STATE/bao-audit.log" mode=0600 >/dev/null
-        say "audit device file/ enabled ($STATE/bao-audit.log)"
+          file_path="$AUDIT_LOG" mode=0600 >/dev/null
+        say "audit device file/ enabled ($AUDIT_LOG)"
       fi
       return 0
     fi

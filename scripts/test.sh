@@ -31,4 +31,8 @@ vault-policies/selftest.sh
 tests/k8s/run.sh
 tests/deploy/vault_etcd_config.sh --self-test
 tests/deploy/autounseal.sh
+# Backups restored for real: every kind of secret back byte for byte on new
+# ports after every data directory is gone (OpenBao/raft, Vault/etcd).
+tests/deploy/restore_drill.sh openbao
+tests/deploy/restore_drill.sh vault
 ansible/test-local.sh

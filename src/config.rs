@@ -127,6 +127,8 @@ pub struct Config {
     pub security: SecurityConfig,
     #[serde(default)]
     pub kubernetes: KubernetesConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
     /// Defaults to empty only so that a missing list gets the clear
     /// "at least one operator is required" rather than a serde message.
     #[serde(default)]
@@ -464,6 +466,26 @@ impl Default for KubernetesConfig {
     }
 }
 
+/// `[backup]`: where `scripts/backup.sh` puts snapshots, for `doctor`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct BackupConfig {
+    /// `BACKUP_DIR` of the backup job; unset: `doctor` does not look.
+    pub dir: Option<PathBuf>,
+    /// `doctor` warns when the newest snapshot is older (default 26 h: a
+    /// daily job plus slack).
+    pub max_age_secs: u64,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            dir: None,
+            max_age_secs: 26 * 3600,
+        }
+    }
+}
+
 /// `security.step_up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -680,6 +702,9 @@ impl Config {
         }
         v.auth.jwt_file = resolve(base, &v.auth.jwt_file);
         self.kubernetes.service_account_dir = resolve(base, &self.kubernetes.service_account_dir);
+        if let Some(d) = &mut self.backup.dir {
+            *d = resolve(base, d);
+        }
         self.ipc.socket = resolve(base, &self.ipc.socket);
     }
 
@@ -1002,7 +1027,8 @@ impl Config {
         self.validate_approvals()?;
         self.validate_operators()?;
         self.validate_security()?;
-        check_at_least("kubernetes.recheck_secs", self.kubernetes.recheck_secs, 10)
+        check_at_least("kubernetes.recheck_secs", self.kubernetes.recheck_secs, 10)?;
+        check_at_least("backup.max_age_secs", self.backup.max_age_secs, 60)
     }
 
     fn validate_security(&self) -> Result<(), ConfigError> {

@@ -177,6 +177,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
     checks.push(leadership_check(cfg, etcd.as_ref()).await);
     checks.push(telegram_check(cfg).await);
     checks.push(confinement_check(cfg).await);
+    checks.push(backup_check(&cfg.backup, SystemTime::now()));
     Report { checks }
 }
 
@@ -194,6 +195,65 @@ fn rfc3339(unix: i64) -> String {
 
 fn human_secs(secs: u64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+// ---- Backups ------------------------------------------------------------
+
+/// The newest snapshot `scripts/backup.sh` left in `backup.dir` (one with
+/// its `.sha256` beside it: a finished one), by kind.
+fn backup_check(cfg: &crate::config::BackupConfig, now: SystemTime) -> Check {
+    const NAME: &str = "backup";
+    let Some(dir) = &cfg.dir else {
+        return Check::ok(NAME, "not configured (backup.dir): not checked");
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => return Check::warn(NAME, format!("{}: {e}", dir.display())),
+    };
+    let mut newest: std::collections::BTreeMap<&str, (SystemTime, String, u64)> =
+        Default::default();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let kind = match name.as_str() {
+            n if n.starts_with("etcd-") && n.ends_with(".db") => "etcd",
+            n if n.starts_with("raft-") && n.ends_with(".snap") => "raft",
+            n if n.starts_with("unsealer-") && n.ends_with(".snap") => "unsealer",
+            _ => continue,
+        };
+        if !dir.join(format!("{name}.sha256")).is_file() {
+            continue;
+        }
+        let Ok(meta) = e.metadata() else { continue };
+        let Ok(mtime) = meta.modified() else { continue };
+        if newest.get(kind).is_none_or(|(t, _, _)| mtime > *t) {
+            newest.insert(kind, (mtime, name, meta.len()));
+        }
+    }
+    let Some(oldest_newest) = newest.values().map(|(t, _, _)| *t).min() else {
+        return Check::warn(NAME, format!("no finished snapshot in {}", dir.display()));
+    };
+    let age = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs();
+    let detail = newest
+        .iter()
+        .map(|(k, (t, n, len))| format!("{k}: {n} ({len} bytes, {} old)", human_secs(age(*t))))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let data = json!({
+        "dir": dir,
+        "newest": newest.iter().map(|(k, (t, n, len))| (k.to_string(), json!({
+            "file": n, "bytes": len, "age_secs": age(*t),
+        }))).collect::<serde_json::Map<_, _>>(),
+        "max_age_secs": cfg.max_age_secs,
+    });
+    if age(oldest_newest) > cfg.max_age_secs {
+        Check::warn(
+            NAME,
+            format!("{detail}: older than {}", human_secs(cfg.max_age_secs)),
+        )
+        .data(data)
+    } else {
+        Check::ok(NAME, detail).data(data)
+    }
 }
 
 // ---- Kubernetes ---------------------------------------------------------
@@ -896,6 +956,42 @@ mod tests {
 
     fn c(status: Status) -> Check {
         Check::new("x", status, "")
+    }
+
+    #[test]
+    fn backup_age_is_the_newest_finished_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = |max| crate::config::BackupConfig {
+            dir: Some(dir.path().to_path_buf()),
+            max_age_secs: max,
+        };
+        let now = SystemTime::now();
+        assert_eq!(
+            backup_check(&crate::config::BackupConfig::default(), now).status,
+            Status::Ok
+        );
+        let c = backup_check(&cfg(3600), now);
+        assert_eq!(c.status, Status::Warn, "{}", c.detail);
+        assert!(c.detail.contains("no finished snapshot"), "{}", c.detail);
+        // Unfinished (no .sha256) and foreign files do not count.
+        std::fs::write(dir.path().join("etcd-20261201T000000Z.db"), b"x").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        assert!(backup_check(&cfg(3600), now).detail.contains("no finished"));
+        std::fs::write(dir.path().join("etcd-20261201T000000Z.db.sha256"), b"x").unwrap();
+        let c = backup_check(&cfg(3600), now);
+        assert_eq!(c.status, Status::Ok, "{}", c.detail);
+        assert!(
+            c.detail.contains("etcd: etcd-20261201T000000Z.db (1 bytes"),
+            "{}",
+            c.detail
+        );
+        // Two hours later the same file is past a one-hour limit.
+        let later = now + Duration::from_secs(7200);
+        let c = backup_check(&cfg(3600), later);
+        assert_eq!(c.status, Status::Warn, "{}", c.detail);
+        assert!(c.detail.contains("older than 1h"), "{}", c.detail);
+        let age = c.data["newest"]["etcd"]["age_secs"].as_u64().unwrap();
+        assert!((7100..=7200).contains(&age), "{age}");
     }
 
     #[test]
