@@ -194,22 +194,46 @@ pub fn port_open(port: u16) -> bool {
     })
 }
 
-/// A port that was free a moment ago (bind to :0, read, release).
+/// A port that was free a moment ago, below the kernel's ephemeral range.
+///
+/// Members are stopped and started again on the same ports; a port from the
+/// ephemeral range (what `bind(:0)` hands out) can meanwhile become the
+/// source port of any outgoing connection on the machine, and the restart
+/// then fails with "address already in use" (seen in CI: an etcd member
+/// could not take back its peer port). Ports below the range are never
+/// picked by the kernel.
 pub fn free_port() -> u16 {
     // Two ports per service are needed (client+peer, api+cluster); hand out
     // ports that are free and whose successor is free too, and never the
     // same one twice in this process.
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low.saturating_sub(12_000).max(1025), low.saturating_sub(2));
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 ^ u64::from(std::process::id()) << 20)
+        .unwrap_or(1)
+        | 1;
     loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
+        // xorshift: spread over the range, different per process and call.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let p = from + (seed % u64::from(to - from)) as u16;
         let mut given = GIVEN.lock().unwrap();
-        if p == u16::MAX || given.contains(&p) || given.contains(&(p + 1)) {
+        if given.contains(&p) || given.contains(&(p + 1)) || given.contains(&(p.wrapping_sub(1))) {
             continue;
         }
-        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_err() {
+        let Ok(a) = std::net::TcpListener::bind(("127.0.0.1", p)) else {
             continue;
-        }
+        };
+        let Ok(b) = std::net::TcpListener::bind(("127.0.0.1", p + 1)) else {
+            continue;
+        };
+        drop((a, b));
         given.push(p);
         given.push(p + 1);
         return p;

@@ -40,19 +40,27 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/vaultgram-drill-$SERVER.XXXXXX")
 A=$WORK/a B=$WORK/b BK=$WORK/backups KIT=$WORK/recovery-kit
 mkdir -p "$WORK/audit"
 # Free loopback ports: three etcd client ports (peer = +1) and the server's
-# (cluster = +1, broker HTTP = +10), for each of the two stacks.
+# (cluster = +1, broker HTTP = +10), for each of the two stacks; below the
+# kernel's ephemeral range, so that no outgoing connection takes one while
+# its stack is down (the harness's free_port does the same).
 read -r -a P < <(python3 - <<'PY'
-import socket
-got, held = [], []
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+got = []
+def free(q):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", q)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 while len(got) < 8:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
-    ok = p + 10 < 65535 and all(q not in got and q - 1 not in got and q + 1 not in got for q in (p, p + 1))
-    for q in (p + 1, p + 10) if ok else ():
-        t = socket.socket()
-        try: t.bind(("127.0.0.1", q)); held.append(t)
-        except OSError: ok = False
-    held.append(s)
-    if ok: got.append(p)
+    p = random.randrange(max(1025, low - 12000), low - 12)
+    if any(abs(p - q) < 12 for q in got):
+        continue
+    if all(free(q) for q in (p, p + 1, p + 10)):
+        got.append(p)
 print(" ".join(map(str, got)))
 PY
 )
