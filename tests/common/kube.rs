@@ -27,6 +27,8 @@ pub struct KubeApi {
     pub ca_path: PathBuf,
     pub ca: Ca,
     procs: Mutex<Vec<Proc>>,
+    /// Removed at shutdown (it may live outside `dir`, on tmpfs).
+    etcd_data: PathBuf,
 }
 
 /// `$KUBE_BIN_DIR` (scripts/test.sh sets it), else `kube_binaries`, which
@@ -80,8 +82,21 @@ impl KubeApi {
         let mut etcd = Command::new("etcd");
         let client_url = format!("https://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{}", etcd_port + 1);
+        // Its data on tmpfs when there is one: the API server's writes
+        // (leases every few seconds) must not compete with the fsyncs of
+        // the cluster under test.
+        let shm = Path::new("/dev/shm");
+        let etcd_data = if shm.is_dir() {
+            tempfile::Builder::new()
+                .prefix("vaultgram-kube-etcd-")
+                .tempdir_in(shm)
+                .map(|d| d.keep())
+                .unwrap_or_else(|_| root.join("etcd-data"))
+        } else {
+            root.join("etcd-data")
+        };
         etcd.args(["--name", "kube-etcd", "--data-dir"])
-            .arg(root.join("etcd-data"))
+            .arg(&etcd_data)
             .args([
                 "--listen-client-urls",
                 &client_url,
@@ -165,6 +180,7 @@ impl KubeApi {
             ca_path,
             ca,
             procs: Mutex::new(vec![etcd, api]),
+            etcd_data,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -250,6 +266,7 @@ impl KubeApi {
         while let Some(mut p) = procs.pop() {
             p.terminate(Duration::from_secs(10));
         }
+        let _ = std::fs::remove_dir_all(&self.etcd_data);
     }
 
     pub fn log_files(&self) -> Vec<PathBuf> {
