@@ -651,15 +651,20 @@ impl Cluster {
         self.path().join("audit.log")
     }
 
-    fn apply_vault_policies(&self) {
-        let out = Command::new(repo_root().join("vault-policies/apply.sh"))
-            .env("VAULT_ADDR", self.vault_addr())
+    /// `vault-policies/apply.sh` against this server with the root token and
+    /// the harness's agents; callers add or override variables.
+    pub fn apply_sh(&self) -> Command {
+        let mut cmd = Command::new(repo_root().join("vault-policies/apply.sh"));
+        cmd.env("VAULT_ADDR", self.vault_addr())
             .env("VAULT_CACERT", &self.ca_path)
             .env("VAULT_TOKEN", self.root_token.expose_secret())
             .env("VAULT_CLI", self.server.binary())
-            .env("VAULTGRAM_AGENTS", AGENTS.join(" "))
-            .output()
-            .unwrap();
+            .env("VAULTGRAM_AGENTS", AGENTS.join(" "));
+        cmd
+    }
+
+    fn apply_vault_policies(&self) {
+        let out = self.apply_sh().output().unwrap();
         assert!(
             out.status.success(),
             "vault-policies/apply.sh failed:\n{}",

@@ -316,15 +316,8 @@ fn vault_login(env: &Env) {
     write_private(&reviewer, k.token(NS, "vault", None).as_bytes());
     let mount = "kubernetes";
     let apply_sh = || {
-        let out = Command::new(repo_root().join("vault-policies/apply.sh"))
-            .env("VAULT_ADDR", c.vault_addr())
-            .env("VAULT_CACERT", &c.ca_path)
-            .env(
-                "VAULT_TOKEN",
-                secrecy::ExposeSecret::expose_secret(&c.root_token),
-            )
-            .env("VAULT_CLI", c.server.binary())
-            .env("VAULTGRAM_AGENTS", crate::common::cluster::AGENTS.join(" "))
+        let out = c
+            .apply_sh()
             .env("VAULTGRAM_K8S_HOST", k.url())
             .env("VAULTGRAM_K8S_CA_CERT", &k.ca_path)
             .env("VAULTGRAM_K8S_REVIEWER_JWT_FILE", &reviewer)

@@ -10,7 +10,6 @@ use vaultgram::config::AuthMethod;
 use vaultgram::vault::Vault;
 
 use super::TestFn;
-use crate::common::cluster::{repo_root, AGENTS};
 use crate::common::Env;
 
 pub const TESTS: &[(&str, TestFn)] = &[
@@ -81,17 +80,7 @@ fn apply_sh_configures_and_is_idempotent(env: &Env) {
     let c = env.cluster();
     let root = Some(&c.root_token);
     // Second run (the harness made the first): must succeed again.
-    let out = std::process::Command::new(repo_root().join("vault-policies/apply.sh"))
-        .env("VAULT_ADDR", c.vault_addr())
-        .env("VAULT_CACERT", &c.ca_path)
-        .env(
-            "VAULT_TOKEN",
-            secrecy::ExposeSecret::expose_secret(&c.root_token),
-        )
-        .env("VAULT_CLI", c.server.binary())
-        .env("VAULTGRAM_AGENTS", AGENTS.join(" "))
-        .output()
-        .unwrap();
+    let out = c.apply_sh().output().unwrap();
     assert!(
         out.status.success(),
         "second apply.sh run: {}",
@@ -152,14 +141,8 @@ fn apply_sh_configures_and_is_idempotent(env: &Env) {
     assert_eq!(code, 200);
 
     // A bad agent name is refused before anything changes.
-    let out = std::process::Command::new(repo_root().join("vault-policies/apply.sh"))
-        .env("VAULT_ADDR", c.vault_addr())
-        .env("VAULT_CACERT", &c.ca_path)
-        .env(
-            "VAULT_TOKEN",
-            secrecy::ExposeSecret::expose_secret(&c.root_token),
-        )
-        .env("VAULT_CLI", c.server.binary())
+    let out = c
+        .apply_sh()
         .env("VAULTGRAM_AGENTS", "dan ../evil")
         .output()
         .unwrap();
