@@ -28,7 +28,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `/audit` without N.
 pub const DEFAULT_N: u16 = 20;
 /// `/audit N` upper bound.
-pub const MAX_N: u16 = 500;
+pub const MAX_N: u16 = 1000;
+/// Records per `/audit` page: one Telegram message.
+const PAGE: usize = 20;
 
 /// One audit record.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -305,22 +307,33 @@ fn record_key(at_nanos: u128, request_id: &str) -> String {
 
 /// `/audit [N]` (admins): the last N records (default 20, at most 500),
 /// oldest first, one line each.
-pub async fn execute_audit(ctx: &Ctx<'_>, n: Option<u16>) -> CommandResult {
+pub async fn execute_audit(ctx: &Ctx<'_>, n: Option<u16>, page: Option<u32>) -> CommandResult {
     if ctx.op.role != Role::Admin {
         return Err(CommandError::denied("/audit is for admins"));
     }
     let n = n.unwrap_or(DEFAULT_N).clamp(1, MAX_N);
     let records = ctx.app.audit.last(n).await?;
-    let text = if records.is_empty() {
+    // The text shows one page (page 1: the newest), oldest first within
+    // it; `data` keeps all N for scripts.
+    let paging = crate::command::ListArgs { page, prefix: None };
+    let mut shown = paging.paginate((0..records.len()).rev().collect(), PAGE)?;
+    shown.items.reverse();
+    let mut text = if records.is_empty() {
         "no audit records".to_string()
     } else {
-        records
+        shown
+            .items
             .iter()
-            .map(AuditRecord::render)
+            .map(|&i| records[i].render())
             .collect::<Vec<_>>()
             .join("\n")
     };
-    Ok(Reply::text(text).with_data(serde_json::json!({ "records": records })))
+    if let Some(f) = shown.footer(&format!("/audit {n}")) {
+        text = format!("{text}\n{f}");
+    }
+    let mut data = shown.json();
+    data["records"] = serde_json::json!(records);
+    Ok(Reply::text(text).with_data(data))
 }
 
 #[cfg(test)]

@@ -291,7 +291,10 @@ impl Ctx<'_> {
     /// The operator's child-token client (minted on first use, cached by
     /// [`OperatorTokens`]).
     pub async fn vault(&self) -> Result<Arc<Vault>, CommandError> {
-        let v = self.vault.get_or_try_init(|| self.mint()).await?;
+        let started = std::time::Instant::now();
+        let v = self.vault.get_or_try_init(|| self.mint()).await;
+        crate::metrics::observe_stage("token", started);
+        let v = v?;
         Ok(v.clone())
     }
 
@@ -381,7 +384,10 @@ impl App {
             crate::metrics::command("-", "ignored", transport.as_str());
             return None;
         };
-        let (name, target, result) = match Command::parse(text) {
+        let parse_started = std::time::Instant::now();
+        let parsed = Command::parse(text);
+        crate::metrics::observe_stage("parse", parse_started);
+        let (name, target, result) = match parsed {
             Err(e) => ("-".to_string(), None, Err(CommandError::from(e))),
             Ok(cmd) => {
                 let ctx = Ctx {
@@ -410,40 +416,92 @@ impl App {
             Err(e) => e.kind.as_str(),
         };
         crate::metrics::command(&name, outcome, transport.as_str());
-        self.audit
-            .record(AuditRecord::new(
+        crate::metrics::time_stage(
+            "audit",
+            self.audit.record(AuditRecord::new(
                 &rid, &op.name, transport, &name, target, outcome,
-            ))
-            .await;
+            )),
+        )
+        .await;
         Some(result)
     }
 
-    /// Role check, effects, then — for a gated effect — arguments and
-    /// ownership, then the approval gate, then execution.
+    /// Suspension, role check, effects, then — for a gated effect —
+    /// arguments and ownership, then the approval gate, the reveal budget
+    /// and execution. A read-only command runs while the suspension and
+    /// the budget are checked (two etcd round trips that used to come
+    /// first, measured in docs/PERFORMANCE.md); its reply is dropped
+    /// unseen when either refuses, and it changes nothing that would need
+    /// undoing.
     async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
-        // A suspended operator gets nothing, on every replica and
-        // transport (one etcd read: a suspension takes effect at once).
-        match self.security.suspension(&ctx.op.name).await {
-            Ok(Some(s)) => {
-                return Err(CommandError::denied(format!(
-                    "{} is suspended (since {} by {}); an admin can /operator resume {}",
-                    ctx.op.name,
-                    crate::audit::rfc3339(std::time::Duration::from_secs(s.since)),
-                    s.by,
-                    ctx.op.name
-                )))
-            }
-            Ok(None) => {}
+        if cmd.is_read_only() {
+            let (suspended, result) = tokio::join!(
+                self.check_suspension(ctx),
+                self.authorize_and_run(ctx, cmd, true)
+            );
+            suspended?;
+            return result;
+        }
+        self.check_suspension(ctx).await?;
+        self.authorize_and_run(ctx, cmd, false).await
+    }
+
+    /// A suspended operator gets nothing, on every replica and transport
+    /// (one etcd read: a suspension takes effect at once).
+    async fn check_suspension(&self, ctx: &Ctx<'_>) -> Result<(), CommandError> {
+        let suspension =
+            crate::metrics::time_stage("suspension", self.security.suspension(&ctx.op.name)).await;
+        match suspension {
+            Ok(Some(s)) => Err(CommandError::denied(format!(
+                "{} is suspended (since {} by {}); an admin can /operator resume {}",
+                ctx.op.name,
+                crate::audit::rfc3339(std::time::Duration::from_secs(s.since)),
+                s.by,
+                ctx.op.name
+            ))),
+            Ok(None) => Ok(()),
             // etcd unreachable: commands that need no etcd keep working.
             // A suspended operator still gets nothing from Vault: the
             // suspension revoked every token recorded for it, and no new
             // one is handed out while the suspension is visible.
-            Err(e) => tracing::warn!(
-                operator = %ctx.op.name,
-                error = %e,
-                "suspension state unreadable; relying on Vault-side revocation"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    operator = %ctx.op.name,
+                    error = %e,
+                    "suspension state unreadable; relying on Vault-side revocation"
+                );
+                Ok(())
+            }
         }
+    }
+
+    /// Authorization, then the budget and execution: one after the other,
+    /// or side by side for a read-only command (`overlap`).
+    async fn authorize_and_run(
+        &self,
+        ctx: &Ctx<'_>,
+        cmd: &Command,
+        overlap: bool,
+    ) -> CommandResult {
+        let authorize_started = std::time::Instant::now();
+        self.authorize(ctx, cmd).await?;
+        crate::metrics::observe_stage("authorize", authorize_started);
+        let run = crate::metrics::time_stage("execute", execute(ctx, cmd));
+        if !cmd.reply_is_secret() {
+            return run.await;
+        }
+        let budget = crate::metrics::time_stage("budget", self.check_budget(ctx));
+        if overlap {
+            let (counted, result) = tokio::join!(budget, run);
+            counted?;
+            return result;
+        }
+        budget.await?;
+        run.await
+    }
+
+    /// Role, step-up, effects and the approval gate.
+    async fn authorize(&self, ctx: &Ctx<'_>, cmd: &Command) -> Result<(), CommandError> {
         if !cmd.allowed_for(ctx.op.role) {
             return Err(CommandError::denied(format!(
                 "/{} is not available to {} operators",
@@ -472,10 +530,7 @@ impl App {
             // pending request is created and the command stops.
             self.approvals.gate(ctx, cmd, &line).await?;
         }
-        if cmd.reply_is_secret() {
-            self.check_budget(ctx).await?;
-        }
-        execute(ctx, cmd).await
+        Ok(())
     }
 
     /// At most `security.reveal_budget` secret-bearing replies per operator
@@ -493,8 +548,8 @@ impl App {
                 "no answer within 2 s".into(),
             ))
         });
-        let n = match counted {
-            Ok(n) => n,
+        let verdict = match counted {
+            Ok(v) => v,
             // A rate limit, not an authorisation: an etcd outage does not
             // stop secrets (step-up, when on, still needs etcd).
             Err(e) => {
@@ -503,10 +558,10 @@ impl App {
             }
         };
         let budget = sec.cfg.reveal_budget;
-        if n <= budget {
+        if verdict == crate::security::Reveal::Allowed {
             return Ok(());
         }
-        if n == budget + 1 {
+        if verdict == crate::security::Reveal::FirstOver {
             sec.alert(
                 &self.audit,
                 &self.notifier,

@@ -401,6 +401,33 @@ impl Etcd {
         Ok(self.txn_retrying(txn).await?.succeeded())
     }
 
+    /// Writes `key` only if it still has `mod_revision`, in one round
+    /// trip either way: `Ok(new mod_revision)`, or `Err(what it holds
+    /// now)` (`None`: absent) when it changed and nothing was written.
+    pub async fn put_if_revision(
+        &self,
+        key: &str,
+        mod_revision: i64,
+        value: &[u8],
+        lease: i64,
+    ) -> Result<Result<i64, Option<Entry>>, EtcdError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+            .and_then([TxnOp::put(key, value.to_vec(), Some(put_opts(lease)))])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.txn_retrying(txn).await?;
+        if resp.succeeded() {
+            // The put happened at the transaction's revision.
+            return Ok(Ok(resp.header().map(|h| h.revision()).unwrap_or(0)));
+        }
+        Ok(Err(resp.op_responses().into_iter().find_map(
+            |op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().map(Entry::from_kv),
+                _ => None,
+            },
+        )))
+    }
+
     /// One election round: creates `key` with `value` attached to `lease`
     /// unless it exists. `Ok(Won(guard))` with the key's create revision;
     /// `Ok(Held(holder))` with the current holder's value.

@@ -161,6 +161,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// glibc gives busy threads arenas of their own (up to 8 per core); two
+/// are plenty for a broker's few threads and keep RSS lower (measured:
+/// −0.2 MB idle, −0.5 MB after 5,000 commands, docs/PERFORMANCE.md).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let path = config::resolve_path(cli.config.as_deref(), &config::process_env);
     if let Command::Ctl {
@@ -188,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
+            limit_malloc_arenas();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(run_service(cfg))?;
             Ok(ExitCode::SUCCESS)
@@ -406,6 +419,8 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     }
     log_confinement(&confinement);
     let app = vaultgram::dispatch::App::start(cfg).await?;
+    // Long-lived: reveals are reserved in blocks (security::count_reveal).
+    app.security.reserve_ahead();
     let in_pod = confinement.state != "not_in_pod";
     app.runtime.set_confinement(confinement);
     let shutdown = CancellationToken::new();

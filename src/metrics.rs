@@ -46,11 +46,33 @@ struct OperationLabels {
 
 type HistogramFamily = Family<OperationLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+/// The stages of one command, as the dispatcher and the socket transport
+/// time them (`vaultgram_command_stage_seconds{stage}`); `bench/run.sh`
+/// turns their sums into the per-stage profile of docs/PERFORMANCE.md.
+pub const STAGES: [&str; 10] = [
+    "socket_read", // the socket: waiting for and reading the line (not in `total`)
+    "parse",
+    "suspension", // the operator's suspension (one etcd read)
+    "authorize",  // role, step-up, effects, the approval gate
+    "budget",     // the reveal budget (etcd compare-and-swap)
+    "execute",    // the command, child token and Vault requests included
+    "token",      // the operator's child token (cache hit or mint), within execute
+    "audit",      // the audit record: log line, JSON, queue
+    "reply",      // rendering the JSON reply
+    "total",      // line read → reply written (socket)
+];
+
 /// The metric handles; see [`get`].
 pub struct Metrics {
     registry: Registry,
     commands: Family<CommandLabels, Counter>,
     vault_duration: HistogramFamily,
+    stages: Family<StageLabels, Histogram, fn() -> Histogram>,
     pub token_renewals: Counter,
     pub token_relogins: Counter,
     pub leader: Gauge,
@@ -69,12 +91,20 @@ fn vault_histogram() -> Histogram {
     ])
 }
 
+fn stage_histogram() -> Histogram {
+    // 10 µs (parsing) … 1 s (a slow etcd or Vault round trip).
+    Histogram::new([
+        0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+    ])
+}
+
 impl Metrics {
     fn new() -> Metrics {
         let mut registry = Registry::with_prefix("vaultgram");
         let m = Metrics {
             commands: Family::default(),
             vault_duration: Family::new_with_constructor(vault_histogram as fn() -> Histogram),
+            stages: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
             token_renewals: Counter::default(),
             token_relogins: Counter::default(),
             leader: Gauge::default(),
@@ -96,6 +126,11 @@ impl Metrics {
             "vault_request_duration_seconds",
             "Duration of Vault API requests, by operation class",
             m.vault_duration.clone(),
+        );
+        registry.register(
+            "command_stage_seconds",
+            "Wall time of each stage of a command (see metrics::STAGES)",
+            m.stages.clone(),
         );
         registry.register(
             "token_renewals",
@@ -198,6 +233,23 @@ pub fn observe_vault(operation: &'static str, started: Instant) {
         .vault_duration
         .get_or_create(&OperationLabels { operation })
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// Records the wall time of one command stage (one of [`STAGES`]).
+pub fn observe_stage(stage: &'static str, started: Instant) {
+    debug_assert!(STAGES.contains(&stage), "{stage}");
+    get()
+        .stages
+        .get_or_create(&StageLabels { stage })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Runs one stage of a command and records its wall time.
+pub async fn time_stage<F: Future>(stage: &'static str, f: F) -> F::Output {
+    let started = Instant::now();
+    let out = f.await;
+    observe_stage(stage, started);
+    out
 }
 
 /// Runs a Vault request (e.g. a vaultrs call) and records its duration.

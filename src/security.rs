@@ -22,6 +22,7 @@
 //! No value here is a secret: codes are checked by Vault and never stored,
 //! reasons and texts are what operators typed or what we composed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{AuditLog, AuditRecord};
 use crate::config::{SecurityConfig, StepUp};
 use crate::dispatch::Transport;
-use crate::etcd::{unix_secs, Etcd, EtcdError};
+use crate::etcd::{unix_secs, Entry, Etcd, EtcdError};
 use crate::notify::Notifier;
 use crate::text::escape_line;
 
@@ -80,9 +81,25 @@ pub struct Security {
     /// Child tokens minted while etcd was unreachable: recorded as soon as
     /// it answers again, revoked by a suspension handled here meanwhile.
     untracked: std::sync::Mutex<Vec<(String, String, Duration)>>,
+    /// The last value written to each counter (see `add`).
+    counters: std::sync::Mutex<HashMap<String, Entry>>,
+    /// Reveals reserved by this process and not yet handed out: operator →
+    /// (window, how many, the next block) (see `count_reveal`).
+    reserved: std::sync::Mutex<HashMap<String, (u64, u32, u32)>>,
+    reserve_ahead: std::sync::atomic::AtomicBool,
+    reserving: tokio::sync::Mutex<()>,
     /// Who gets the alerts in Telegram.
     admins: Vec<String>,
     pub cfg: SecurityConfig,
+}
+
+/// What the reveal budget says to one more secret-bearing reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reveal {
+    Allowed,
+    /// The first one over the budget in this window (alert).
+    FirstOver,
+    Over,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Option<T> {
@@ -104,6 +121,10 @@ impl Security {
             etcd,
             prefix: format!("{etcd_prefix}security/"),
             untracked: std::sync::Mutex::new(Vec::new()),
+            counters: std::sync::Mutex::new(HashMap::new()),
+            reserved: std::sync::Mutex::new(HashMap::new()),
+            reserving: tokio::sync::Mutex::new(()),
+            reserve_ahead: std::sync::atomic::AtomicBool::new(false),
             admins,
             cfg,
         }
@@ -180,42 +201,170 @@ impl Security {
             .await
     }
 
-    /// Counts one secret-bearing reply of `op` in the current window;
-    /// returns the count including this one.
-    pub async fn count_reveal(&self, op: &str) -> Result<u32, EtcdError> {
+    /// Counts one secret-bearing reply of `op` in the current window
+    /// against `reveal_budget`.
+    ///
+    /// The etcd counter holds what every process has *reserved*. A
+    /// `vaultgram run` (see [`Security::reserve_ahead`]) takes blocks in
+    /// one compare-and-swap and hands them out locally, so most reveals
+    /// cost no etcd round trip (measured: one per reveal was the largest
+    /// stage of `/kv get`, docs/PERFORMANCE.md). Blocks start at one and
+    /// double with use, up to a tenth of the budget, so a replica never
+    /// holds more unused than it has handed out. The sum never exceeds the
+    /// budget; a block left unused by a replica that stopped leading, or
+    /// restarted, only makes the limit stricter. Other processes (the
+    /// console) reserve one at a time, exactly as counted before.
+    pub async fn count_reveal(&self, op: &str) -> Result<Reveal, EtcdError> {
         let w = self.cfg.reveal_window_secs.max(1);
-        let key = format!("{}reveal/{op}/{}", self.prefix, unix_secs() / w);
-        self.increment(&key, 2 * w).await
+        let window = unix_secs() / w;
+        if self.take_reserved(op, window) {
+            return Ok(Reveal::Allowed);
+        }
+        // One reservation at a time: concurrent reveals wait for it rather
+        // than each reserving a block.
+        let _one = self.reserving.lock().await;
+        if self.take_reserved(op, window) {
+            return Ok(Reveal::Allowed);
+        }
+        let budget = self.cfg.reveal_budget;
+        let block = if self
+            .reserve_ahead
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let grown = self
+                .reserved()
+                .get(op)
+                .filter(|r| r.0 == window)
+                .map_or(1, |r| r.2);
+            grown.min(budget / 10).max(1)
+        } else {
+            1
+        };
+        let key = format!("{}reveal/{op}/{window}", self.prefix);
+        // Below the budget: up to a block. At or over it: one more, so
+        // that the first refusal (budget + 1) is seen exactly once.
+        let (before, after) = self
+            .add(&key, 2 * w, |n| {
+                if n < budget {
+                    n + block.min(budget - n)
+                } else {
+                    n.saturating_add(1)
+                }
+            })
+            .await?;
+        if after <= budget {
+            let mut held = self.reserved();
+            if held.len() >= 1024 {
+                held.retain(|_, r| r.0 == window);
+            }
+            held.insert(
+                op.to_string(),
+                (window, after - before - 1, block.saturating_mul(2)),
+            );
+            return Ok(Reveal::Allowed);
+        }
+        Ok(if after == budget + 1 {
+            Reveal::FirstOver
+        } else {
+            Reveal::Over
+        })
+    }
+
+    /// Takes one reveal reserved for `op` in `window`, if any is left.
+    fn take_reserved(&self, op: &str, window: u64) -> bool {
+        match self.reserved().get_mut(op) {
+            Some((w, left, _)) if *w == window && *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn reserved(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u32, u32)>> {
+        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets this process reserve reveals in growing blocks (`vaultgram
+    /// run`: long-lived, where each etcd round trip per reveal counted).
+    pub fn reserve_ahead(&self) {
+        self.reserve_ahead
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A counter under compare-and-swap, so two replicas never lose a
-    /// count; a fresh key gets its own lease of `ttl`.
+    /// count; a fresh key gets its own lease of `ttl`. Returns the count.
     async fn increment(&self, key: &str, ttl: u64) -> Result<u32, EtcdError> {
+        Ok(self.add(key, ttl, |n| n.saturating_add(1)).await?.1)
+    }
+
+    /// Replaces counter `key`'s value n by `next(n)` (absent: 0) under
+    /// compare-and-swap; `(n, next(n))`. The last value this process
+    /// wrote is tried first: one etcd round trip while no other replica
+    /// changes the same key.
+    async fn add(
+        &self,
+        key: &str,
+        ttl: u64,
+        next: impl Fn(u32) -> u32,
+    ) -> Result<(u32, u32), EtcdError> {
+        let cached = self.counters().get(key).cloned();
+        let mut seen = match cached {
+            Some(e) => Some(e),
+            None => self.etcd.get_entry(key).await?,
+        };
         for _ in 0..8 {
-            match self.etcd.get_entry(key).await? {
+            match seen {
                 None => {
+                    let first = next(0);
                     let lease = self.etcd.lease_grant(ttl).await?;
-                    if self.etcd.create_if_absent(&[(key, b"1", lease)]).await? {
-                        return Ok(1);
+                    if self
+                        .etcd
+                        .create_if_absent(&[(key, first.to_string().as_bytes(), lease)])
+                        .await?
+                    {
+                        return Ok((0, first));
                     }
+                    seen = self.etcd.get_entry(key).await?;
                 }
                 Some(e) => {
                     let n: u32 = std::str::from_utf8(&e.value)
                         .ok()
                         .and_then(|s| s.parse().ok())
-                        .unwrap_or(0)
-                        + 1;
-                    if self
+                        .unwrap_or(0);
+                    let value = next(n).to_string().into_bytes();
+                    match self
                         .etcd
-                        .put_if_unchanged(key, e.mod_revision, n.to_string().as_bytes(), e.lease)
+                        .put_if_revision(key, e.mod_revision, &value, e.lease)
                         .await?
                     {
-                        return Ok(n);
+                        Ok(mod_revision) => {
+                            let mut counters = self.counters();
+                            // Old windows' keys are never used again.
+                            if counters.len() >= 1024 {
+                                counters.clear();
+                            }
+                            counters.insert(
+                                key.to_string(),
+                                Entry {
+                                    value,
+                                    mod_revision,
+                                    ..e
+                                },
+                            );
+                            return Ok((n, next(n)));
+                        }
+                        Err(now) => seen = now,
                     }
                 }
             }
         }
+        self.counters().remove(key);
         Err(EtcdError::Unavailable("counter kept changing".into()))
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.counters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a child token's accessor; while etcd is unreachable it is

@@ -29,9 +29,9 @@ pub enum AgentCommand {
         wrap: WrapArg,
         id: String,
     },
-    /// List agents (an agent sees itself).
-    #[command(override_usage = "/agent list")]
-    List,
+    /// List agents, 100 per page (an agent sees itself; PREFIX: ids starting with it).
+    #[command(override_usage = "/agent list [-page=N] [PREFIX]")]
+    List(#[command(flatten)] super::ListArgs),
     /// Revoke an agent's token (needs approval).
     #[command(override_usage = "/agent revoke ID")]
     Revoke { id: String },
@@ -48,7 +48,7 @@ impl AgentCommand {
         match self {
             AgentCommand::Add { .. } => "add",
             AgentCommand::Token { .. } => "token",
-            AgentCommand::List => "list",
+            AgentCommand::List(_) => "list",
             AgentCommand::Revoke { .. } => "revoke",
         }
     }
@@ -58,7 +58,7 @@ impl AgentCommand {
             AgentCommand::Add { id }
             | AgentCommand::Token { id, .. }
             | AgentCommand::Revoke { id } => Some(id.clone()),
-            AgentCommand::List => None,
+            AgentCommand::List(_) => None,
         }
     }
 
@@ -93,7 +93,7 @@ impl AgentCommand {
         match self {
             AgentCommand::Add { id } => add(ctx, id).await,
             AgentCommand::Token { wrap, id } => rotate(ctx, wrap, id).await,
-            AgentCommand::List => list(ctx).await,
+            AgentCommand::List(args) => list(ctx, args).await,
             AgentCommand::Revoke { id } => revoke(ctx, id).await,
         }
     }
@@ -256,21 +256,32 @@ async fn rotate(ctx: &Ctx<'_>, wrap: &WrapArg, id: &str) -> CommandResult {
 
 /// Admins: every agent id. An agent: its own record, as the first 12 hex
 /// characters of the token's SHA-256 (never the token).
-async fn list(ctx: &Ctx<'_>) -> CommandResult {
+async fn list(ctx: &Ctx<'_>, args: &super::ListArgs) -> CommandResult {
     let vault = ctx.vault().await?;
     if ctx.op.role == Role::Admin {
         let dir = kv_path(ctx, &format!("{AGENTS_DIR}/"))?;
         let mut ids: Vec<String> = list_or_empty(vault.kv_list(&dir).await)?
             .into_iter()
-            .filter(|k| !k.ends_with('/'))
+            .filter(|k| !k.ends_with('/') && args.matches(k))
             .collect();
         ids.sort();
-        let text = if ids.is_empty() {
+        // 100 ids of at most 64 characters: within one Telegram message.
+        let page = args.paginate(ids, 100)?;
+        let mut text = if page.items.is_empty() {
             "no agents".to_string()
         } else {
-            format!("agents ({}):\n{}", ids.len(), ids.join("\n"))
+            format!("agents ({}):\n{}", page.total, page.items.join("\n"))
         };
-        return Ok(Reply::text(text).with_data(json!({ "agents": ids })));
+        let command = match &args.prefix {
+            Some(p) => format!("/agent list {}", super::quote(p)),
+            None => "/agent list".to_string(),
+        };
+        if let Some(f) = page.footer(&command) {
+            text = format!("{text}\n{f}");
+        }
+        let mut data = page.json();
+        data["agents"] = json!(page.items);
+        return Ok(Reply::text(text).with_data(data));
     }
     let id = op_agent(ctx)?;
     let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;

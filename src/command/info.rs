@@ -24,7 +24,7 @@ pub async fn execute(ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
         Command::GetKeys(wrap) => get_keys(ctx, wrap).await,
         Command::Health => Ok(health(ctx).await),
         // The audit trail's own module reads it (admins only, by role).
-        Command::Audit { n } => crate::audit::execute_audit(ctx, *n).await,
+        Command::Audit { n, page } => crate::audit::execute_audit(ctx, *n, *page).await,
         other => Err(CommandError::invalid(format!(
             "/{} is not handled here",
             other.name()

@@ -80,11 +80,13 @@ pub enum Command {
     /// Vault, etcd and Telegram status.
     #[command(override_usage = "/health")]
     Health,
-    /// The last N audit records (default 20).
-    #[command(override_usage = "/audit [N]")]
+    /// The last N audit records (default 20, at most 1000), 20 per page, newest page first.
+    #[command(override_usage = "/audit [-page=P] [N]")]
     Audit {
-        #[arg(value_parser = clap::value_parser!(u16).range(1..=500))]
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=1000))]
         n: Option<u16>,
+        #[arg(long, value_name = "P")]
+        page: Option<u32>,
     },
     /// Open your step-up window with your own TOTP code (start of work).
     #[command(override_usage = "/unlock CODE")]
@@ -103,6 +105,117 @@ pub enum Command {
 pub struct WrapArg {
     #[arg(long = "wrap-ttl", value_name = "DURATION")]
     pub wrap_ttl: Option<String>,
+}
+
+/// The clap tree that parses a line starting with `name`. Building the
+/// whole table's tree for every line took ~180 µs, a tenth of a `/kv get`
+/// (measured, docs/PERFORMANCE.md): each command group's tree is built once,
+/// alone under a root with [`Line`]'s settings, and cloned per line. An
+/// unknown name gets the whole table, for its error message.
+fn tree_for(name: &str) -> clap::Command {
+    use std::collections::HashMap;
+    static TREES: std::sync::OnceLock<(HashMap<String, clap::Command>, clap::Command)> =
+        std::sync::OnceLock::new();
+    let (groups, full) = TREES.get_or_init(|| {
+        let mut full = Line::command();
+        full.build();
+        let mut groups = HashMap::new();
+        for sub in full.get_subcommands() {
+            let mut root = clap::Command::new("vaultgram")
+                .no_binary_name(true)
+                .disable_help_flag(true)
+                .disable_help_subcommand(true)
+                .disable_version_flag(true)
+                .subcommand_required(true)
+                .subcommand(sub.clone());
+            root.build();
+            for n in std::iter::once(sub.get_name()).chain(sub.get_all_aliases()) {
+                groups.insert(n.to_string(), root.clone());
+            }
+        }
+        (groups, full)
+    });
+    groups.get(name).unwrap_or(full).clone()
+}
+
+/// `[-page=N] [PREFIX]` of a listing: replies stay one Telegram message
+/// (4,096 characters) however large the fleet.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ListArgs {
+    #[arg(long, value_name = "N")]
+    pub page: Option<u32>,
+    /// Only names starting with PREFIX.
+    pub prefix: Option<String>,
+}
+
+/// One page of a sorted listing.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// 1-based.
+    pub number: usize,
+    pub pages: usize,
+    /// Items on every page together (after the prefix filter).
+    pub total: usize,
+}
+
+impl ListArgs {
+    /// Page `-page=N` (default 1) of `items`, `size` per page.
+    pub fn paginate<T>(
+        &self,
+        items: Vec<T>,
+        size: usize,
+    ) -> Result<Page<T>, crate::dispatch::CommandError> {
+        let total = items.len();
+        let pages = total.div_ceil(size).max(1);
+        let number = self.page.unwrap_or(1) as usize;
+        if number == 0 || number > pages {
+            return Err(crate::dispatch::CommandError::invalid(format!(
+                "-page={number}: there {} {pages} page{} of {size}",
+                if pages == 1 { "is" } else { "are" },
+                if pages == 1 { "" } else { "s" },
+            )));
+        }
+        let items = items
+            .into_iter()
+            .skip((number - 1) * size)
+            .take(size)
+            .collect();
+        Ok(Page {
+            items,
+            number,
+            pages,
+            total,
+        })
+    }
+
+    /// Whether `name` passes the prefix filter.
+    pub fn matches(&self, name: &str) -> bool {
+        self.prefix.as_deref().is_none_or(|p| name.starts_with(p))
+    }
+}
+
+impl<T> Page<T> {
+    /// The line under a page that has others: where the next one is.
+    /// `command` is the listing command with its prefix, without `-page`.
+    pub fn footer(&self, command: &str) -> Option<String> {
+        (self.pages > 1).then(|| {
+            if self.number < self.pages {
+                format!(
+                    "page {} of {}; next: {command} -page={}",
+                    self.number,
+                    self.pages,
+                    self.number + 1
+                )
+            } else {
+                format!("page {} of {}", self.number, self.pages)
+            }
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"page": self.number, "pages": self.pages, "total": self.total})
+    }
 }
 
 /// A secret given on the command line (a password, a TOTP code, a value to
@@ -165,6 +278,14 @@ pub struct ParseError(pub String);
 impl Command {
     /// Parses one chat line (`/kv get secret/x`, with or without the slash).
     pub fn parse(line: &str) -> Result<Command, ParseError> {
+        Self::parse_with(line, tree_for)
+    }
+
+    /// [`Command::parse`] with `tree(name)` as the clap tree.
+    fn parse_with(
+        line: &str,
+        tree: impl FnOnce(&str) -> clap::Command,
+    ) -> Result<Command, ParseError> {
         let mut words = lexer::split(line).map_err(|e| ParseError(e.to_string()))?;
         let Some(first) = words.first_mut() else {
             return Err(ParseError("empty command; try /help".into()));
@@ -190,7 +311,7 @@ impl Command {
             }
         }
         let words: Vec<String> = words.into_iter().map(lexer::vault_style_flag).collect();
-        let matches = Line::command()
+        let matches = tree(&words[0])
             .try_get_matches_from(words)
             .map_err(|e| ParseError(clap_message(&e)))?;
         Line::from_arg_matches(&matches)
@@ -262,6 +383,28 @@ impl Command {
 
     /// The reply carries a secret value (deleted from the chat after
     /// `telegram.secret_reply_ttl_secs`; `-wrap-ttl` applies).
+    /// Reads and nothing else: safe to run while the suspension and the
+    /// reveal budget are still being checked (its reply is dropped unseen
+    /// if either refuses). An explicit list: a new command is not one
+    /// until it is added here.
+    pub fn is_read_only(&self) -> bool {
+        use kv::KvMetadataCommand;
+        matches!(
+            self,
+            Command::Help
+                | Command::Whoami
+                | Command::Health
+                | Command::GetKeys(_)
+                | Command::Kv(
+                    KvCommand::Get { .. }
+                        | KvCommand::List { .. }
+                        | KvCommand::Metadata(KvMetadataCommand::Get { .. })
+                )
+                | Command::Mtproto(MtprotoCommand::Show { .. } | MtprotoCommand::List(_))
+                | Command::Agent(AgentCommand::List(_))
+        )
+    }
+
     pub fn reply_is_secret(&self) -> bool {
         match self {
             Command::GetKeys(_) => true,

@@ -13,7 +13,7 @@ use super::agent::{
     sha256_hex, RESERVED_OWNER,
 };
 use super::info::{wrap_ttl, wrapped_reply};
-use super::WrapArg;
+use super::{ListArgs, WrapArg};
 use crate::config::Role;
 use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
 use crate::vault::kv::KvData;
@@ -38,9 +38,9 @@ pub enum MtprotoCommand {
     /// Revoke a user's secret (needs approval).
     #[command(override_usage = "/mtproto revoke USER")]
     Revoke { user: String },
-    /// List users with a secret.
-    #[command(override_usage = "/mtproto list")]
-    List,
+    /// List users with a secret, 50 per page (PREFIX: names starting with it).
+    #[command(override_usage = "/mtproto list [-page=N] [PREFIX]")]
+    List(#[command(flatten)] ListArgs),
 }
 
 impl MtprotoCommand {
@@ -49,7 +49,7 @@ impl MtprotoCommand {
             MtprotoCommand::Issue { .. } => "issue",
             MtprotoCommand::Show { .. } => "show",
             MtprotoCommand::Revoke { .. } => "revoke",
-            MtprotoCommand::List => "list",
+            MtprotoCommand::List(_) => "list",
         }
     }
 
@@ -58,7 +58,7 @@ impl MtprotoCommand {
             MtprotoCommand::Issue { user, .. }
             | MtprotoCommand::Show { user, .. }
             | MtprotoCommand::Revoke { user } => Some(user.clone()),
-            MtprotoCommand::List => None,
+            MtprotoCommand::List(_) => None,
         }
     }
 
@@ -208,7 +208,7 @@ impl MtprotoCommand {
             MtprotoCommand::Issue { wrap, user } => issue(ctx, wrap, user).await,
             MtprotoCommand::Show { wrap, user } => show(ctx, wrap, user).await,
             MtprotoCommand::Revoke { user } => revoke(ctx, user).await,
-            MtprotoCommand::List => list(ctx).await,
+            MtprotoCommand::List(args) => list(ctx, args).await,
         }
     }
 }
@@ -379,10 +379,15 @@ async fn revoke(ctx: &Ctx<'_>, arg: &str) -> CommandResult {
     .with_data(data))
 }
 
+/// Users per `/mtproto list` page: 50 lines of at most ~150 characters
+/// stay within one Telegram message (4,096).
+const PAGE: usize = 50;
+
 /// Users with a secret and their fingerprints (never the secrets). An
 /// agent: its own; an admin: `admin`'s, then every agent's as AGENT/USER.
-/// Revoked (soft-deleted) entries are marked.
-async fn list(ctx: &Ctx<'_>) -> CommandResult {
+/// Revoked (soft-deleted) entries are marked. One page of the sorted
+/// names; only that page's records are read.
+async fn list(ctx: &Ctx<'_>, args: &ListArgs) -> CommandResult {
     let vault = ctx.vault().await?;
     let own = own_owner(ctx)?;
     let mut owners = vec![own.clone()];
@@ -401,9 +406,20 @@ async fn list(ctx: &Ctx<'_>) -> CommandResult {
         agents.sort();
         owners.extend(agents);
     }
-    let mut lines = Vec::new();
-    let mut rows = Vec::new();
+    // (owner, user, shown name), in display order.
+    let mut names = Vec::new();
     for owner in &owners {
+        let shown_prefix = if *owner == own {
+            String::new()
+        } else {
+            format!("{owner}/")
+        };
+        // An AGENT/… prefix names the owner: skip the others unread.
+        if let Some(p) = &args.prefix {
+            if !(p.starts_with(&shown_prefix) || shown_prefix.starts_with(p.as_str())) {
+                continue;
+            }
+        }
         let dir = kv_path(ctx, &format!("{MTPROTO_DIR}/{owner}/"))?;
         let mut users: Vec<String> = list_or_empty(vault.kv_list(&dir).await)?
             .into_iter()
@@ -411,37 +427,58 @@ async fn list(ctx: &Ctx<'_>) -> CommandResult {
             .collect();
         users.sort();
         for user in users {
-            let shown = if *owner == own {
-                user.clone()
-            } else {
-                format!("{owner}/{user}")
-            };
-            let path = kv_path(ctx, &format!("{MTPROTO_DIR}/{owner}/{user}"))?;
-            match vault.kv_get(&path, None).await {
-                Ok(rec) => {
-                    let fp = field(&rec.data, "fingerprint")
-                        .map(str::to_string)
-                        .or_else(|| field(&rec.data, "secret").map(fingerprint))
-                        .unwrap_or_default();
-                    lines.push(format!("{shown}  {fp}"));
-                    rows.push(
-                        json!({"owner": owner, "user": user, "fingerprint": fp, "revoked": false}),
-                    );
-                }
-                Err(VaultError::NotFound(_)) => {
-                    lines.push(format!("{shown}  (revoked)"));
-                    rows.push(json!({"owner": owner, "user": user, "revoked": true}));
-                }
-                Err(e) => return Err(e.into()),
+            let shown = format!("{shown_prefix}{user}");
+            if args.matches(&shown) {
+                names.push((owner.clone(), user, shown));
             }
         }
     }
-    let text = if rows.is_empty() {
+    let page = args.paginate(names, PAGE)?;
+    let paths = page
+        .items
+        .iter()
+        .map(|(owner, user, _)| kv_path(ctx, &format!("{MTPROTO_DIR}/{owner}/{user}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A page's records, a few at a time (Vault reads are independent).
+    use futures_util::stream::{self, StreamExt};
+    let reads: Vec<_> = paths.iter().map(|p| vault.kv_get(p, None)).collect();
+    let records: Vec<_> = stream::iter(reads).buffered(8).collect().await;
+    let mut lines = Vec::new();
+    let mut rows = Vec::new();
+    for ((owner, user, shown), rec) in page.items.iter().zip(records) {
+        match rec {
+            Ok(rec) => {
+                let fp = field(&rec.data, "fingerprint")
+                    .map(str::to_string)
+                    .or_else(|| field(&rec.data, "secret").map(fingerprint))
+                    .unwrap_or_default();
+                lines.push(format!("{shown}  {fp}"));
+                rows.push(
+                    json!({"owner": owner, "user": user, "fingerprint": fp, "revoked": false}),
+                );
+            }
+            Err(VaultError::NotFound(_)) => {
+                lines.push(format!("{shown}  (revoked)"));
+                rows.push(json!({"owner": owner, "user": user, "revoked": true}));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut text = if rows.is_empty() {
         "no MTProto secrets".to_string()
     } else {
-        format!("MTProto users ({}):\n{}", rows.len(), lines.join("\n"))
+        format!("MTProto users ({}):\n{}", page.total, lines.join("\n"))
     };
-    Ok(Reply::text(text).with_data(json!({ "users": rows })))
+    let command = match &args.prefix {
+        Some(p) => format!("/mtproto list {}", super::quote(p)),
+        None => "/mtproto list".to_string(),
+    };
+    if let Some(f) = page.footer(&command) {
+        text = format!("{text}\n{f}");
+    }
+    let mut data = page.json();
+    data["users"] = json!(rows);
+    Ok(Reply::text(text).with_data(data))
 }
 
 #[cfg(test)]

@@ -151,6 +151,8 @@ fn help_usage_lines_round_trip_through_the_parser() {
             "USER" => "7".into(),
             "PASSWORD" => "pw".into(),
             "AGENT" => "bob".into(),
+            "-page=P" => "-page=2".into(),
+            "PREFIX" => "ab".into(),
             w => w
                 .replace("=N", "=3")
                 .replace("=F", "=f")
@@ -281,5 +283,92 @@ mod props {
                 prop_assert!(!s.chars().any(|c| c.is_control()), "{s:?}");
             }
         }
+    }
+}
+
+#[test]
+fn listings_take_a_page_and_a_prefix() {
+    match parse("/mtproto list -page=3 bob/90") {
+        Command::Mtproto(mtproto::MtprotoCommand::List(a)) => {
+            assert_eq!(a.page, Some(3));
+            assert_eq!(a.prefix.as_deref(), Some("bob/90"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse("/agent list") {
+        Command::Agent(agent::AgentCommand::List(a)) => {
+            assert_eq!((a.page, a.prefix), (None, None));
+        }
+        other => panic!("{other:?}"),
+    }
+    match parse("/audit -page=2 1000") {
+        Command::Audit { n, page } => assert_eq!((n, page), (Some(1000), Some(2))),
+        other => panic!("{other:?}"),
+    }
+    for bad in [
+        "/audit 1001",
+        "/audit 0",
+        "/mtproto list -page=x",
+        "/agent list a b",
+    ] {
+        assert!(Command::parse(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn pages_are_bounded_and_named() {
+    let args = |page| ListArgs {
+        page,
+        prefix: Some("a".into()),
+    };
+    let items: Vec<u32> = (1..=120).collect();
+    let p = args(None).paginate(items.clone(), 50).unwrap();
+    assert_eq!((p.number, p.pages, p.total), (1, 3, 120));
+    assert_eq!(p.items, (1..=50).collect::<Vec<_>>());
+    assert_eq!(
+        p.footer("/x list a").as_deref(),
+        Some("page 1 of 3; next: /x list a -page=2")
+    );
+    let last = args(Some(3)).paginate(items.clone(), 50).unwrap();
+    assert_eq!(last.items, (101..=120).collect::<Vec<_>>());
+    assert_eq!(last.footer("/x").as_deref(), Some("page 3 of 3"));
+    for bad in [0, 4] {
+        let e = args(Some(bad)).paginate(items.clone(), 50).unwrap_err();
+        assert_eq!(e.message, format!("-page={bad}: there are 3 pages of 50"));
+    }
+    let empty = args(None).paginate(Vec::<u32>::new(), 50).unwrap();
+    assert_eq!((empty.pages, empty.footer("/x")), (1, None));
+    assert!(args(None).matches("ab") && !args(None).matches("ba"));
+    assert!(ListArgs::default().matches("anything"));
+}
+
+#[test]
+fn group_trees_parse_as_the_whole_table() {
+    let lines = [
+        "/kv get -version=3 -field=password secret/panels/de1",
+        "/kv put secret/x a=1 b=2",
+        "/kv metadata get secret/x",
+        "/kv destroy -versions=1,2 secret/x",
+        "/kv get",
+        "/kv get -version=x secret/x",
+        "/kv nosuch secret/x",
+        "/mtproto list -page=2 bob/",
+        "/mtproto list -page=0",
+        "/agent list a b",
+        "/audit 1001",
+        "/audit -page=2 30",
+        "/help",
+        "/whoami extra",
+        "/get_keys",
+        "/nosuch",
+        "/kvv get secret/x",
+        "/panel show --reveal p1",
+        "/operator suspend bob because",
+        "/transit encrypt k hello",
+    ];
+    for line in lines {
+        let whole = Command::parse_with(line, |_| Line::command());
+        let group = Command::parse(line);
+        assert_eq!(format!("{group:?}"), format!("{whole:?}"), "{line}");
     }
 }

@@ -157,6 +157,7 @@ async fn handle(app: Arc<App>, stream: UnixStream, stop: CancellationToken) -> s
     loop {
         // Between commands a shutdown closes the connection; a command that
         // has started is finished first. An idle client is let go.
+        let read_started = std::time::Instant::now();
         let line = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             l = tokio::time::timeout(idle, lines.next_segment()) => match l {
@@ -165,7 +166,9 @@ async fn handle(app: Arc<App>, stream: UnixStream, stop: CancellationToken) -> s
             },
         };
         let Some(bytes) = line else { return Ok(()) };
-        let reply = match String::from_utf8(bytes) {
+        crate::metrics::observe_stage("socket_read", read_started);
+        let started = std::time::Instant::now();
+        let mut reply = match String::from_utf8(bytes) {
             Err(_) => render_json(&Err(CommandError::invalid(
                 "the line is not UTF-8; nothing was run",
             ))),
@@ -177,9 +180,10 @@ async fn handle(app: Arc<App>, stream: UnixStream, stop: CancellationToken) -> s
                 dispatch_line(&app, op.as_ref(), uid, user.as_deref(), line).await
             }
         };
+        // One write per reply: the line and its newline together.
+        reply.push('\n');
         write.write_all(reply.as_bytes()).await?;
-        write.write_all(b"\n").await?;
-        write.flush().await?;
+        crate::metrics::observe_stage("total", started);
     }
 }
 
@@ -191,13 +195,17 @@ async fn dispatch_line(
     line: &str,
 ) -> String {
     let sender = format!("uid:{uid}");
-    match app.dispatch(op, &sender, Transport::Socket, line).await {
+    let result = app.dispatch(op, &sender, Transport::Socket, line).await;
+    let started = std::time::Instant::now();
+    let json = match result {
         Some(r) => render_json(&r),
         None => render_json(&Err(CommandError::denied(format!(
             "uid {uid} is not an operator (no [[operators]] entry has unix_user = {:?})",
             user.unwrap_or("?")
         )))),
-    }
+    };
+    crate::metrics::observe_stage("reply", started);
+    json
 }
 
 /// Words from a shell command line back into one chat line: words with

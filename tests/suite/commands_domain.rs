@@ -43,6 +43,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         mtproto_lifecycle,
     ),
     (
+        "commands_domain::listings_page_within_one_telegram_message",
+        listings_page,
+    ),
+    (
         "commands_domain::mtproto_revoke_after_approval",
         mtproto_revoke_approved,
     ),
@@ -761,6 +765,87 @@ fn mtproto_lifecycle(env: &Env) {
     let (_, rec, _) = kv_root(env, "vaultgram/mtproto/admin/9001");
     assert_eq!(rec["owner"], "admin");
     assert_eq!(rec["issued_by"], "alice");
+}
+
+/// `/mtproto list` and `/agent list` answer one page (50 / 100 lines) that
+/// fits one Telegram message, say where the next is, and take a prefix.
+fn listings_page(env: &Env) {
+    let tag = format!("pg{}", crate::common::cluster::random_hex(3));
+    let users: Vec<String> = (0..55)
+        .map(|i| format!("/mtproto issue {tag}-{i:02}"))
+        .collect();
+    let mut lines: Vec<&str> = users.iter().map(String::as_str).collect();
+    let agents: Vec<String> = (1..=3).map(|i| format!("/agent add {tag}-a{i}")).collect();
+    lines.extend(agents.iter().map(String::as_str));
+    let queries = [
+        format!("/mtproto list {tag}-"),
+        format!("/mtproto list -page=2 {tag}-"),
+        format!("/mtproto list -page=3 {tag}-"),
+        format!("/mtproto list {tag}-0"),
+        format!("/agent list {tag}-"),
+        format!("/agent list -page=0 {tag}-"),
+        "/mtproto list".to_string(),
+    ];
+    lines.extend(queries.iter().map(String::as_str));
+    let r = run(env, "alice", &lines);
+    for i in 0..58 {
+        r.ok_text(i);
+    }
+    let q = |k: usize| 58 + k;
+    let page1 = r.ok_text(q(0));
+    let shown: Vec<&str> = page1.lines().filter(|l| l.starts_with(&tag)).collect();
+    assert_eq!(shown.len(), 50, "{page1}");
+    assert_eq!(
+        shown[0].split("  ").next(),
+        Some(format!("{tag}-00").as_str())
+    );
+    assert!(page1.starts_with("MTProto users (55):"), "{page1}");
+    assert!(
+        page1.ends_with(&format!("page 1 of 2; next: /mtproto list {tag}- -page=2")),
+        "{page1}"
+    );
+    assert_eq!(
+        r.replies[q(0)]["data"]["users"].as_array().unwrap().len(),
+        50
+    );
+    assert_eq!(r.replies[q(0)]["data"]["total"], 55);
+    assert_eq!(r.replies[q(0)]["data"]["pages"], 2);
+    let page2 = r.ok_text(q(1));
+    let shown2: Vec<&str> = page2.lines().filter(|l| l.starts_with(&tag)).collect();
+    assert_eq!(shown2.len(), 5, "{page2}");
+    assert!(shown2[4].starts_with(&format!("{tag}-54  ")), "{page2}");
+    assert!(page2.ends_with("page 2 of 2"), "{page2}");
+    assert_eq!(r.err_kind(q(2)), "invalid");
+    assert!(
+        message(&r, q(2)).contains("there are 2 pages"),
+        "{}",
+        message(&r, q(2))
+    );
+    let tens = r.ok_text(q(3));
+    assert_eq!(
+        tens.lines().filter(|l| l.starts_with(&tag)).count(),
+        10,
+        "{tens}"
+    );
+    assert!(!tens.contains("page "), "{tens}");
+    let agents = r.ok_text(q(4));
+    assert_eq!(
+        agents.lines().skip(1).collect::<Vec<_>>(),
+        [
+            format!("{tag}-a1"),
+            format!("{tag}-a2"),
+            format!("{tag}-a3")
+        ]
+    );
+    assert_eq!(r.err_kind(q(5)), "invalid");
+    // Whatever the fleet, one page is one Telegram message.
+    for i in [q(0), q(1), q(3), q(4), q(6)] {
+        assert!(
+            r.ok_text(i).encode_utf16().count() <= 4096,
+            "{}",
+            r.ok_text(i)
+        );
+    }
 }
 
 fn mtproto_revoke_approved(env: &Env) {

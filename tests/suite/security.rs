@@ -32,6 +32,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         suspend_reaches_a_running_replica_and_revokes_tokens,
     ),
     (
+        "security::reveal_budget_blocks_never_exceed_the_budget",
+        reveal_budget_blocks,
+    ),
+    (
         "disruptive::security::wrong_codes_suspend_and_the_budget_alerts",
         wrong_codes_suspend_and_the_budget_alerts,
     ),
@@ -408,6 +412,60 @@ fn outbox(dir: &Path) -> Vec<Value> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
+}
+
+/// A `run` reserves the reveal budget in blocks (1, then 2 = a tenth of
+/// 25): it hands out exactly 25, the 26th is refused with one alert, and
+/// another process (the console, counting one by one) in the same window
+/// gets nothing more: the etcd counter bounds every process together.
+fn reveal_budget_blocks(env: &Env) {
+    let w = world(
+        env,
+        "blocks",
+        "reveal_budget = 25\nreveal_window_secs = 86400",
+        "",
+    );
+    let op = w.name.clone();
+    let path = format!("secret/sec-{}", random_hex(3));
+    let pw = canary::plant("secblocks");
+    w.run(env, "alice", &[&format!("/kv put {path} pw={pw}")])
+        .ok_text(0);
+    let b = w.broker(env, "blocks");
+    for i in 1..=27 {
+        let out = b.ctl(&["--json", "/kv", "get", &path]);
+        let reply: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{i}: {e}: {}", text(&out.stdout)));
+        if i <= 25 {
+            assert_eq!(reply["ok"], true, "{i}: {reply}");
+            assert!(reply.to_string().contains(&pw), "{i}");
+        } else {
+            assert_eq!(reply["error"]["kind"], "denied", "{i}: {reply}");
+            let m = reply["error"]["message"].as_str().unwrap();
+            assert!(m.contains("reveal budget exhausted"), "{m}");
+        }
+    }
+    let r = w.run(env, &op, &[&format!("/kv get {path}")]);
+    assert_denied(&r, 0, "reveal budget exhausted");
+    let recs = audit_records(env, &w.prefix);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r["command"] == "security budget_exceeded")
+            .count(),
+        1,
+        "{recs:?}"
+    );
+    // The counter: 25 reserved (1 + 12 blocks of 2), then one per refusal.
+    let out = env.cluster().etcdctl(
+        &[
+            "get",
+            "--prefix",
+            &format!("{}security/reveal/{op}/", w.prefix),
+            "--print-value-only",
+        ],
+        true,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "28", "{out:?}");
+    drop(b);
 }
 
 fn wrong_codes_suspend_and_the_budget_alerts(env: &Env) {
