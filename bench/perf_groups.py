@@ -47,7 +47,7 @@ def main():
         text = f"{dso} {sym}"
         name = next((g for g, pat in GROUPS if re.search(pat, text)), "other")
         sums[name] = sums.get(name, 0) + pct
-    samples = re.search(r"Samples: (\S+)", out)
+    samples = re.search(r"^# Samples: (\S+)", out, re.M)
     print(f"perf profile {data}: {samples.group(1) if samples else '?'} samples")
     for name, pct in sorted(sums.items(), key=lambda x: -x[1]):
         print(f"  {pct:5.1f}%  {name}")

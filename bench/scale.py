@@ -98,7 +98,8 @@ def baseline_ms(v, n=300):
     t0 = time.monotonic()
     for p in paths:
         try:
-            v.c.secrets.kv.v2.read_secret_version(path=p, mount_point="secret")
+            v.c.secrets.kv.v2.read_secret_version(
+                path=p, mount_point="secret", raise_on_deleted_version=True)
         except hvac.exceptions.InvalidPath:
             pass
         v.c.secrets.kv.v2.create_or_update_secret(
