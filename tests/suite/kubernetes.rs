@@ -542,13 +542,35 @@ fn run_in_pod(
             vars,
         )
     }));
-    match result {
-        Ok(b) => Ok((b, format!("http://127.0.0.1:{port}"))),
-        Err(p) => Err(p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default()),
+    let mut b = match result {
+        Ok(b) => b,
+        Err(p) => {
+            return Err(p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default())
+        }
+    };
+    // `run` binds its socket before the confinement check, so an open
+    // socket is not a start: it has started when it answers, and been
+    // refused when it exits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = b.ctl(&["--json", "/whoami"]);
+        if String::from_utf8_lossy(&out.stdout).contains("\"ok\":true") {
+            return Ok((b, format!("http://127.0.0.1:{port}")));
+        }
+        if b.proc.exited() {
+            return Err(b.proc.log_text());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no reply to /whoami within 30 s:\n{}",
+                b.proc.log_text()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
