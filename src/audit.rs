@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Role};
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply, Transport};
+use crate::dispatch::{CommandError, CommandResult, Ctx, Transport};
 use crate::etcd::{Etcd, SharedLease};
 
 /// How long records are kept in etcd (upper bound).
@@ -318,7 +318,7 @@ pub async fn execute_audit(ctx: &Ctx<'_>, n: Option<u16>, page: Option<u32>) -> 
     let paging = crate::command::ListArgs { page, prefix: None };
     let mut shown = paging.paginate((0..records.len()).rev().collect(), PAGE)?;
     shown.items.reverse();
-    let mut text = if records.is_empty() {
+    let text = if records.is_empty() {
         "no audit records".to_string()
     } else {
         shown
@@ -328,12 +328,12 @@ pub async fn execute_audit(ctx: &Ctx<'_>, n: Option<u16>, page: Option<u32>) -> 
             .collect::<Vec<_>>()
             .join("\n")
     };
-    if let Some(f) = shown.footer(&format!("/audit {n}")) {
-        text = format!("{text}\n{f}");
-    }
-    let mut data = shown.json();
-    data["records"] = serde_json::json!(records);
-    Ok(Reply::text(text).with_data(data))
+    Ok(shown.reply(
+        text,
+        &format!("/audit {n}"),
+        "records",
+        serde_json::json!(records),
+    ))
 }
 
 #[cfg(test)]

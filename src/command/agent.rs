@@ -267,21 +267,13 @@ async fn list(ctx: &Ctx<'_>, args: &super::ListArgs) -> CommandResult {
         ids.sort();
         // 100 ids of at most 64 characters: within one Telegram message.
         let page = args.paginate(ids, 100)?;
-        let mut text = if page.items.is_empty() {
+        let text = if page.items.is_empty() {
             "no agents".to_string()
         } else {
             format!("agents ({}):\n{}", page.total, page.items.join("\n"))
         };
-        let command = match &args.prefix {
-            Some(p) => format!("/agent list {}", super::quote(p)),
-            None => "/agent list".to_string(),
-        };
-        if let Some(f) = page.footer(&command) {
-            text = format!("{text}\n{f}");
-        }
-        let mut data = page.json();
-        data["agents"] = json!(page.items);
-        return Ok(Reply::text(text).with_data(data));
+        let rows = json!(page.items);
+        return Ok(page.reply(text, &args.command("/agent list"), "agents", rows));
     }
     let id = op_agent(ctx)?;
     let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;

@@ -189,6 +189,14 @@ impl ListArgs {
         })
     }
 
+    /// The listing command `base` with this prefix (what a footer names).
+    pub fn command(&self, base: &str) -> String {
+        match &self.prefix {
+            Some(p) => format!("{base} {}", quote(p)),
+            None => base.to_string(),
+        }
+    }
+
     /// Whether `name` passes the prefix filter.
     pub fn matches(&self, name: &str) -> bool {
         self.prefix.as_deref().is_none_or(|p| name.starts_with(p))
@@ -213,8 +221,24 @@ impl<T> Page<T> {
         })
     }
 
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::json!({"page": self.number, "pages": self.pages, "total": self.total})
+    /// The reply showing this page: `text`, then the footer naming
+    /// `command`'s next page; `data` holds page, pages, total and `rows`
+    /// under `key`.
+    pub fn reply(
+        &self,
+        text: String,
+        command: &str,
+        key: &str,
+        rows: serde_json::Value,
+    ) -> crate::dispatch::Reply {
+        let text = match self.footer(command) {
+            Some(f) => format!("{text}\n{f}"),
+            None => text,
+        };
+        let mut data =
+            serde_json::json!({"page": self.number, "pages": self.pages, "total": self.total});
+        data[key] = rows;
+        crate::dispatch::Reply::text(text).with_data(data)
     }
 }
 

@@ -464,21 +464,12 @@ async fn list(ctx: &Ctx<'_>, args: &ListArgs) -> CommandResult {
             Err(e) => return Err(e.into()),
         }
     }
-    let mut text = if rows.is_empty() {
+    let text = if rows.is_empty() {
         "no MTProto secrets".to_string()
     } else {
         format!("MTProto users ({}):\n{}", page.total, lines.join("\n"))
     };
-    let command = match &args.prefix {
-        Some(p) => format!("/mtproto list {}", super::quote(p)),
-        None => "/mtproto list".to_string(),
-    };
-    if let Some(f) = page.footer(&command) {
-        text = format!("{text}\n{f}");
-    }
-    let mut data = page.json();
-    data["users"] = json!(rows);
-    Ok(Reply::text(text).with_data(data))
+    Ok(page.reply(text, &args.command("/mtproto list"), "users", json!(rows)))
 }
 
 #[cfg(test)]
