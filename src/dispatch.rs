@@ -162,6 +162,15 @@ impl From<EtcdError> for CommandError {
     }
 }
 
+impl From<crate::records::RecordError> for CommandError {
+    fn from(e: crate::records::RecordError) -> Self {
+        match e {
+            crate::records::RecordError::Invalid(m) => CommandError::invalid(m),
+            crate::records::RecordError::Random => CommandError::unavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<ParseError> for CommandError {
     fn from(e: ParseError) -> Self {
         CommandError::invalid(e.0)

@@ -60,34 +60,13 @@ impl Effect {
     }
 }
 
-/// The broker's own records under the KV mount. Each is written only by
-/// its commands (which keep the records' invariants: an agent's token and
-/// its digest, a panel and its per-agent copies, a user's secret and its
-/// fingerprint); `/kv` may read and list them, never write them.
-const MANAGED: [(&str, &str); 6] = [
-    ("vaultgram/agents", "/agent"),
-    ("vaultgram/panels", "/panel"),
-    ("vaultgram/panels-by-agent", "/panel"),
-    ("vaultgram/mtproto", "/mtproto"),
-    ("vaultgram/mtproxy", "vaultgram import vpnbot"),
-    ("vaultgram/telegram-session", "vaultgram login"),
-];
-
 /// The managed area `path` (inside the mount, no trailing slash) is in,
 /// with the command that owns it.
 fn managed(path: &str) -> Option<(&'static str, &'static str)> {
-    MANAGED
+    crate::records::MANAGED
         .iter()
         .copied()
         .find(|(dir, _)| path == *dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/')))
-}
-
-fn is_panel_record(path: &str) -> bool {
-    matches!(
-        managed(path),
-        Some(("vaultgram/panels" | "vaultgram/panels-by-agent", _))
-    ) && path != "vaultgram/panels"
-        && path != "vaultgram/panels-by-agent"
 }
 
 /// What `cmd` can do, or why it may not run at all. Pure: decided from the
@@ -127,7 +106,8 @@ fn classify_kv(c: &KvCommand, kv_mount: &str) -> Result<Vec<Effect>, CommandErro
     if let Some((dir, owner)) = managed(p) {
         match c {
             KvCommand::Get { field, .. }
-                if is_panel_record(p) && field.as_deref().is_none_or(|f| f == "password") =>
+                if crate::records::panel::is_record(p)
+                    && field.as_deref().is_none_or(|f| f == "password") =>
             {
                 return Err(CommandError::denied(
                     "reading a panel record through /kv shows its password; use /panel show NAME --reveal, which needs a second admin's approval (or /kv get -field=F for another field)",
@@ -153,8 +133,17 @@ mod tests {
     use super::*;
     use crate::config::APPROVABLE_COMMANDS;
 
+    /// Classifies `line`, with `{agents}`, `{panels}`, `{copies}`,
+    /// `{mtproto}` and `{mtproxy}` standing for the record folders.
     fn effects(line: &str) -> Result<Vec<Effect>, CommandError> {
-        classify(&Command::parse(line).unwrap(), "secret")
+        use crate::records::{agent, mtproto, mtproxy, panel};
+        let line = line
+            .replace("{agents}", agent::DIR)
+            .replace("{panels}", panel::DIR)
+            .replace("{copies}", panel::COPIES_DIR)
+            .replace("{mtproto}", mtproto::DIR)
+            .replace("{mtproxy}", mtproxy::DIR);
+        classify(&Command::parse(&line).unwrap(), "secret")
     }
 
     #[test]
@@ -184,10 +173,10 @@ mod tests {
         assert_eq!(effects("/panel show p1").unwrap(), []);
         // Panel passwords through /kv: refused, in every spelling.
         for line in [
-            "/kv get secret/vaultgram/panels/p1",
-            "/kv get -field=password secret/vaultgram/panels/p1",
-            "/kv get -wrap-ttl=60s secret/vaultgram/panels/p1",
-            "/kv get -version=1 secret/vaultgram/panels-by-agent/bob/p1",
+            "/kv get secret/{panels}/p1",
+            "/kv get -field=password secret/{panels}/p1",
+            "/kv get -wrap-ttl=60s secret/{panels}/p1",
+            "/kv get -version=1 secret/{copies}/bob/p1",
         ] {
             assert_eq!(
                 effects(line).unwrap_err().kind,
@@ -196,20 +185,20 @@ mod tests {
             );
         }
         assert_eq!(
-            effects("/kv get -field=url secret/vaultgram/panels/p1").unwrap(),
+            effects("/kv get -field=url secret/{panels}/p1").unwrap(),
             []
         );
         // Revocation and history loss through /kv on managed records.
         for line in [
-            "/kv delete secret/vaultgram/mtproto/admin/u1",
-            "/kv delete -versions=1 secret/vaultgram/agents/a1",
-            "/kv undelete -versions=1 secret/vaultgram/mtproto/bob/u1",
-            "/kv put secret/vaultgram/agents/a1 token=x",
-            "/kv patch secret/vaultgram/panels/p1 password=x",
-            "/kv rollback -version=1 secret/vaultgram/mtproto/admin/u1",
-            "/kv destroy -versions=1 secret/vaultgram/mtproto/admin/u1",
-            "/kv metadata delete secret/vaultgram/agents/a1",
-            "/kv put secret/vaultgram/mtproxy/state generation=1",
+            "/kv delete secret/{mtproto}/admin/u1",
+            "/kv delete -versions=1 secret/{agents}/a1",
+            "/kv undelete -versions=1 secret/{mtproto}/bob/u1",
+            "/kv put secret/{agents}/a1 token=x",
+            "/kv patch secret/{panels}/p1 password=x",
+            "/kv rollback -version=1 secret/{mtproto}/admin/u1",
+            "/kv destroy -versions=1 secret/{mtproto}/admin/u1",
+            "/kv metadata delete secret/{agents}/a1",
+            "/kv put secret/{mtproxy}/state generation=1",
         ] {
             assert_eq!(
                 effects(line).unwrap_err().kind,
@@ -218,17 +207,14 @@ mod tests {
             );
         }
         // Reading and listing the broker's records stays possible.
-        assert_eq!(effects("/kv list secret/vaultgram/panels/").unwrap(), []);
+        assert_eq!(effects("/kv list secret/{panels}/").unwrap(), []);
         assert_eq!(
-            effects("/kv metadata get secret/vaultgram/mtproto/admin/u1").unwrap(),
+            effects("/kv metadata get secret/{mtproto}/admin/u1").unwrap(),
             []
         );
-        assert_eq!(
-            effects("/kv get secret/vaultgram/mtproto/admin/u1").unwrap(),
-            []
-        );
+        assert_eq!(effects("/kv get secret/{mtproto}/admin/u1").unwrap(), []);
         // Look-alikes of managed paths are ordinary secrets.
-        assert_eq!(effects("/kv delete secret/vaultgram/panelsx").unwrap(), []);
+        assert_eq!(effects("/kv delete secret/{panels}x").unwrap(), []);
         assert_eq!(
             effects("/kv put secret/vaultgram-panels/p1 a=b").unwrap(),
             []

@@ -59,6 +59,7 @@ pub mod leader;
 pub mod metrics;
 pub mod migrate;
 pub mod notify;
+pub mod records;
 pub mod security;
 pub mod telemetry;
 pub mod text;

@@ -5,16 +5,17 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use clap::Subcommand;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::info::{wrap_ttl, wrapped_reply};
 use super::WrapArg;
 use crate::config::Role;
 use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
-use crate::vault::kv::{KvData, KvPath};
+use crate::records::agent::{self, check_id as check_agent_id, token_record};
+use crate::records::{self, field, now_rfc3339, sha256_hex};
+use crate::vault::kv::KvPath;
 use crate::vault::VaultError;
 
 #[derive(Debug, Clone, Subcommand)]
@@ -71,13 +72,6 @@ impl AgentCommand {
     }
 }
 
-/// Where agent records live, below the KV mount.
-pub(crate) const AGENTS_DIR: &str = "vaultgram/agents";
-
-/// The owner id of admin-issued MTProto secrets (`mtproto/admin/`); never
-/// an agent id.
-pub(crate) const RESERVED_OWNER: &str = "admin";
-
 impl AgentCommand {
     /// Runs the command with the operator's child token. Role rules were
     /// checked by the dispatcher; they are checked again here so that a
@@ -106,7 +100,7 @@ impl AgentCommand {
         match self {
             AgentCommand::Revoke { id } => {
                 check_agent_id(id)?;
-                let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+                let path = kv_path(ctx, &agent::path(id))?;
                 ctx.vault()
                     .await?
                     .kv_metadata_get(&path)
@@ -130,21 +124,10 @@ impl AgentCommand {
 /// A new API token: 32 random bytes, urlsafe base64 without padding (43
 /// characters, as Python's `secrets.token_urlsafe(32)`).
 fn new_token() -> Result<Zeroizing<String>, CommandError> {
-    let bytes = random::<32>()?;
+    let bytes = records::random::<32>()?;
     Ok(Zeroizing::new(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..]),
     ))
-}
-
-/// The record stored at `vaultgram/agents/ID`.
-pub(crate) fn token_record(token: &str, extra: &[(&str, String)]) -> KvData {
-    let mut d = KvData::new();
-    d.insert("token".into(), SecretString::from(token.to_string()));
-    d.insert("token_sha256".into(), SecretString::from(sha256_hex(token)));
-    for (k, v) in extra {
-        d.insert((*k).to_string(), SecretString::from(v.clone()));
-    }
-    d
 }
 
 fn token_text(headline: &str, id: &str, token: &str) -> String {
@@ -156,7 +139,7 @@ fn token_text(headline: &str, id: &str, token: &str) -> String {
 
 async fn add(ctx: &Ctx<'_>, id: &str) -> CommandResult {
     check_agent_id(id)?;
-    let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+    let path = kv_path(ctx, &agent::path(id))?;
     let token = new_token()?;
     let digest = sha256_hex(&token);
     let wrap = wrap_ttl(ctx, &WrapArg::default())?;
@@ -205,7 +188,7 @@ fn token_fields(id: &str, token: &str) -> BTreeMap<String, SecretString> {
 /// win); the old token stays in the record's version history.
 async fn rotate(ctx: &Ctx<'_>, wrap: &WrapArg, id: &str) -> CommandResult {
     check_agent_id(id)?;
-    let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+    let path = kv_path(ctx, &agent::path(id))?;
     let wrap = wrap_ttl(ctx, wrap)?;
     let vault = ctx.vault().await?;
     let current = vault.kv_get(&path, None).await.map_err(|e| match e {
@@ -259,7 +242,7 @@ async fn rotate(ctx: &Ctx<'_>, wrap: &WrapArg, id: &str) -> CommandResult {
 async fn list(ctx: &Ctx<'_>, args: &super::ListArgs) -> CommandResult {
     let vault = ctx.vault().await?;
     if ctx.op.role == Role::Admin {
-        let dir = kv_path(ctx, &format!("{AGENTS_DIR}/"))?;
+        let dir = kv_path(ctx, &format!("{}/", agent::DIR))?;
         let mut ids: Vec<String> = list_or_empty(vault.kv_list(&dir).await)?
             .into_iter()
             .filter(|k| !k.ends_with('/') && args.matches(k))
@@ -276,7 +259,7 @@ async fn list(ctx: &Ctx<'_>, args: &super::ListArgs) -> CommandResult {
         return Ok(page.reply(text, &args.command("/agent list"), "agents", rows));
     }
     let id = op_agent(ctx)?;
-    let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+    let path = kv_path(ctx, &agent::path(id))?;
     match vault.kv_get(&path, None).await {
         Ok(rec) => {
             let digest = field(&rec.data, "token_sha256")
@@ -315,7 +298,7 @@ async fn list(ctx: &Ctx<'_>, args: &super::ListArgs) -> CommandResult {
 /// `/agent add`. Who revoked it is in the audit trails, not in KV.
 async fn revoke(ctx: &Ctx<'_>, id: &str) -> CommandResult {
     check_agent_id(id)?;
-    let path = kv_path(ctx, &format!("{AGENTS_DIR}/{id}"))?;
+    let path = kv_path(ctx, &agent::path(id))?;
     let vault = ctx.vault().await?;
     let meta = vault.kv_metadata_get(&path).await.map_err(|e| match e {
         VaultError::NotFound(_) => CommandError::not_found(format!("no agent {id}")),
@@ -333,38 +316,9 @@ async fn revoke(ctx: &Ctx<'_>, id: &str) -> CommandResult {
 // Shared by the agent, panel and mtproto groups
 // ---------------------------------------------------------------------------
 
-/// `n` bytes from the OS.
-pub(crate) fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, CommandError> {
-    let mut b = Zeroizing::new([0u8; N]);
-    getrandom::fill(&mut b[..])
-        .map_err(|_| CommandError::unavailable("the OS random number generator failed"))?;
-    Ok(b)
-}
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const D: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(D[(b >> 4) as usize] as char);
-        s.push(D[(b & 15) as usize] as char);
-    }
-    s
-}
-
-/// Hex of SHA-256 of the string's bytes.
-pub(crate) fn sha256_hex(s: &str) -> String {
-    hex(&Sha256::digest(s.as_bytes()))
-}
-
 /// `vaultgram/...` under the configured KV mount.
 pub(super) fn kv_path(ctx: &Ctx<'_>, path: &str) -> Result<KvPath, CommandError> {
     KvPath::new(&ctx.cfg().vault.kv_mount, path).map_err(|e| CommandError::invalid(e.to_string()))
-}
-
-/// A field of a KV record, if present.
-pub(crate) fn field<'a>(data: &'a KvData, key: &str) -> Option<&'a str> {
-    data.get(key).map(|v| v.expose_secret())
 }
 
 /// A `kv list` that found nothing is an empty list.
@@ -376,34 +330,6 @@ pub(super) fn list_or_empty(
         Err(VaultError::NotFound(_)) => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// An agent id (SPEC/`apply.sh`): `[a-z0-9][a-z0-9_-]{0,62}`, and not
-/// `admin` (the owner id of admin-issued MTProto secrets).
-pub(crate) fn check_agent_id(id: &str) -> Result<(), CommandError> {
-    if !is_name(id, false) {
-        return Err(CommandError::invalid(
-            "invalid agent id: use 1-63 of a-z, 0-9, '_', '-', starting with a letter or digit",
-        ));
-    }
-    if id == RESERVED_OWNER {
-        return Err(CommandError::invalid(
-            "invalid agent id: `admin` is reserved (owner of admin-issued MTProto secrets)",
-        ));
-    }
-    Ok(())
-}
-
-/// `[a-z0-9][a-z0-9_-]{0,62}` (plus `.` inside when `dots`).
-pub(super) fn is_name(s: &str, dots: bool) -> bool {
-    let b = s.as_bytes();
-    let first = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !b.is_empty()
-        && b.len() <= 63
-        && first(b[0])
-        && b[1..]
-            .iter()
-            .all(|&c| first(c) || c == b'_' || c == b'-' || (dots && c == b'.'))
 }
 
 /// The agent an agent operator acts for.
@@ -425,20 +351,6 @@ pub(super) fn headed(headline: &str, mut r: Reply) -> Reply {
     }
 }
 
-/// Now, as RFC 3339 UTC to the second (`2026-01-02T03:04:05Z`).
-pub(crate) fn now_rfc3339() -> String {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339(unix)
-}
-
-fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,41 +363,5 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_ne!(*t, *new_token().unwrap());
-    }
-
-    #[test]
-    fn sha256_hex_matches_a_known_digest() {
-        assert_eq!(
-            sha256_hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[test]
-    fn agent_ids() {
-        for ok in ["bob", "it-agent1", "a", "0_x", &"a".repeat(63)] {
-            check_agent_id(ok).unwrap();
-        }
-        for bad in [
-            "",
-            "admin",
-            "Bob",
-            "-x",
-            "_x",
-            "a/b",
-            "a.b",
-            "..",
-            &"a".repeat(64),
-            "b\u{0}",
-        ] {
-            assert!(check_agent_id(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_795_302_766), "2026-11-21T23:12:46Z");
     }
 }

@@ -8,14 +8,14 @@ use secrecy::SecretString;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::agent::{
-    check_agent_id, field, headed, hex, kv_path, list_or_empty, now_rfc3339, op_agent, random,
-    sha256_hex, RESERVED_OWNER,
-};
+use super::agent::{headed, kv_path, list_or_empty, op_agent};
 use super::info::{wrap_ttl, wrapped_reply};
 use super::{ListArgs, WrapArg};
 use crate::config::Role;
 use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::records::agent::{check_id as check_agent_id, RESERVED_OWNER};
+use crate::records::mtproto::{self, fingerprint};
+use crate::records::{field, hex, now_rfc3339, random};
 use crate::vault::kv::KvData;
 use crate::vault::{Vault, VaultError};
 
@@ -69,9 +69,6 @@ impl MtprotoCommand {
         )
     }
 }
-
-/// `vaultgram/mtproto/OWNER/USER`; OWNER is the issuing agent or `admin`.
-pub(crate) const MTPROTO_DIR: &str = "vaultgram/mtproto";
 
 /// Whose secret a command is about: `USER` (the operator's own: its agent,
 /// or `admin`), or `OWNER/USER` (admins: anyone's; agents: only their own).
@@ -133,12 +130,6 @@ fn target(ctx: &Ctx<'_>, arg: &str) -> Result<Target, CommandError> {
         owner,
         user: user.to_string(),
     })
-}
-
-/// The first 16 hex characters of SHA-256 over the secret's hex text
-/// (vpnbot's `managed-secrets.json`).
-pub fn fingerprint(secret_hex: &str) -> String {
-    sha256_hex(secret_hex)[..16].to_string()
 }
 
 /// `https://t.me/proxy?…`: plain, and with the `dd` (random padding) prefix.
@@ -221,7 +212,7 @@ impl MtprotoCommand {
         match self {
             MtprotoCommand::Revoke { user } => {
                 let t = target(ctx, user)?;
-                let path = kv_path(ctx, &format!("{MTPROTO_DIR}/{}/{}", t.owner, t.user))?;
+                let path = kv_path(ctx, &mtproto::path(&t.owner, &t.user))?;
                 let meta =
                     ctx.vault()
                         .await?
@@ -264,7 +255,7 @@ async fn issue(ctx: &Ctx<'_>, wrap: &WrapArg, arg: &str) -> CommandResult {
         )));
     }
     let ttl = wrap_ttl(ctx, wrap)?;
-    let path = kv_path(ctx, &format!("{MTPROTO_DIR}/{}/{}", t.owner, t.user))?;
+    let path = kv_path(ctx, &mtproto::path(&t.owner, &t.user))?;
     let vault = ctx.vault().await?;
     let cas = match vault.kv_metadata_get(&path).await {
         Err(VaultError::NotFound(_)) => 0,
@@ -317,7 +308,7 @@ fn exists(t: &Target) -> CommandError {
 async fn show(ctx: &Ctx<'_>, wrap: &WrapArg, arg: &str) -> CommandResult {
     let t = target(ctx, arg)?;
     let ttl = wrap_ttl(ctx, wrap)?;
-    let path = kv_path(ctx, &format!("{MTPROTO_DIR}/{}/{}", t.owner, t.user))?;
+    let path = kv_path(ctx, &mtproto::path(&t.owner, &t.user))?;
     let vault = ctx.vault().await?;
     let rec = vault.kv_get(&path, None).await.map_err(|e| match e {
         VaultError::NotFound(_) => not_found(&t),
@@ -344,7 +335,7 @@ async fn show(ctx: &Ctx<'_>, wrap: &WrapArg, arg: &str) -> CommandResult {
 /// for the user again writes a new version.
 async fn revoke(ctx: &Ctx<'_>, arg: &str) -> CommandResult {
     let t = target(ctx, arg)?;
-    let path = kv_path(ctx, &format!("{MTPROTO_DIR}/{}/{}", t.owner, t.user))?;
+    let path = kv_path(ctx, &mtproto::path(&t.owner, &t.user))?;
     let vault = ctx.vault().await?;
     let meta = vault.kv_metadata_get(&path).await.map_err(|e| match e {
         VaultError::NotFound(_) => not_found(&t),
@@ -394,7 +385,7 @@ async fn list(ctx: &Ctx<'_>, args: &ListArgs) -> CommandResult {
     if ctx.op.role == Role::Admin {
         let dirs = list_or_empty(
             vault
-                .kv_list(&kv_path(ctx, &format!("{MTPROTO_DIR}/"))?)
+                .kv_list(&kv_path(ctx, &format!("{}/", mtproto::DIR))?)
                 .await,
         )?;
         let mut agents: Vec<String> = dirs
@@ -420,7 +411,7 @@ async fn list(ctx: &Ctx<'_>, args: &ListArgs) -> CommandResult {
                 continue;
             }
         }
-        let dir = kv_path(ctx, &format!("{MTPROTO_DIR}/{owner}/"))?;
+        let dir = kv_path(ctx, &format!("{}/", mtproto::owner_dir(owner)))?;
         let mut users: Vec<String> = list_or_empty(vault.kv_list(&dir).await)?
             .into_iter()
             .filter(|u| !u.ends_with('/'))
@@ -437,7 +428,7 @@ async fn list(ctx: &Ctx<'_>, args: &ListArgs) -> CommandResult {
     let paths = page
         .items
         .iter()
-        .map(|(owner, user, _)| kv_path(ctx, &format!("{MTPROTO_DIR}/{owner}/{user}")))
+        .map(|(owner, user, _)| kv_path(ctx, &mtproto::path(owner, user)))
         .collect::<Result<Vec<_>, _>>()?;
     // A page's records, a few at a time (Vault reads are independent).
     use futures_util::stream::{self, StreamExt};
@@ -475,13 +466,6 @@ async fn list(ctx: &Ctx<'_>, args: &ListArgs) -> CommandResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fingerprint_is_vpnbots() {
-        let s = "0123456789abcdef0123456789abcdef";
-        assert_eq!(fingerprint(s), sha256_hex(s)[..16]);
-        assert_eq!(fingerprint(s).len(), 16);
-    }
 
     #[test]
     fn users() {

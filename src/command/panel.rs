@@ -6,11 +6,16 @@ use clap::{Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::agent::{check_agent_id, field, headed, is_name, kv_path, list_or_empty, op_agent};
+use super::agent::{headed, kv_path, list_or_empty, op_agent};
 use super::info::{wrap_ttl, wrapped_reply};
 use super::{SecretArg, WrapArg};
 use crate::config::Role;
 use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::records::agent::{self, check_id as check_agent_id};
+use crate::records::field;
+use crate::records::panel::{
+    self, check_name as check_panel_name, copy_of, join_agents, parse_agents,
+};
 use crate::vault::kv::{KvData, KvSecret};
 use crate::vault::{Vault, VaultError};
 
@@ -109,13 +114,6 @@ impl PanelKind {
     }
 }
 
-/// Canonical records (admin-only): credentials plus `agents`, the
-/// comma-separated agents the panel is assigned to.
-const PANELS_DIR: &str = "vaultgram/panels";
-/// Assignment copies (ARCHITECTURE.md "Who Vault thinks you are"): an
-/// agent's policy grants read on `panels-by-agent/<agent>/*` only.
-const COPIES_DIR: &str = "vaultgram/panels-by-agent";
-
 /// What `/panel show` prints in place of a password.
 const MASK: &str = "********";
 
@@ -162,13 +160,10 @@ impl PanelCommand {
                 check_panel_name(name)?;
                 wrap_ttl(ctx, wrap)?;
                 let (path, missing) = if ctx.op.role == Role::Admin {
-                    (
-                        kv_path(ctx, &format!("{PANELS_DIR}/{name}"))?,
-                        not_found(name),
-                    )
+                    (kv_path(ctx, &panel::path(name))?, not_found(name))
                 } else {
                     (
-                        kv_path(ctx, &format!("{COPIES_DIR}/{}/{name}", op_agent(ctx)?))?,
+                        kv_path(ctx, &panel::copy_path(op_agent(ctx)?, name))?,
                         CommandError::not_found(format!("no panel {name} is assigned to you")),
                     )
                 };
@@ -191,18 +186,6 @@ impl PanelCommand {
                 self.name()
             ))),
         }
-    }
-}
-
-/// Panel names: `[a-z0-9][a-z0-9_.-]{0,62}` (a KV path segment that
-/// cannot be `.`/`..`, and short enough for every chat).
-fn check_panel_name(name: &str) -> Result<(), CommandError> {
-    if is_name(name, true) {
-        Ok(())
-    } else {
-        Err(CommandError::invalid(
-            "invalid panel name: use 1-63 of a-z, 0-9, '_', '-', '.', starting with a letter or digit",
-        ))
     }
 }
 
@@ -254,28 +237,6 @@ fn check_password(pw: &SecretString) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// The `agents` field: sorted, de-duplicated, valid ids only.
-fn parse_agents(s: Option<&str>) -> BTreeSet<String> {
-    s.unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|a| check_agent_id(a).is_ok())
-        .map(str::to_string)
-        .collect()
-}
-
-fn join_agents(a: &BTreeSet<String>) -> String {
-    a.iter().cloned().collect::<Vec<_>>().join(",")
-}
-
-/// What an agent's copy holds: the credentials, never the agent list.
-fn copy_of(rec: &KvData) -> KvData {
-    ["kind", "url", "username", "password"]
-        .iter()
-        .filter_map(|k| rec.get(*k).map(|v| ((*k).to_string(), v.clone())))
-        .collect()
-}
-
 fn not_found(name: &str) -> CommandError {
     CommandError::not_found(format!("no panel {name}"))
 }
@@ -285,7 +246,7 @@ async fn read_canonical(
     ctx: &Ctx<'_>,
     name: &str,
 ) -> Result<KvSecret, CommandError> {
-    let path = kv_path(ctx, &format!("{PANELS_DIR}/{name}"))?;
+    let path = kv_path(ctx, &panel::path(name))?;
     vault.kv_get(&path, None).await.map_err(|e| match e {
         VaultError::NotFound(_) => not_found(name),
         other => other.into(),
@@ -300,7 +261,7 @@ async fn write_copy(
     name: &str,
     rec: &KvData,
 ) -> Result<u64, CommandError> {
-    let path = kv_path(ctx, &format!("{COPIES_DIR}/{agent}/{name}"))?;
+    let path = kv_path(ctx, &panel::copy_path(agent, name))?;
     Ok(vault.kv_put(&path, &copy_of(rec), None).await?)
 }
 
@@ -318,7 +279,7 @@ async fn add(
     let url = check_url(url)?;
     check_user(user)?;
     check_password(password)?;
-    let path = kv_path(ctx, &format!("{PANELS_DIR}/{name}"))?;
+    let path = kv_path(ctx, &panel::path(name))?;
     let vault = ctx.vault().await?;
     // An existing panel keeps its assignments; check-and-set on the version
     // read so a concurrent assign is not lost.
@@ -387,9 +348,9 @@ async fn list(ctx: &Ctx<'_>) -> CommandResult {
     let vault = ctx.vault().await?;
     let admin = ctx.op.role == Role::Admin;
     let dir = if admin {
-        PANELS_DIR.to_string()
+        panel::DIR.to_string()
     } else {
-        format!("{COPIES_DIR}/{}", op_agent(ctx)?)
+        panel::copies_of(op_agent(ctx)?)
     };
     let mut names: Vec<String> =
         list_or_empty(vault.kv_list(&kv_path(ctx, &format!("{dir}/"))?).await)?
@@ -444,9 +405,9 @@ async fn show(ctx: &Ctx<'_>, name: &str, reveal: bool, wrap: &WrapArg) -> Comman
     check_panel_name(name)?;
     let admin = ctx.op.role == Role::Admin;
     let path = if admin {
-        kv_path(ctx, &format!("{PANELS_DIR}/{name}"))?
+        kv_path(ctx, &panel::path(name))?
     } else {
-        kv_path(ctx, &format!("{COPIES_DIR}/{}/{name}", op_agent(ctx)?))?
+        kv_path(ctx, &panel::copy_path(op_agent(ctx)?, name))?
     };
     let missing = || {
         if admin {
@@ -515,7 +476,7 @@ async fn agent_exists(vault: &Vault, ctx: &Ctx<'_>, agent: &str) -> Result<bool,
     {
         return Ok(true);
     }
-    let path = kv_path(ctx, &format!("vaultgram/agents/{agent}"))?;
+    let path = kv_path(ctx, &agent::path(agent))?;
     match vault.kv_metadata_get(&path).await {
         Ok(_) => Ok(true),
         Err(VaultError::NotFound(_)) => Ok(false),
@@ -533,7 +494,8 @@ async fn assign(ctx: &Ctx<'_>, name: &str, agent: &str) -> CommandResult {
     let vault = ctx.vault().await?;
     if !agent_exists(&vault, ctx, agent).await? {
         return Err(CommandError::not_found(format!(
-            "no agent {agent} (neither vaultgram/agents/{agent} nor an agent operator in the config)"
+            "no agent {agent} (neither {} nor an agent operator in the config)",
+            agent::path(agent)
         )));
     }
     let cur = read_canonical(&vault, ctx, name).await?;
@@ -542,7 +504,7 @@ async fn assign(ctx: &Ctx<'_>, name: &str, agent: &str) -> CommandResult {
     let mut rec = cur.data.clone();
     if !already {
         rec.insert("agents".into(), SecretString::from(join_agents(&agents)));
-        let path = kv_path(ctx, &format!("{PANELS_DIR}/{name}"))?;
+        let path = kv_path(ctx, &panel::path(name))?;
         vault
             .kv_put(&path, &rec, Some(cur.version))
             .await
@@ -569,7 +531,7 @@ async fn assign(ctx: &Ctx<'_>, name: &str, agent: &str) -> CommandResult {
 async fn remove(ctx: &Ctx<'_>, name: &str) -> CommandResult {
     check_panel_name(name)?;
     let vault = ctx.vault().await?;
-    let path = kv_path(ctx, &format!("{PANELS_DIR}/{name}"))?;
+    let path = kv_path(ctx, &panel::path(name))?;
     let canonical = match vault.kv_metadata_get(&path).await {
         Ok(_) => true,
         Err(VaultError::NotFound(_)) => false,
@@ -583,7 +545,7 @@ async fn remove(ctx: &Ctx<'_>, name: &str) -> CommandResult {
     // Stray copies (an interrupted assign, a hand-made copy).
     let dirs = list_or_empty(
         vault
-            .kv_list(&kv_path(ctx, &format!("{COPIES_DIR}/"))?)
+            .kv_list(&kv_path(ctx, &format!("{}/", panel::COPIES_DIR))?)
             .await,
     )?;
     for d in dirs {
@@ -595,7 +557,7 @@ async fn remove(ctx: &Ctx<'_>, name: &str) -> CommandResult {
         }
         let inside = list_or_empty(
             vault
-                .kv_list(&kv_path(ctx, &format!("{COPIES_DIR}/{a}/"))?)
+                .kv_list(&kv_path(ctx, &format!("{}/", panel::copies_of(a)))?)
                 .await,
         )?;
         if inside.iter().any(|k| k == name) {
@@ -606,7 +568,7 @@ async fn remove(ctx: &Ctx<'_>, name: &str) -> CommandResult {
         return Err(not_found(name));
     }
     for a in &holders {
-        let copy = kv_path(ctx, &format!("{COPIES_DIR}/{a}/{name}"))?;
+        let copy = kv_path(ctx, &panel::copy_path(a, name))?;
         vault.kv_metadata_delete(&copy).await?;
     }
     if canonical {

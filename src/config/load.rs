@@ -355,7 +355,10 @@ mod tests {
         assert_eq!(c.etcd.connect_timeout_secs, 5);
         assert_eq!(c.etcd.request_timeout_secs, 5);
         assert_eq!(c.telegram.app_path, "telegram");
-        assert_eq!(c.telegram.session_path, "vaultgram/telegram-session");
+        assert_eq!(
+            c.telegram.session_path,
+            crate::records::session::DEFAULT_PATH
+        );
         assert_eq!(c.telegram.secret_reply_ttl_secs, 60);
         assert_eq!(c.telegram.mtproto_proxy_host, "proxy.example.com");
         assert_eq!(c.telegram.mtproto_proxy_port, 443);

@@ -198,7 +198,7 @@ impl Default for TelegramConfig {
     fn default() -> Self {
         TelegramConfig {
             app_path: "telegram".into(),
-            session_path: "vaultgram/telegram-session".into(),
+            session_path: crate::records::session::DEFAULT_PATH.into(),
             secret_reply_ttl_secs: 60,
             mtproto_proxy_host: "proxy.example.com".into(),
             mtproto_proxy_port: 443,

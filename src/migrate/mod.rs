@@ -31,9 +31,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
-use crate::command::agent::field;
 use crate::config::{Config, Operator, Role};
 use crate::error::ErrorKind;
+use crate::records::field;
 use crate::vault::auth::TokenManager;
 use crate::vault::kv::{KvData, KvPath};
 use crate::vault::token::OperatorTokens;

@@ -24,7 +24,8 @@ use super::{
     is_hex, parse_json, read_input, same_secret, store, ImportOptions, MigrateError, Reporter,
     RowOutcome, Session, Summary,
 };
-use crate::command::agent::{check_agent_id, now_rfc3339, sha256_hex, token_record, AGENTS_DIR};
+use crate::records::agent::{self, check_id as check_agent_id, token_record};
+use crate::records::{now_rfc3339, sha256_hex};
 
 /// `created_by` of imported agent tokens.
 pub const CREATED_BY: &str = "import:valhalla";
@@ -164,7 +165,7 @@ fn row(raw: &RawValue, keys: &Keys) -> Result<Token, Rejection> {
             .map_err(|_| unknown("agent id invalid", "agent is not a string"))?,
     };
     // The id is echoed only once it is known to be a plain, short name.
-    check_agent_id(&agent).map_err(|e| unknown("agent id invalid", &e.message))?;
+    check_agent_id(&agent).map_err(|e| unknown("agent id invalid", &e.to_string()))?;
     let reject = |why: String| Rejection {
         who: format!("agent {agent}"),
         why,
@@ -252,7 +253,7 @@ pub async fn import(
                 ("created_by", CREATED_BY.to_string()),
             ],
         );
-        let result = match session.path(&format!("{AGENTS_DIR}/{}", t.agent)) {
+        let result = match session.path(&agent::path(&t.agent)) {
             Ok(path) => {
                 store(
                     session,

@@ -40,8 +40,10 @@ use super::{
     is_hex, parse_json, read_input, same_field, same_secret, store, ImportOptions, MigrateError,
     Reporter, RowOutcome, Session, Summary,
 };
-use crate::command::agent::{field, hex, now_rfc3339, random, RESERVED_OWNER};
-use crate::command::mtproto::{fingerprint, MTPROTO_DIR};
+use crate::records::agent::RESERVED_OWNER;
+use crate::records::mtproto::{self, fingerprint};
+use crate::records::mtproxy::{PLACEHOLDER_PATH, STATE_PATH};
+use crate::records::{field, hex, now_rfc3339, random};
 use crate::vault::kv::KvData;
 use crate::vault::VaultError;
 
@@ -53,10 +55,6 @@ pub const MANAGED_BY: &str = "vpn-bot";
 pub const VERSION: u64 = 1;
 /// `issued_by` of imported secrets.
 pub const ISSUED_BY: &str = "import:vpnbot";
-/// Where the placeholder runtime entry is kept, below the KV mount.
-pub const PLACEHOLDER_PATH: &str = "vaultgram/mtproxy/placeholder";
-/// Where the document's generation is kept, below the KV mount.
-pub const STATE_PATH: &str = "vaultgram/mtproxy/state";
 
 // ---------------------------------------------------------------------------
 // Reading the document
@@ -409,13 +407,11 @@ pub async fn import(
             continue;
         }
         seen.insert(e.owner_user_id, (n, e.fingerprint.clone()));
-        let result = match session.path(&format!(
-            "{MTPROTO_DIR}/{RESERVED_OWNER}/{}",
-            e.owner_user_id
-        )) {
-            Ok(path) => store(session, &path, &e.record(), |s| e.differs(s), opts).await,
-            Err(err) => Err(err),
-        };
+        let result =
+            match session.path(&mtproto::path(RESERVED_OWNER, &e.owner_user_id.to_string())) {
+                Ok(path) => store(session, &path, &e.record(), |s| e.differs(s), opts).await,
+                Err(err) => Err(err),
+            };
         match result {
             Ok(outcome) => rep.row(n, &who, &outcome, ""),
             Err(source) => {
@@ -599,7 +595,7 @@ async fn collect(session: &Session) -> Result<Vec<Found>, MigrateError> {
     let vault = session.vault().await?;
     let mut owners: Vec<String> = list_or_empty(
         vault
-            .kv_list(&session.path(&format!("{MTPROTO_DIR}/"))?)
+            .kv_list(&session.path(&format!("{}/", mtproto::DIR))?)
             .await,
     )?
     .into_iter()
@@ -608,8 +604,11 @@ async fn collect(session: &Session) -> Result<Vec<Found>, MigrateError> {
     owners.sort();
     let mut found = Vec::new();
     for owner in owners {
-        let Ok(dir) = session.path(&format!("{MTPROTO_DIR}/{owner}/")) else {
-            eprintln!("warning: skipped {MTPROTO_DIR}/…: a directory name Vault listed is not a valid path");
+        let Ok(dir) = session.path(&format!("{}/", mtproto::owner_dir(&owner))) else {
+            eprintln!(
+                "warning: skipped {}/…: a directory name Vault listed is not a valid path",
+                mtproto::DIR
+            );
             continue;
         };
         let mut users: Vec<String> = list_or_empty(vault.kv_list(&dir).await)?
@@ -618,7 +617,7 @@ async fn collect(session: &Session) -> Result<Vec<Found>, MigrateError> {
             .collect();
         users.sort();
         for user in users {
-            let Ok(path) = session.path(&format!("{MTPROTO_DIR}/{owner}/{user}")) else {
+            let Ok(path) = session.path(&mtproto::path(&owner, &user)) else {
                 eprintln!("warning: skipped a key under {dir}: not a valid path");
                 continue;
             };
@@ -695,7 +694,7 @@ async fn placeholder(session: &Session) -> Result<(Zeroizing<String>, bool), Mig
             Err(VaultError::NotFound(_)) => 0,
             Err(e) => return Err(e.into()),
         };
-        let bytes = random::<16>().map_err(|e| MigrateError::Stored(e.message))?;
+        let bytes = random::<16>().map_err(|e| MigrateError::Stored(e.to_string()))?;
         let secret = Zeroizing::new(hex(&bytes[..]));
         match vault
             .kv_put(&path, &placeholder_record(&secret), Some(cas))
@@ -870,7 +869,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<bool, MigrateError> {
     };
     let suffix = random::<6>()
         .map(|b| hex(&b[..]))
-        .map_err(|e| err(std::io::Error::other(e.message)))?;
+        .map_err(|e| err(std::io::Error::other(e.to_string())))?;
     let tmp = dir.join(format!(
         ".{}.{}.{suffix}.tmp",
         name.to_string_lossy(),

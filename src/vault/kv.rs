@@ -130,7 +130,7 @@ impl KvPath {
     }
 
     /// A path under a mount known separately (e.g. `vault.kv_mount` from
-    /// the config plus `vaultgram/agents/bob`).
+    /// the config plus the agent record `bob`).
     pub fn new(mount: &str, path: &str) -> Result<KvPath, KvPathError> {
         KvPath::parse(&format!("{mount}/{path}"))
     }
@@ -771,9 +771,9 @@ mod tests {
         assert_eq!(k.to_string(), "secret/panels/de1");
         assert_eq!(k.secret().unwrap(), "panels/de1");
 
-        let d = p("secret/vaultgram/agents/").unwrap();
-        assert_eq!((d.path(), d.is_dir()), ("vaultgram/agents", true));
-        assert_eq!(d.to_string(), "secret/vaultgram/agents/");
+        let d = p("secret/app/keys/").unwrap();
+        assert_eq!((d.path(), d.is_dir()), ("app/keys", true));
+        assert_eq!(d.to_string(), "secret/app/keys/");
         assert_eq!(d.secret(), Err(KvPathError::IsDirectory));
 
         for root in ["secret", "secret/"] {
