@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The import invariants of ARCHITECTURE.md, checked: each external client
-# crate is used by exactly one module. Comment lines are ignored; paths
-# through our own module (`crate::kube::`, `vaultgram::kube::`) are ours.
+# crate is used by exactly one module; `command/` never imports the
+# dispatcher or the approval gate; KV paths of the broker's records are
+# spelt only in `records/`; no import cycle in the command core, and the
+# leaf `context.rs` imports none of it (scripts/import-graph.py). Comment
+# lines are ignored; paths through our own module (`crate::kube::`,
+# `vaultgram::kube::`) are ours.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 fail=0
@@ -21,5 +25,16 @@ check '(^|[^A-Za-z0-9_:])(::)?(vaultrs|rustify)::' 'src/vault/' 'vaultrs/rustify
 check '(^|[^A-Za-z0-9_:])(::)?etcd_client::' 'src/etcd\.rs:' 'etcd_client'
 check '(^|[^A-Za-z0-9_:])(::)?grammers_[a-z_]+::' 'src/transport/telegram/grammers\.rs:' 'grammers_*'
 check '(^|[^A-Za-z0-9_:])(::)?(kube|k8s_openapi)::' 'src/kube\.rs:' 'kube/k8s-openapi'
-((fail == 0)) && echo "check-imports: vaultrs, etcd_client, grammers_*, kube each in one module"
+# A string literal naming a record folder (`"vaultgram/agents…"`, …).
+records='"[^"]*(vaultgram/(agents|panels|mtproto|mtproxy|telegram-session)|panels-by-agent)'
+check "$records" 'src/records/' 'a KV path of the broker'"'"'s records'
+hits=$(grep -rnE '(crate|super)::(dispatch|approvals)\b' src/command --include='*.rs' |
+  grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)
+if [[ -n $hits ]]; then
+  echo "check-imports: command/ imports the dispatcher or the approval gate:" >&2
+  echo "$hits" >&2
+  fail=1
+fi
+python3 scripts/import-graph.py || fail=1
+((fail == 0)) && echo "check-imports: vaultrs, etcd_client, grammers_*, kube each in one module; record paths only in records/; command/ imports neither dispatch nor approvals"
 exit "$fail"

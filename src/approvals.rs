@@ -47,18 +47,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{now_rfc3339, AuditLog, AuditRecord};
 use crate::command::Command;
 use crate::config::{Config, Operator, Role};
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply, Transport};
+use crate::context::{AuditTrail, CommandError, CommandResult, Ctx, Reply};
 use crate::error::ErrorKind;
 use crate::etcd::{unix_secs, Entry, Etcd, EtcdError, SharedLease};
 use crate::notify::Notifier;
+use crate::records::audit::{now_rfc3339, AuditRecord};
 use crate::text::escape_line;
+use crate::transport::Transport;
 use crate::vault::VaultError;
 
-/// The Vault TOTP mount that checks approval codes (`apply.sh` enables it).
-pub const TOTP_MOUNT: &str = "totp";
 /// How long the approvals log remembers a request.
 const LOG_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 const LOG_LEASE_REUSE: Duration = Duration::from_secs(86_400);
@@ -119,6 +118,29 @@ pub struct Grant {
     pub line: String,
     pub approved_by: String,
     pub expires_at: u64,
+}
+
+/// What an approval leads to.
+pub enum Approval {
+    /// A one-time grant: the requester runs the command itself.
+    Granted(Reply),
+    /// A request the dispatcher runs now, as its requester.
+    Run(Box<ApprovedRun>),
+}
+
+/// An approved request, taken from the store, parsed and checked again.
+pub struct ApprovedRun {
+    pub request: Request,
+    pub cmd: Command,
+    /// Who approved it.
+    pub approver: String,
+}
+
+impl ApprovedRun {
+    /// The operator the request runs as.
+    pub fn requester<'c>(&self, cfg: &'c Config) -> Result<&'c Operator, CommandError> {
+        find_operator(cfg, &self.request.requester)
+    }
 }
 
 pub struct Approvals {
@@ -415,7 +437,7 @@ impl Approvals {
         match log.status.as_str() {
             "pending" | "expired" => {
                 if log.status == "pending" {
-                    self.mark_expired(&ctx.app.audit, ctx.transport, &e, &log)
+                    self.mark_expired(ctx.svc.audit.as_ref(), ctx.transport, &e, &log)
                         .await;
                 }
                 Err(CommandError::not_found(format!(
@@ -437,7 +459,7 @@ impl Approvals {
     /// transaction): the log entry becomes `expired`, one audit record.
     async fn mark_expired(
         &self,
-        audit: &AuditLog,
+        audit: &dyn AuditTrail,
         transport: Transport,
         e: &Entry,
         log: &LogEntry,
@@ -485,7 +507,7 @@ impl Approvals {
     /// Finds requests whose lease ran out unseen and records their expiry
     /// (`run` calls this periodically, so expiry is audited even when
     /// nobody tries to approve). Returns how many it recorded.
-    pub async fn sweep_expired(&self, audit: &AuditLog, transport: Transport) -> usize {
+    pub async fn sweep_expired(&self, audit: &dyn AuditTrail, transport: Transport) -> usize {
         let Ok(entries) = self
             .etcd
             .list_prefix(&format!("{}log/", self.prefix), 1000, false)
@@ -589,7 +611,17 @@ impl Approvals {
     }
 
     /// `/approve ID CODE`.
-    pub async fn approve(&self, ctx: &Ctx<'_>, id: &str, code: &str) -> CommandResult {
+    ///
+    /// Checks the approver and the code and takes the request. A command
+    /// with a secret reply becomes a one-time grant for the requester (the
+    /// approver must not see the secret); any other is returned for the
+    /// dispatcher to run as the requester, then handed to [`Self::ran`].
+    pub async fn approve(
+        &self,
+        ctx: &Ctx<'_>,
+        id: &str,
+        code: &str,
+    ) -> Result<Approval, CommandError> {
         check_id(id)?;
         let approver = ctx.op;
         if approver.role != Role::Admin {
@@ -608,10 +640,10 @@ impl Approvals {
             )));
         };
         let valid = match ctx
-            .app
+            .svc
             .broker
             .current()
-            .totp_validate(TOTP_MOUNT, totp_key, code)
+            .totp_validate(crate::vault::totp::MOUNT, totp_key, code)
             .await
         {
             Ok(v) => v,
@@ -670,24 +702,41 @@ impl Approvals {
                 )
                 .await?;
             audit_request(ctx, &req, "approved", &approver.name).await;
-            return Ok(Reply::text(format!(
-                "approved: {} may now run {} once within {secs} s",
-                req.requester,
-                escape_line(&req.line)
-            ))
-            .with_data(serde_json::json!({
-                "id": req.id, "requester": req.requester, "command": name,
-                "target": target, "grant": true, "expires_in": secs,
-            })));
+            return Ok(Approval::Granted(
+                Reply::text(format!(
+                    "approved: {} may now run {} once within {secs} s",
+                    req.requester,
+                    escape_line(&req.line)
+                ))
+                .with_data(serde_json::json!({
+                    "id": req.id, "requester": req.requester, "command": name,
+                    "target": target, "grant": true, "expires_in": secs,
+                })),
+            ));
         }
-        let rctx =
-            Ctx::for_operator(ctx.app, requester, ctx.transport, &req.id).with_line(&req.line);
-        let result = Box::pin(crate::dispatch::execute(&rctx, &cmd)).await;
+        Ok(Approval::Run(Box::new(ApprovedRun {
+            request: req,
+            cmd,
+            approver: approver.name.clone(),
+        })))
+    }
+
+    /// After the dispatcher ran an approved request: its audit record, and
+    /// the approver's reply (the requester's result, headed by what ran).
+    pub async fn ran(
+        &self,
+        ctx: &Ctx<'_>,
+        run: &ApprovedRun,
+        result: CommandResult,
+    ) -> CommandResult {
+        let req = &run.request;
+        let name = run.cmd.name();
+        let target = run.cmd.target();
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.kind.as_str(),
         };
-        audit_request(ctx, &req, outcome, &approver.name).await;
+        audit_request(ctx, req, outcome, &run.approver).await;
         match result {
             Ok(reply) => {
                 let head = format!(
@@ -873,7 +922,7 @@ impl Approvals {
 /// An audit record about request `req` (`approved`, `denied`, or the
 /// outcome of its run) and the admin who decided it.
 async fn audit_request(ctx: &Ctx<'_>, req: &Request, result: &str, by: &str) {
-    ctx.app
+    ctx.svc
         .audit
         .record(
             AuditRecord::new(
@@ -912,6 +961,16 @@ fn totp_error(e: VaultError, approver: &str, key: &str) -> CommandError {
         ),
         ErrorKind::Invalid => CommandError::invalid("invalid TOTP code: expected 6 to 8 digits"),
         _ => CommandError::from(e),
+    }
+}
+
+impl crate::context::PendingRequests for Approvals {
+    fn cancel_all_of<'a>(
+        &'a self,
+        requester: &'a str,
+        by: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>> {
+        Box::pin(Approvals::cancel_all_of(self, requester, by))
     }
 }
 

@@ -12,12 +12,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, Role};
-use crate::dispatch::{CommandError, CommandResult, Ctx, Transport};
+use crate::config::Config;
 use crate::etcd::{Etcd, SharedLease};
+pub use crate::records::audit::{now_rfc3339, rfc3339, AuditRecord};
 
 /// How long records are kept in etcd (upper bound).
 pub const RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -25,103 +24,6 @@ pub const RETENTION: Duration = Duration::from_secs(7 * 86_400);
 const LEASE_REUSE: Duration = Duration::from_secs(86_400);
 /// An audit write never holds a command up longer than this.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// `/audit` without N.
-pub const DEFAULT_N: u16 = 20;
-/// `/audit N` upper bound.
-pub const MAX_N: u16 = 1000;
-/// Records per `/audit` page: one Telegram message.
-const PAGE: usize = 20;
-
-/// One audit record.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct AuditRecord {
-    /// RFC 3339, UTC.
-    pub time: String,
-    pub request_id: String,
-    pub operator: String,
-    pub transport: String,
-    pub command: String,
-    pub target: Option<String>,
-    /// `ok`, an error kind, or `ignored` (unknown sender); for the
-    /// lifecycle of an approval-gated request also `approved`, `denied`,
-    /// `expired`.
-    pub result: String,
-    /// The admin who approved (or denied) the request this record is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approved_by: Option<String>,
-    /// `time` in nanoseconds since the epoch: orders the etcd keys exactly
-    /// as `time` orders the records.
-    #[serde(skip)]
-    at_nanos: u128,
-}
-
-impl AuditRecord {
-    pub fn new(
-        request_id: &str,
-        operator: &str,
-        transport: Transport,
-        command: &str,
-        target: Option<String>,
-        result: &str,
-    ) -> AuditRecord {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        AuditRecord {
-            time: rfc3339(now),
-            at_nanos: now.as_nanos(),
-            request_id: request_id.to_string(),
-            operator: operator.to_string(),
-            transport: transport.as_str().to_string(),
-            command: command.to_string(),
-            target,
-            result: result.to_string(),
-            approved_by: None,
-        }
-    }
-
-    /// Names the second admin of an approval-gated request.
-    pub fn approved_by(mut self, admin: &str) -> AuditRecord {
-        self.approved_by = Some(admin.to_string());
-        self
-    }
-
-    /// One line for `/audit`.
-    /// One line for `/audit`. Every field is escaped on its own: a record
-    /// (written by any version, or by anyone with etcd access) cannot draw
-    /// a line of its own or hide part of one.
-    pub fn render(&self) -> String {
-        use crate::text::escape_line as e;
-        let mut line = format!(
-            "{} {} {} ({}) /{} {} -> {}",
-            e(&self.time),
-            e(&self.request_id),
-            e(&self.operator),
-            e(&self.transport),
-            e(&self.command),
-            e(self.target.as_deref().unwrap_or("-")),
-            e(&self.result)
-        );
-        if let Some(a) = &self.approved_by {
-            line.push_str(&format!(" (by {})", e(a)));
-        }
-        line
-    }
-}
-
-/// Now as RFC 3339 (UTC, milliseconds).
-pub fn now_rfc3339() -> String {
-    rfc3339(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
-}
-
-/// A time since the epoch as RFC 3339 (UTC, milliseconds).
-pub fn rfc3339(since_epoch: Duration) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since_epoch).to_string()
-}
 
 /// Writes audit records to the log and to etcd.
 ///
@@ -181,7 +83,7 @@ impl AuditLog {
         let key = format!(
             "{}{}",
             self.prefix,
-            record_key(rec.at_nanos, &rec.request_id)
+            record_key(rec.at_nanos(), &rec.request_id)
         );
         let value = match serde_json::to_vec(&rec) {
             Ok(v) => v,
@@ -212,7 +114,7 @@ impl AuditLog {
     }
 
     /// The last `n` records, oldest first.
-    pub async fn last(&self, n: u16) -> Result<Vec<AuditRecord>, CommandError> {
+    pub async fn last(&self, n: u16) -> Result<Vec<AuditRecord>, crate::etcd::EtcdError> {
         // Include this process's own most recent records.
         self.flush().await;
         let entries = self
@@ -305,35 +207,17 @@ fn record_key(at_nanos: u128, request_id: &str) -> String {
     format!("{nanos:020}-{rid}")
 }
 
-/// `/audit [N]` (admins): the last N records (default 20, at most 500),
-/// oldest first, one line each.
-pub async fn execute_audit(ctx: &Ctx<'_>, n: Option<u16>, page: Option<u32>) -> CommandResult {
-    if ctx.op.role != Role::Admin {
-        return Err(CommandError::denied("/audit is for admins"));
+impl crate::context::AuditTrail for AuditLog {
+    fn record(&self, rec: AuditRecord) -> crate::context::BoxFuture<'_, ()> {
+        Box::pin(AuditLog::record(self, rec))
     }
-    let n = n.unwrap_or(DEFAULT_N).clamp(1, MAX_N);
-    let records = ctx.app.audit.last(n).await?;
-    // The text shows one page (page 1: the newest), oldest first within
-    // it; `data` keeps all N for scripts.
-    let paging = crate::command::ListArgs { page, prefix: None };
-    let mut shown = paging.paginate((0..records.len()).rev().collect(), PAGE)?;
-    shown.items.reverse();
-    let text = if records.is_empty() {
-        "no audit records".to_string()
-    } else {
-        shown
-            .items
-            .iter()
-            .map(|&i| records[i].render())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    Ok(shown.reply(
-        text,
-        &format!("/audit {n}"),
-        "records",
-        serde_json::json!(records),
-    ))
+
+    fn last(
+        &self,
+        n: u16,
+    ) -> crate::context::BoxFuture<'_, Result<Vec<AuditRecord>, crate::etcd::EtcdError>> {
+        Box::pin(AuditLog::last(self, n))
+    }
 }
 
 #[cfg(test)]

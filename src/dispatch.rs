@@ -7,177 +7,20 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
-use tokio::sync::OnceCell;
-use zeroize::Zeroizing;
+use secrecy::ExposeSecret;
 
-use crate::approvals::Approvals;
+use crate::approvals::{Approval, Approvals};
 use crate::audit::{AuditLog, AuditRecord};
-use crate::command::{Command, ParseError};
+use crate::command::Command;
 use crate::config::{Config, Operator};
+use crate::context::{CommandError, CommandResult, Ctx, Reply, Services};
 use crate::error::ErrorKind;
 use crate::etcd::{Etcd, EtcdError};
+use crate::runtime::Runtime;
+use crate::transport::Transport;
 use crate::vault::auth::TokenManager;
 use crate::vault::token::OperatorTokens;
-use crate::vault::{Vault, VaultError};
-
-/// Where a command came from (audit trail, metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Console,
-    Socket,
-    Telegram,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Console => "console",
-            Transport::Socket => "socket",
-            Transport::Telegram => "telegram",
-        }
-    }
-}
-
-/// What a command answers. `text` may hold a secret value (then `secret`
-/// is true): it is zeroed on drop and `Debug` does not show it. `data`
-/// is structured and never holds a secret value.
-pub struct Reply {
-    text: Zeroizing<String>,
-    pub secret: bool,
-    pub data: serde_json::Value,
-}
-
-impl Reply {
-    pub fn text(text: impl Into<String>) -> Reply {
-        Reply {
-            text: Zeroizing::new(text.into()),
-            secret: false,
-            data: serde_json::Value::Object(Default::default()),
-        }
-    }
-
-    /// A reply carrying a secret value.
-    pub fn secret(text: impl Into<String>) -> Reply {
-        Reply {
-            secret: true,
-            ..Reply::text(text)
-        }
-    }
-
-    pub fn with_data(mut self, data: serde_json::Value) -> Reply {
-        self.data = data;
-        self
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// The reply as a person may see it: every control or invisible
-    /// character but the line break escaped (`crate::text`).
-    fn escaped(self) -> Reply {
-        match crate::text::escape_text(&self.text) {
-            std::borrow::Cow::Borrowed(_) => self,
-            std::borrow::Cow::Owned(t) => Reply {
-                text: Zeroizing::new(t),
-                secret: self.secret,
-                data: self.data,
-            },
-        }
-    }
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text: &str = if self.secret {
-            "<redacted>"
-        } else {
-            &self.text
-        };
-        f.debug_struct("Reply")
-            .field("text", &text)
-            .field("secret", &self.secret)
-            .field("data", &self.data)
-            .finish()
-    }
-}
-
-/// A failed command, as the operator sees it. Never carries a value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct CommandError {
-    pub kind: ErrorKind,
-    pub message: String,
-    /// Vault itself answered (a `denied` from Vault may mean a dead token;
-    /// one from the broker's own checks never does).
-    pub from_vault: bool,
-}
-
-impl CommandError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> CommandError {
-        CommandError {
-            kind,
-            message: message.into(),
-            from_vault: false,
-        }
-    }
-
-    fn escaped(mut self) -> CommandError {
-        if let std::borrow::Cow::Owned(m) = crate::text::escape_text(&self.message) {
-            self.message = m;
-        }
-        self
-    }
-    pub fn denied(m: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Denied, m)
-    }
-    pub fn invalid(m: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Invalid, m)
-    }
-    pub fn not_found(m: impl Into<String>) -> Self {
-        Self::new(ErrorKind::NotFound, m)
-    }
-    pub fn unavailable(m: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Unavailable, m)
-    }
-    pub fn conflict(m: impl Into<String>) -> Self {
-        Self::new(ErrorKind::Conflict, m)
-    }
-}
-
-impl From<VaultError> for CommandError {
-    fn from(e: VaultError) -> Self {
-        CommandError {
-            from_vault: matches!(e, VaultError::Denied(_)),
-            ..CommandError::new(e.kind(), e.to_string())
-        }
-    }
-}
-
-impl From<EtcdError> for CommandError {
-    fn from(e: EtcdError) -> Self {
-        CommandError::new(e.kind(), e.to_string())
-    }
-}
-
-impl From<crate::records::RecordError> for CommandError {
-    fn from(e: crate::records::RecordError) -> Self {
-        match e {
-            crate::records::RecordError::Invalid(m) => CommandError::invalid(m),
-            crate::records::RecordError::Random => CommandError::unavailable(e.to_string()),
-        }
-    }
-}
-
-impl From<ParseError> for CommandError {
-    fn from(e: ParseError) -> Self {
-        CommandError::invalid(e.0)
-    }
-}
-
-pub type CommandResult = Result<Reply, CommandError>;
+use crate::vault::VaultError;
 
 /// Failures while starting the core.
 #[derive(Debug, thiserror::Error)]
@@ -188,149 +31,28 @@ pub enum StartError {
     Etcd(#[from] EtcdError),
 }
 
-/// Everything a command needs, shared by all transports.
+/// The command core: the services every command may use, and the
+/// approval gate, which only the pipeline touches.
 pub struct App {
-    pub cfg: Arc<Config>,
-    pub broker: TokenManager,
-    pub tokens: OperatorTokens,
-    pub etcd: Etcd,
-    pub audit: AuditLog,
-    pub approvals: Approvals,
-    /// Suspensions, unlock windows, reveal budgets, alerts (`[security]`).
-    pub security: crate::security::Security,
-    /// Messages for operators' Telegram chats, delivered by the leader.
-    pub notifier: crate::notify::Notifier,
-    /// What `vaultgram run` is doing (election, Telegram client), for
-    /// `/health`; empty in `console` and the one-shot tools.
-    pub runtime: Runtime,
+    pub svc: Services,
+    pub approvals: Arc<Approvals>,
+    /// The audit trail itself (`svc.audit` is the same, as commands see
+    /// it): the dispatcher records every command, transports flush it.
+    pub audit: Arc<AuditLog>,
 }
 
-/// The service's moving parts, as `/health` (and later `doctor`/metrics)
-/// report them.
-#[derive(Default)]
-pub struct Runtime {
-    pub elector: std::sync::OnceLock<Arc<crate::leader::Elector>>,
-    pub telegram: std::sync::Mutex<TelegramStatus>,
-    /// The last confinement check (`src/kube.rs`); `None` before the first.
-    pub confinement: std::sync::Mutex<Option<crate::kube::Status>>,
-}
-
-/// The Telegram client of this process.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TelegramStatus {
-    pub connected: bool,
-    pub backend: Option<&'static str>,
-    /// Unix seconds of the last update received.
-    pub last_update: Option<u64>,
-    /// Why the client is not running, when it should.
-    pub problem: Option<String>,
-}
-
-impl Runtime {
-    pub fn confinement(&self) -> Option<crate::kube::Status> {
-        self.confinement
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn set_confinement(&self, status: crate::kube::Status) {
-        crate::metrics::confinement(status.state);
-        *self.confinement.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
-    }
-
-    pub fn telegram(&self) -> TelegramStatus {
-        self.telegram
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn set_telegram(&self, f: impl FnOnce(&mut TelegramStatus)) {
-        f(&mut self.telegram.lock().unwrap_or_else(|e| e.into_inner()));
+/// `app.cfg`, `app.audit`, …: the services, as every transport and tool
+/// uses them.
+impl std::ops::Deref for App {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.svc
     }
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App").field("broker", &self.broker).finish()
-    }
-}
-
-/// One command being handled: who, from where, and (on first use) the
-/// operator's Vault client.
-pub struct Ctx<'a> {
-    pub app: &'a App,
-    pub op: &'a Operator,
-    pub transport: Transport,
-    pub request_id: &'a str,
-    /// The command line as the operator typed it (the approval gate keeps
-    /// it to run the command later; never logged).
-    pub line: &'a str,
-    vault: OnceCell<Arc<Vault>>,
-}
-
-impl<'a> Ctx<'a> {
-    /// A context for `op` outside a transport's dispatch: an approved
-    /// request runs with its *requester's* identity and child token.
-    pub fn for_operator(
-        app: &'a App,
-        op: &'a Operator,
-        transport: Transport,
-        request_id: &'a str,
-    ) -> Ctx<'a> {
-        Ctx {
-            app,
-            op,
-            transport,
-            request_id,
-            line: "",
-            vault: OnceCell::new(),
-        }
-    }
-
-    /// Sets the command line this context runs.
-    pub fn with_line(mut self, line: &'a str) -> Ctx<'a> {
-        self.line = line;
-        self
-    }
-}
-
-impl Ctx<'_> {
-    /// The operator's child-token client (minted on first use, cached by
-    /// [`OperatorTokens`]).
-    pub async fn vault(&self) -> Result<Arc<Vault>, CommandError> {
-        let started = std::time::Instant::now();
-        let v = self.vault.get_or_try_init(|| self.mint()).await;
-        crate::metrics::observe_stage("token", started);
-        let v = v?;
-        Ok(v.clone())
-    }
-
-    /// The operator's child token; a freshly minted one is recorded in
-    /// etcd first (a suspension revokes it from any replica), and checked
-    /// against a suspension that raced with the mint.
-    async fn mint(&self) -> Result<Arc<Vault>, CommandError> {
-        let (vault, minted) = self.app.tokens.for_operator_tracked(self.op).await?;
-        let Some((accessor, ttl)) = minted else {
-            return Ok(vault);
-        };
-        let sec = &self.app.security;
-        sec.record_token(&self.op.name, &accessor, ttl).await;
-        if let Ok(Some(_)) = sec.suspension(&self.op.name).await {
-            // Suspended while this token was being minted.
-            self.app.tokens.forget(&self.op.name).await;
-            let _ = self.app.broker.current().revoke_accessor(&accessor).await;
-            return Err(CommandError::denied(format!(
-                "{} is suspended",
-                self.op.name
-            )));
-        }
-        Ok(vault)
-    }
-
-    pub fn cfg(&self) -> &Config {
-        &self.app.cfg
     }
 }
 
@@ -346,10 +68,12 @@ impl App {
         let broker = TokenManager::login(&cfg.vault).await?;
         let etcd = Etcd::connect(&cfg.etcd).await?;
         let cfg = Arc::new(cfg);
-        Ok(Arc::new(App {
+        let approvals = Arc::new(Approvals::new(etcd.clone(), &cfg));
+        let audit = Arc::new(AuditLog::new(etcd.clone(), &cfg));
+        let svc = Services {
             tokens: OperatorTokens::new(broker.clone()),
-            audit: AuditLog::new(etcd.clone(), &cfg),
-            approvals: Approvals::new(etcd.clone(), &cfg),
+            audit: audit.clone(),
+            pending: approvals.clone(),
             security: crate::security::Security::new(
                 etcd.clone(),
                 &cfg.etcd.prefix,
@@ -365,6 +89,11 @@ impl App {
             broker,
             etcd,
             cfg,
+        };
+        Ok(Arc::new(App {
+            svc,
+            approvals,
+            audit,
         }))
     }
 
@@ -399,14 +128,7 @@ impl App {
         let (name, target, result) = match parsed {
             Err(e) => ("-".to_string(), None, Err(CommandError::from(e))),
             Ok(cmd) => {
-                let ctx = Ctx {
-                    app: self,
-                    op,
-                    transport,
-                    request_id: &rid,
-                    line: text.trim(),
-                    vault: OnceCell::new(),
-                };
+                let ctx = Ctx::new(&self.svc, op, transport, &rid).with_line(text.trim());
                 let r = self.run_gated(&ctx, &cmd).await;
                 (cmd.name(), cmd.target(), r)
             }
@@ -495,7 +217,7 @@ impl App {
         let authorize_started = std::time::Instant::now();
         self.authorize(ctx, cmd).await?;
         crate::metrics::observe_stage("authorize", authorize_started);
-        let run = crate::metrics::time_stage("execute", execute(ctx, cmd));
+        let run = crate::metrics::time_stage("execute", self.execute(ctx, cmd));
         if !cmd.reply_is_secret() {
             return run.await;
         }
@@ -571,10 +293,8 @@ impl App {
             return Ok(());
         }
         if verdict == crate::security::Reveal::FirstOver {
-            sec.alert(
-                &self.audit,
-                &self.notifier,
-                crate::security::Event::BudgetExceeded,
+            self.svc.alert(
+                                crate::security::Event::BudgetExceeded,
                 &ctx.op.name,
                 ctx.transport,
                 ctx.request_id,
@@ -592,26 +312,31 @@ impl App {
             sec.cfg.reveal_window_secs, ctx.op.name
         )))
     }
-}
 
-/// Runs a parsed, authorised, approved command.
-pub async fn execute(ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
-    match cmd {
-        Command::Help
-        | Command::Whoami
-        | Command::GetKeys(_)
-        | Command::Health
-        | Command::Audit { .. } => crate::command::info::execute(ctx, cmd).await,
-        Command::Kv(c) => c.execute(ctx).await,
-        Command::Transit(c) => c.execute(ctx).await,
-        Command::Agent(c) => c.execute(ctx).await,
-        Command::Panel(c) => c.execute(ctx).await,
-        Command::Mtproto(c) => c.execute(ctx).await,
-        Command::Approve { .. } | Command::Deny { .. } | Command::Pending => {
-            crate::command::approvals::execute(ctx, cmd).await
-        }
-        Command::Unlock { .. } | Command::Lock | Command::Operator(_) => {
-            crate::command::operator::execute(ctx, cmd).await
+    /// Runs a parsed, authorised, approved command. The approval commands
+    /// are the pipeline's own: `/approve` runs the approved request here,
+    /// with its requester's identity, and nowhere else.
+    async fn execute(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
+        match cmd {
+            Command::Approve { id, code } => {
+                match self
+                    .approvals
+                    .approve(ctx, id, code.0.expose_secret())
+                    .await?
+                {
+                    Approval::Granted(reply) => Ok(reply),
+                    Approval::Run(run) => {
+                        let requester = run.requester(ctx.cfg())?;
+                        let rctx = Ctx::new(&self.svc, requester, ctx.transport, &run.request.id)
+                            .with_line(&run.request.line);
+                        let result = Box::pin(self.execute(&rctx, &run.cmd)).await;
+                        Ok(self.approvals.ran(ctx, &run, result).await?)
+                    }
+                }
+            }
+            Command::Deny { id } => self.approvals.deny(ctx, id).await,
+            Command::Pending => self.approvals.list(ctx).await,
+            other => other.execute(ctx).await,
         }
     }
 }

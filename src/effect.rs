@@ -13,7 +13,7 @@
 
 use crate::command::kv::{KvCommand, KvMetadataCommand};
 use crate::command::{AgentCommand, Command, MtprotoCommand, PanelCommand, TransitCommand};
-use crate::dispatch::CommandError;
+use crate::context::CommandError;
 
 /// An effect that `approvals.required` can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,15 +14,23 @@
 //! - [`vault`]: the only module that imports `vaultrs`; builds Vault clients
 //!   from the config and maps failures to [`vault::VaultError`].
 //! - [`command`]: the chat command table (one `enum Command`, one file per
-//!   group: kv, transit, agent, panel, mtproto, approvals, info), parsing
+//!   group: kv, transit, agent, panel, mtproto, operator, info), parsing
 //!   from `&str`, `/help` generated from the table, and each group's
 //!   execution.
-//! - [`dispatch`]: parse → role check → approval gate → execute with the
-//!   operator's child token → audit; [`dispatch::Reply`] is what every
-//!   transport renders.
+//! - [`context`]: what a command sees ([`context::Ctx`], the shared
+//!   [`context::Services`]) and answers ([`context::Reply`], what every
+//!   transport renders, or [`context::CommandError`]); imports none of
+//!   the command core above it.
+//! - [`records`]: the broker's own records (agents, panels and their
+//!   copies, MTProto secrets, mtproxy entries, the session, audit
+//!   records): formats and KV paths, defined here only.
+//! - [`dispatch`]: the pipeline, known nowhere else: parse → suspension →
+//!   role → step-up → effects → approval gate → budget → execute with the
+//!   operator's child token → audit; runs approved requests.
 //! - [`approvals`]: pending requests in etcd with a lease; TOTP-checked
 //!   `/approve`.
 //! - [`audit`]: the broker's audit trail (log + etcd), never a value.
+//! - [`runtime`]: what `run` is doing, for `/health`.
 //! - [`transport`]: console (stdin/stdout), Unix socket (`run` + `ctl`),
 //!   Telegram (`transport::telegram`: the leader's runner, exactly-once
 //!   claims, deletions, the session store; only its `grammers` file imports
@@ -48,6 +56,7 @@ pub mod approvals;
 pub mod audit;
 pub mod command;
 pub mod config;
+pub mod context;
 pub mod dispatch;
 pub mod doctor;
 pub mod effect;
@@ -60,6 +69,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod notify;
 pub mod records;
+pub mod runtime;
 pub mod security;
 pub mod telemetry;
 pub mod text;

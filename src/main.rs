@@ -475,7 +475,7 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {
                         app.approvals
-                            .sweep_expired(&app.audit, vaultgram::dispatch::Transport::Socket)
+                            .sweep_expired(app.audit.as_ref(), vaultgram::transport::Transport::Socket)
                             .await;
                     }
                 }

@@ -27,12 +27,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditLog, AuditRecord};
 use crate::config::{SecurityConfig, StepUp};
-use crate::dispatch::Transport;
 use crate::etcd::{unix_secs, Entry, Etcd, EtcdError};
-use crate::notify::Notifier;
-use crate::text::escape_line;
 
 /// Why and since when an operator is suspended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -72,8 +68,6 @@ impl Event {
 const FAILURES_TTL: u64 = 24 * 3600;
 /// How long a command waits for its new token to be recorded in etcd.
 const RECORD_WAIT: Duration = Duration::from_secs(1);
-/// An alert undelivered this long is dropped (with an audit record).
-const ALERT_TTL: u64 = 24 * 3600;
 
 pub struct Security {
     etcd: Etcd,
@@ -449,45 +443,9 @@ impl Security {
         }
     }
 
-    /// An alert: audit record, WARN line, metric, and a message to the
-    /// admins. `text` must never carry a secret (callers compose it from
-    /// names and numbers; operator-typed reasons are escaped).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn alert(
-        &self,
-        audit: &AuditLog,
-        notifier: &Notifier,
-        event: Event,
-        operator: &str,
-        transport: Transport,
-        request_id: &str,
-        text: &str,
-    ) {
-        let text = escape_line(text);
-        tracing::warn!(kind = event.as_str(), operator, alert = %text, "security alert");
-        crate::metrics::security_event(event.as_str());
-        audit
-            .record(AuditRecord::new(
-                request_id,
-                operator,
-                transport,
-                &format!("security {}", event.as_str()),
-                None,
-                "alert",
-            ))
-            .await;
-        let admins: Vec<&str> = self.admins.iter().map(String::as_str).collect();
-        if let Err(e) = notifier
-            .queue(
-                "security",
-                &admins,
-                &format!("security: {text}"),
-                unix_secs() + ALERT_TTL,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "security alert not queued for Telegram");
-        }
+    /// The admins, whom alerts reach.
+    pub fn admins(&self) -> &[String] {
+        &self.admins
     }
 }
 

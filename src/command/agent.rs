@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::info::{wrap_ttl, wrapped_reply};
 use super::WrapArg;
 use crate::config::Role;
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::records::agent::{self, check_id as check_agent_id, token_record};
 use crate::records::{self, field, now_rfc3339, sha256_hex};
 use crate::vault::kv::KvPath;

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::{Command, WrapArg};
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::config::Role;
+use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::vault::kv::{KvPath, KvPathError};
 use crate::vault::wrap::{WrapTtl, Wrapped};
 use crate::vault::VaultError;
@@ -24,7 +25,7 @@ pub async fn execute(ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
         Command::GetKeys(wrap) => get_keys(ctx, wrap).await,
         Command::Health => Ok(health(ctx).await),
         // The audit trail's own module reads it (admins only, by role).
-        Command::Audit { n, page } => crate::audit::execute_audit(ctx, *n, *page).await,
+        Command::Audit { n, page } => audit(ctx, *n, *page).await,
         other => Err(CommandError::invalid(format!(
             "/{} is not handled here",
             other.name()
@@ -85,7 +86,7 @@ async fn whoami(ctx: &Ctx<'_>) -> Reply {
             json!({"error": {"kind": e.kind.as_str(), "message": e.message}})
         }
     };
-    let b = ctx.app.broker.status();
+    let b = ctx.svc.broker.status();
     let broker_ttl = b
         .ttl_remaining
         .map(|d| fmt_duration(d.as_secs()))
@@ -159,9 +160,9 @@ async fn get_keys(ctx: &Ctx<'_>, wrap: &WrapArg) -> CommandResult {
 // ---------------------------------------------------------------------------
 
 async fn health(ctx: &Ctx<'_>) -> Reply {
-    let vault_client = ctx.app.broker.current();
-    let (vault, etcd) = tokio::join!(vault_client.health(), ctx.app.etcd.status());
-    let b = ctx.app.broker.status();
+    let vault_client = ctx.svc.broker.current();
+    let (vault, etcd) = tokio::join!(vault_client.health(), ctx.svc.etcd.status());
+    let b = ctx.svc.broker.status();
     let broker_ttl = b
         .ttl_remaining
         .map(|d| fmt_duration(d.as_secs()))
@@ -226,7 +227,7 @@ async fn health(ctx: &Ctx<'_>) -> Reply {
 
     // The Telegram client runs in `vaultgram run`, on the election leader
     // only; `console` has neither.
-    let rt = &ctx.app.runtime;
+    let rt = &ctx.svc.runtime;
     let (tg_line, tg_data) = match rt.elector.get() {
         None => (
             format!(
@@ -409,6 +410,44 @@ pub fn fmt_duration(secs: u64) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// `/audit` without N.
+const AUDIT_DEFAULT_N: u16 = 20;
+/// `/audit N` upper bound.
+const AUDIT_MAX_N: u16 = 1000;
+/// Records per `/audit` page: one Telegram message.
+const AUDIT_PAGE: usize = 20;
+
+/// `/audit [N]` (admins): the last N records (default 20, at most 1000), one page of 20 shown,
+/// oldest first, one line each.
+async fn audit(ctx: &Ctx<'_>, n: Option<u16>, page: Option<u32>) -> CommandResult {
+    if ctx.op.role != Role::Admin {
+        return Err(CommandError::denied("/audit is for admins"));
+    }
+    let n = n.unwrap_or(AUDIT_DEFAULT_N).clamp(1, AUDIT_MAX_N);
+    let records = ctx.svc.audit.last(n).await?;
+    // The text shows one page (page 1: the newest), oldest first within
+    // it; `data` keeps all N for scripts.
+    let paging = super::ListArgs { page, prefix: None };
+    let mut shown = paging.paginate((0..records.len()).rev().collect(), AUDIT_PAGE)?;
+    shown.items.reverse();
+    let text = if records.is_empty() {
+        "no audit records".to_string()
+    } else {
+        shown
+            .items
+            .iter()
+            .map(|&i| records[i].render())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Ok(shown.reply(
+        text,
+        &format!("/audit {n}"),
+        "records",
+        serde_json::json!(records),
+    ))
 }
 
 #[cfg(test)]

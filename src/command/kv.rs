@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::info::{concat, path_error, table, wrap_ttl, wrapped_reply};
 use super::{Pair, WrapArg};
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::vault::kv::{KvData, KvMetadata, KvPath};
 use crate::vault::wrap::WrapTtl;
 use crate::vault::{Vault, VaultError};

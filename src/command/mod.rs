@@ -7,7 +7,6 @@
 //! parses the rest. Parsing is pure (no I/O) and tested from `&str`.
 
 pub mod agent;
-pub mod approvals;
 pub mod info;
 pub mod kv;
 pub mod lexer;
@@ -20,6 +19,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use secrecy::SecretString;
 
 use crate::config::Role;
+use crate::context::{CommandError, CommandResult, Ctx};
 
 pub use agent::AgentCommand;
 pub use kv::KvCommand;
@@ -165,12 +165,12 @@ impl ListArgs {
         &self,
         items: Vec<T>,
         size: usize,
-    ) -> Result<Page<T>, crate::dispatch::CommandError> {
+    ) -> Result<Page<T>, crate::context::CommandError> {
         let total = items.len();
         let pages = total.div_ceil(size).max(1);
         let number = self.page.unwrap_or(1) as usize;
         if number == 0 || number > pages {
-            return Err(crate::dispatch::CommandError::invalid(format!(
+            return Err(crate::context::CommandError::invalid(format!(
                 "-page={number}: there {} {pages} page{} of {size}",
                 if pages == 1 { "is" } else { "are" },
                 if pages == 1 { "" } else { "s" },
@@ -230,7 +230,7 @@ impl<T> Page<T> {
         command: &str,
         key: &str,
         rows: serde_json::Value,
-    ) -> crate::dispatch::Reply {
+    ) -> crate::context::Reply {
         let text = match self.footer(command) {
             Some(f) => format!("{text}\n{f}"),
             None => text,
@@ -238,7 +238,7 @@ impl<T> Page<T> {
         let mut data =
             serde_json::json!({"page": self.number, "pages": self.pages, "total": self.total});
         data[key] = rows;
-        crate::dispatch::Reply::text(text).with_data(data)
+        crate::context::Reply::text(text).with_data(data)
     }
 }
 
@@ -471,15 +471,51 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Runs a parsed command that the dispatcher has authorised (role,
+    /// step-up, approval, budget) with the operator's context. The
+    /// approval commands are not here: they drive the pipeline itself,
+    /// and the dispatcher runs them.
+    pub async fn execute(&self, ctx: &Ctx<'_>) -> CommandResult {
+        match self {
+            Command::Help
+            | Command::Whoami
+            | Command::GetKeys(_)
+            | Command::Health
+            | Command::Audit { .. } => info::execute(ctx, self).await,
+            Command::Kv(c) => c.execute(ctx).await,
+            Command::Transit(c) => c.execute(ctx).await,
+            Command::Agent(c) => c.execute(ctx).await,
+            Command::Panel(c) => c.execute(ctx).await,
+            Command::Mtproto(c) => c.execute(ctx).await,
+            Command::Unlock { .. } | Command::Lock | Command::Operator(_) => {
+                operator::execute(ctx, self).await
+            }
+            Command::Approve { .. } | Command::Deny { .. } | Command::Pending => {
+                Err(CommandError::invalid(format!(
+                    "/{} is run by the dispatcher's approval gate",
+                    self.name()
+                )))
+            }
+        }
+    }
+}
+
+impl From<ParseError> for CommandError {
+    fn from(e: ParseError) -> Self {
+        CommandError::invalid(e.0)
+    }
+}
+
 /// Checks a gated command's arguments and ownership (with the requester's
 /// own child token: what it may not read, it could not change) and returns
 /// its canonical line, which `/pending` shows and `/approve` runs. Runs
 /// before a request is filed, so a request that could not succeed is never
 /// filed.
 pub async fn prepare(
-    ctx: &crate::dispatch::Ctx<'_>,
+    ctx: &crate::context::Ctx<'_>,
     cmd: &Command,
-) -> Result<String, crate::dispatch::CommandError> {
+) -> Result<String, crate::context::CommandError> {
     match cmd {
         Command::Kv(c) => c.prepare(ctx).await,
         Command::Transit(c) => c.prepare(ctx).await,
@@ -487,7 +523,7 @@ pub async fn prepare(
         Command::Mtproto(c) => c.prepare(ctx).await,
         Command::Panel(c) => c.prepare(ctx).await,
         Command::Operator(c) => c.prepare(ctx).await,
-        _ => Err(crate::dispatch::CommandError::invalid(format!(
+        _ => Err(crate::context::CommandError::invalid(format!(
             "/{} cannot wait for approval",
             cmd.name()
         ))),

@@ -12,7 +12,7 @@ use super::agent::{headed, kv_path, list_or_empty, op_agent};
 use super::info::{wrap_ttl, wrapped_reply};
 use super::{ListArgs, WrapArg};
 use crate::config::Role;
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::records::agent::{check_id as check_agent_id, RESERVED_OWNER};
 use crate::records::mtproto::{self, fingerprint};
 use crate::records::{field, hex, now_rfc3339, random};

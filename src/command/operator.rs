@@ -5,9 +5,8 @@ use clap::Subcommand;
 use secrecy::ExposeSecret;
 
 use super::{Command, SecretArg};
-use crate::approvals::TOTP_MOUNT;
 use crate::config::{Operator, Role};
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::security::Event;
 use crate::text::escape_line;
 use crate::vault::VaultError;
@@ -58,7 +57,7 @@ impl OperatorCommand {
         match self {
             OperatorCommand::Resume { name } => {
                 let op = operator(ctx, name)?;
-                if ctx.app.security.suspension(&op.name).await?.is_none() {
+                if ctx.svc.security.suspension(&op.name).await?.is_none() {
                     return Err(CommandError::invalid(format!(
                         "{} is not suspended",
                         op.name
@@ -83,14 +82,14 @@ fn operator<'a>(ctx: &'a Ctx<'_>, name: &str) -> Result<&'a Operator, CommandErr
 }
 
 fn when(unix: u64) -> String {
-    crate::audit::rfc3339(std::time::Duration::from_secs(unix))
+    crate::records::audit::rfc3339(std::time::Duration::from_secs(unix))
 }
 
 pub async fn execute(ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
     match cmd {
         Command::Unlock { code } => unlock(ctx, code).await,
         Command::Lock => {
-            let was = ctx.app.security.lock(&ctx.op.name).await?;
+            let was = ctx.svc.security.lock(&ctx.op.name).await?;
             Ok(Reply::text(if was {
                 "locked: commands that need step-up are refused until /unlock CODE"
             } else {
@@ -108,7 +107,7 @@ pub async fn execute(ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
 }
 
 async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
-    let sec = &ctx.app.security;
+    let sec = &ctx.svc.security;
     let Some(key) = ctx.op.totp_key.as_deref() else {
         return Err(CommandError::invalid(format!(
             "{} has no totp_key in the config; nothing to unlock with",
@@ -118,10 +117,10 @@ async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
     // Vault's TOTP engine decides, with the broker's token; a replayed
     // code (Vault refuses it) counts as a wrong one.
     let valid = match ctx
-        .app
+        .svc
         .broker
         .current()
-        .totp_validate(TOTP_MOUNT, key, code.0.expose_secret())
+        .totp_validate(crate::vault::totp::MOUNT, key, code.0.expose_secret())
         .await
     {
         Ok(v) => v,
@@ -139,7 +138,6 @@ async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
     }
     let n = sec.add_failure(&ctx.op.name).await?;
     let max = sec.cfg.unlock_max_failures;
-    let audit = &ctx.app.audit;
     if n >= max {
         sec.suspend(
             &ctx.op.name,
@@ -148,10 +146,8 @@ async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
         )
         .await?;
         contain(ctx, &ctx.op.name).await;
-        sec.alert(
-            audit,
-            &ctx.app.notifier,
-            Event::AutoSuspend,
+        ctx.svc.alert(
+                        Event::AutoSuspend,
             &ctx.op.name,
             ctx.transport,
             ctx.request_id,
@@ -168,20 +164,19 @@ async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
             ctx.op.name, ctx.op.name
         )));
     }
-    sec.alert(
-        audit,
-        &ctx.app.notifier,
-        Event::UnlockFailed,
-        &ctx.op.name,
-        ctx.transport,
-        ctx.request_id,
-        &format!(
-            "wrong unlock code for {} ({n} of {max}, via {})",
-            ctx.op.name,
-            ctx.transport.as_str()
-        ),
-    )
-    .await;
+    ctx.svc
+        .alert(
+            Event::UnlockFailed,
+            &ctx.op.name,
+            ctx.transport,
+            ctx.request_id,
+            &format!(
+                "wrong unlock code for {} ({n} of {max}, via {})",
+                ctx.op.name,
+                ctx.transport.as_str()
+            ),
+        )
+        .await;
     Err(CommandError::denied(format!(
         "wrong code ({n} of {max} before suspension)"
     )))
@@ -191,7 +186,7 @@ async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
 /// operator revoked in Vault (from any replica's mint), this replica's
 /// cache dropped, the operator's pending requests cancelled.
 pub async fn contain(ctx: &Ctx<'_>, name: &str) {
-    let app = ctx.app;
+    let app = ctx.svc;
     app.tokens.forget(name).await;
     let broker = app.broker.current();
     for accessor in app.security.take_untracked(name) {
@@ -212,7 +207,7 @@ pub async fn contain(ctx: &Ctx<'_>, name: &str) {
         }
         Err(e) => tracing::warn!(operator = name, error = %e, "suspend: child tokens not listed"),
     }
-    let cancelled = app.approvals.cancel_all_of(name, "vaultgram").await;
+    let cancelled = app.pending.cancel_all_of(name, "vaultgram").await;
     if cancelled > 0 {
         tracing::info!(
             operator = name,
@@ -236,32 +231,31 @@ async fn suspend(ctx: &Ctx<'_>, name: &str, reason: &str) -> CommandResult {
         )));
     }
     let reason: String = reason.chars().take(200).collect();
-    let sec = &ctx.app.security;
+    let sec = &ctx.svc.security;
     let fresh = sec.suspend(&target.name, &ctx.op.name, &reason).await?;
     // Contain even when it was suspended already: a token minted in the
     // meantime is revoked too.
     contain(ctx, &target.name).await;
     if fresh {
-        sec.alert(
-            &ctx.app.audit,
-            &ctx.app.notifier,
-            Event::Suspend,
-            &target.name,
-            ctx.transport,
-            ctx.request_id,
-            &format!(
-                "{} suspended by {} (via {}){}",
-                target.name,
-                ctx.op.name,
-                ctx.transport.as_str(),
-                if reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {reason}")
-                }
-            ),
-        )
-        .await;
+        ctx.svc
+            .alert(
+                Event::Suspend,
+                &target.name,
+                ctx.transport,
+                ctx.request_id,
+                &format!(
+                    "{} suspended by {} (via {}){}",
+                    target.name,
+                    ctx.op.name,
+                    ctx.transport.as_str(),
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {reason}")
+                    }
+                ),
+            )
+            .await;
     }
     Ok(Reply::text(format!(
         "{} is suspended{}: every replica refuses it, its Vault tokens are revoked; /operator resume {} needs a second admin",
@@ -274,23 +268,22 @@ async fn suspend(ctx: &Ctx<'_>, name: &str, reason: &str) -> CommandResult {
 
 async fn resume(ctx: &Ctx<'_>, name: &str) -> CommandResult {
     let target = operator(ctx, name)?;
-    let sec = &ctx.app.security;
+    let sec = &ctx.svc.security;
     if !sec.resume(&target.name).await? {
         return Err(CommandError::invalid(format!(
             "{} is not suspended",
             target.name
         )));
     }
-    sec.alert(
-        &ctx.app.audit,
-        &ctx.app.notifier,
-        Event::Resume,
-        &target.name,
-        ctx.transport,
-        ctx.request_id,
-        &format!("{} resumed (requested by {})", target.name, ctx.op.name),
-    )
-    .await;
+    ctx.svc
+        .alert(
+            Event::Resume,
+            &target.name,
+            ctx.transport,
+            ctx.request_id,
+            &format!("{} resumed (requested by {})", target.name, ctx.op.name),
+        )
+        .await;
     Ok(Reply::text(format!("{} is active again", target.name))
         .with_data(serde_json::json!({"operator": target.name, "suspended": false})))
 }
@@ -299,7 +292,7 @@ async fn list(ctx: &Ctx<'_>) -> CommandResult {
     if ctx.op.role != Role::Admin {
         return Err(CommandError::denied("/operator list is for admins"));
     }
-    let sec = &ctx.app.security;
+    let sec = &ctx.svc.security;
     let mut lines = Vec::new();
     let mut data = Vec::new();
     for op in &ctx.cfg().operators {

@@ -10,7 +10,7 @@ use super::agent::{headed, kv_path, list_or_empty, op_agent};
 use super::info::{wrap_ttl, wrapped_reply};
 use super::{SecretArg, WrapArg};
 use crate::config::Role;
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::records::agent::{self, check_id as check_agent_id};
 use crate::records::field;
 use crate::records::panel::{

@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use super::info::{concat, table, take, wrap_ttl, wrapped_reply};
 use super::{SecretArg, WrapArg};
-use crate::dispatch::{CommandError, CommandResult, Ctx, Reply};
+use crate::context::{CommandError, CommandResult, Ctx, Reply};
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum TransitCommand {

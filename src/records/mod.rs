@@ -13,6 +13,8 @@
 //! | [`mtproxy`] | `vaultgram/mtproxy/{placeholder,state}` | `import vpnbot` |
 //! | [`session`] | `vaultgram/telegram-session` (default) | `vaultgram login` |
 //!
+//! And one record outside KV: [`audit`], the audit trail's record in etcd.
+//!
 //! Depends on nothing above `vault::kv`: `config` uses the session's
 //! default path, and the command context converts [`RecordError`].
 
@@ -23,6 +25,7 @@ use zeroize::Zeroizing;
 use crate::vault::kv::KvData;
 
 pub mod agent;
+pub mod audit;
 pub mod mtproto;
 pub mod mtproxy;
 pub mod panel;

@@ -7,7 +7,9 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::config::Operator;
-use crate::dispatch::{App, CommandResult, Transport};
+use crate::context::CommandResult;
+use crate::dispatch::App;
+use crate::transport::Transport;
 
 /// Renders one result as `console --json` prints it (SPEC.md):
 /// `{"ok":true,"text":…,"secret":…,"data":{…}}` or

@@ -27,7 +27,9 @@ use tracing::{info, warn};
 
 use super::console::render_json;
 use crate::command::lexer::MAX_LINE_BYTES;
-use crate::dispatch::{App, CommandError, Transport};
+use crate::context::CommandError;
+use crate::dispatch::App;
+use crate::transport::Transport;
 
 /// Failures of the socket transport.
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use super::http::{check_mount, check_name, parse_data, Req};
 use super::{Vault, VaultError};
 
+/// The Vault TOTP mount that checks approval codes (`apply.sh` enables it).
+pub const MOUNT: &str = "totp";
+
 #[derive(Serialize)]
 struct CodeBody<'a> {
     code: &'a str,

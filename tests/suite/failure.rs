@@ -11,9 +11,10 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use vaultgram::config::{AuthMethod, Config};
-use vaultgram::dispatch::{App, Transport};
+use vaultgram::dispatch::App;
 use vaultgram::error::ErrorKind;
 use vaultgram::leader::Elector;
+use vaultgram::transport::Transport;
 
 use super::TestFn;
 use crate::common::cluster::{random_hex, Cluster, Server};

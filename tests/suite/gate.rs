@@ -511,7 +511,8 @@ fn agent_cancels_own_request(env: &Env) {
 
 fn denials_do_not_churn_tokens(env: &Env) {
     use std::sync::Arc;
-    use vaultgram::dispatch::{App, Transport};
+    use vaultgram::dispatch::App;
+    use vaultgram::transport::Transport;
     let cfg = env.config();
     let bob = crate::common::operator(&cfg, "bob");
     let send = |app: &Arc<App>, line: &'static str| {

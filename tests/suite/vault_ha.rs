@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::json;
-use vaultgram::dispatch::{App, Transport};
+use vaultgram::dispatch::App;
 use vaultgram::error::ErrorKind;
+use vaultgram::transport::Transport;
 
 use super::TestFn;
 use crate::common::cluster::{random_hex, vault_etcd_config, Cluster};

@@ -32,9 +32,10 @@ use tokio_util::task::AbortOnDropHandle;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, TelegramBackend};
-use crate::dispatch::{App, Transport};
+use crate::dispatch::App;
 use crate::etcd::{Claim, SharedLease};
 use crate::leader::{Elector, Leadership};
+use crate::transport::Transport;
 use crate::vault::auth::Backoff;
 use crate::vault::kv::KvPath;
 use crate::vault::VaultError;
