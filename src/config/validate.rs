@@ -497,24 +497,14 @@ pub(super) fn check_at_least(key: &str, value: u64, min: u64) -> Result<(), Conf
     Ok(())
 }
 
-/// [`NAME_PATTERN`]: names become Vault policy names.
+/// [`NAME_PATTERN`]: names become Vault policy names (the rule of agent
+/// ids, `records::is_name`).
 pub(super) fn check_name_pattern(key: &str, value: &str) -> Result<(), ConfigError> {
-    if is_policy_name(value) {
+    if crate::records::is_name(value, false) {
         Ok(())
     } else {
         Err(invalid(key, format!("must match {NAME_PATTERN}")))
     }
-}
-
-pub(super) fn is_policy_name(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    let first_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && first_ok(bytes[0])
-        && bytes[1..]
-            .iter()
-            .all(|&b| first_ok(b) || b == b'_' || b == b'-')
 }
 
 pub(super) fn is_unix_user_name(value: &str) -> bool {
