@@ -17,7 +17,9 @@
 //!   suspension revokes them in Vault from any replica. An accessor can
 //!   look a token up or revoke it, never use it.
 //!
-//! Alerts reach every admin's private chat through [`crate::notify`].
+//! Alerts (`context::Services::alert`: audit record, metric, WARN line)
+//! reach every admin's private chat through [`crate::notify`]; the
+//! [`Event`] kinds and the admins to tell are defined here.
 //!
 //! No value here is a secret: codes are checked by Vault and never stored,
 //! reasons and texts are what operators typed or what we composed.

@@ -1,13 +1,13 @@
 //! The userbot's session in Vault: transit-encrypted with the broker's key,
-//! stored as KV v2 at `telegram.session_path`, read and written with the
-//! broker's own token (the only policy allowed there). Never on disk.
+//! stored as KV v2 at `telegram.session_path` (the record's format is
+//! `records::session`), read and written with the broker's own token (the
+//! only policy allowed there). Never on disk.
 
-use std::collections::BTreeMap;
-
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use crate::config::Config;
+use crate::records;
 use crate::vault::kv::KvPath;
 use crate::vault::{Vault, VaultError};
 
@@ -69,21 +69,10 @@ impl SessionStore {
             Err(VaultError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let ciphertext = secret
-            .data
-            .get("session")
-            .ok_or_else(|| VaultError::Invalid(format!("{}: no `session` field", self.path)))?;
-        let format = secret
-            .data
-            .get("format")
-            .map(|f| f.expose_secret().to_string())
-            .unwrap_or_default();
+        let (ciphertext, format) = records::session::parse(&secret.data)
+            .map_err(|e| VaultError::Invalid(format!("{}: {e}", self.path)))?;
         let plain = vault
-            .transit_decrypt_bytes(
-                &self.transit_mount,
-                &self.transit_key,
-                ciphertext.expose_secret(),
-            )
+            .transit_decrypt_bytes(&self.transit_mount, &self.transit_key, ciphertext)
             .await?;
         Ok(Some((
             StoredSession {
@@ -118,17 +107,7 @@ impl SessionStore {
         let ciphertext = vault
             .transit_encrypt_bytes(&self.transit_mount, &self.transit_key, &session.bytes)
             .await?;
-        let mut data = BTreeMap::new();
-        data.insert("session".to_string(), SecretString::from(ciphertext));
-        data.insert(
-            "format".to_string(),
-            SecretString::from(session.format.clone()),
-        );
-        data.insert("saved_by".to_string(), SecretString::from(node.to_string()));
-        data.insert(
-            "saved_at".to_string(),
-            SecretString::from(crate::audit::now_rfc3339()),
-        );
+        let data = records::session::record(ciphertext, &session.format, node);
         vault.kv_put_unguarded(&self.path, &data, cas).await
     }
 }
