@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::etcd::{Etcd, SharedLease};
-pub use crate::records::audit::{now_rfc3339, rfc3339, AuditRecord};
+use crate::records::audit::AuditRecord;
 
 /// How long records are kept in etcd (upper bound).
 pub const RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -217,15 +217,5 @@ impl crate::context::AuditTrail for AuditLog {
         n: u16,
     ) -> crate::context::BoxFuture<'_, Result<Vec<AuditRecord>, crate::etcd::EtcdError>> {
         Box::pin(AuditLog::last(self, n))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_shape() {
-        let t = super::now_rfc3339();
-        assert_eq!(t.len(), 24, "{t}");
-        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T');
     }
 }

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 
 use crate::approvals::{Approval, Approvals};
-use crate::audit::{AuditLog, AuditRecord};
+use crate::audit::AuditLog;
 use crate::command::Command;
 use crate::config::{Config, Operator};
 use crate::context::{CommandError, CommandResult, Ctx, Reply, Services};
 use crate::error::ErrorKind;
 use crate::etcd::{Etcd, EtcdError};
+use crate::records::audit::AuditRecord;
 use crate::runtime::Runtime;
 use crate::transport::Transport;
 use crate::vault::auth::TokenManager;
@@ -186,7 +187,7 @@ impl App {
             Ok(Some(s)) => Err(CommandError::denied(format!(
                 "{} is suspended (since {} by {}); an admin can /operator resume {}",
                 ctx.op.name,
-                crate::audit::rfc3339(std::time::Duration::from_secs(s.since)),
+                crate::records::audit::rfc3339(std::time::Duration::from_secs(s.since)),
                 s.by,
                 ctx.op.name
             ))),

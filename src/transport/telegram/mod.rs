@@ -950,7 +950,7 @@ impl Term<'_> {
                 tracing::warn!(to = %n.to, kind = %n.kind, attempts = n.attempts, "telegram: notice dropped undelivered");
                 self.app
                     .audit
-                    .record(crate::audit::AuditRecord::new(
+                    .record(crate::records::audit::AuditRecord::new(
                         "-",
                         &n.to,
                         Transport::Telegram,
