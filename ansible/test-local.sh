@@ -174,11 +174,13 @@ PY
     bad "$flavor: the backup job failed"; cat "$LOGS/$flavor-backup.log"
   fi
   local kind snap
+  # awk, not grep -q: grep -q exits at the first match, tar then dies of
+  # SIGPIPE while listing the rest, and pipefail turns that into a failure.
   for kind in $kinds; do
     snap=$(find "$bk" -maxdepth 1 -name "$kind-*" ! -name '*.sha256' | sort | tail -n 1)
     if [[ -n $snap && $(stat -c %a "$snap") == 600 ]] && (cd "$bk" && sha256sum --quiet -c "$(basename "$snap").sha256") &&
       { [[ $kind != etcd ]] || ETCDCTL_API=3 etcdctl snapshot status "$snap" >/dev/null 2>&1; } &&
-      { [[ $kind == etcd ]] || tar -tzf "$snap" 2>/dev/null | grep -qx state.bin; }; then
+      { [[ $kind == etcd ]] || tar -tzf "$snap" 2>/dev/null | awk '$0 == "state.bin" { f = 1 } END { exit !f }'; }; then
       ok "$flavor: $kind snapshot $(basename "$snap") (0600) verifies"
     else
       bad "$flavor: no verified $kind snapshot in $bk"; ls -la "$bk"

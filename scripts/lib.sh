@@ -264,8 +264,8 @@ vault_binary() { # the version: $VAULT_VERSION, default 1.14.1
       -o "$tmp/vault" . 2>&1 | tee "$tmp/build.log" >&2; then
       # go names failing packages in '# pkg' lines, failing modules in 'go: ...' ones.
       local what
-      what=$(grep -E '^(# |go: )' "$tmp/build.log" | grep -v '^go: downloading' | sort -u | head -n 8 | tr '\n' ' ')
-      what+=$(grep -m 1 -E ':[0-9]+:[0-9]+: ' "$tmp/build.log" | sed 's/^/| first error: /')
+      what=$(grep -E '^(# |go: )' "$tmp/build.log" | grep -v '^go: downloading' | sort -u | head -n 8 | tr '\n' ' ' || true)
+      what+=$(grep -m 1 -E ':[0-9]+:[0-9]+: ' "$tmp/build.log" | sed 's/^/| first error: /' || true)
       fail "go build" "$mod@v$version" "$what"
     fi
 

@@ -79,7 +79,7 @@ main_status() { VAULT_ADDR=https://127.0.0.1:$API VAULT_CACERT=$WORK/tls/ca.pem 
 uns_cli() { VAULT_ADDR=https://127.0.0.1:$UNS VAULT_CACERT=$WORK/tls/ca.pem "$BAO" "$@"; }
 sealed_is() { # true|false: polls up to 30 s
   for _ in $(seq 1 60); do
-    main_status | grep -q "\"sealed\": $1" && return 0
+    [[ $(main_status) == *"\"sealed\": $1"* ]] && return 0
     sleep 0.5
   done
   return 1
@@ -140,7 +140,7 @@ stop_pid "$WORK/run/vaultgram-vault.pid"
 start_main
 stays_sealed() { # never reports sealed=false for 10 s
   for _ in $(seq 1 20); do
-    main_status | grep -q '"sealed": false' && return 1
+    [[ $(main_status) == *'"sealed": false'* ]] && return 1
     sleep 0.5
   done
   return 0
@@ -149,7 +149,7 @@ check "with the unsealer down the restarted main server never unseals" stays_sea
 # OpenBao 2.7 checks the transit seal at start-up and exits when it cannot
 # reach it; under systemd Restart=on-failure retries until the unsealer is back.
 main_down_or_sealed() {
-  ! running "$WORK/run/vaultgram-vault.pid" || main_status | grep -q '"sealed": true'
+  ! running "$WORK/run/vaultgram-vault.pid" || [[ $(main_status) == *'"sealed": true'* ]]
 }
 check "it is down (exited) or reports sealed=true" main_down_or_sealed
 if grep -Eiq 'seal "transit".*(connection refused|dial tcp)|error (unsealing|fetching stored keys|decrypting)' "$WORK/log/vaultgram-vault.log"; then
