@@ -330,8 +330,10 @@ impl App {
                         let requester = run.requester(ctx.cfg())?;
                         let rctx = Ctx::new(&self.svc, requester, ctx.transport, &run.request.id)
                             .with_line(&run.request.line);
-                        let result = Box::pin(self.execute(&rctx, &run.cmd)).await;
-                        Ok(self.approvals.ran(ctx, &run, result).await?)
+                        // Approval commands are never held for approval, so
+                        // the held command goes straight to its group.
+                        let result = run.cmd.execute(&rctx).await;
+                        self.approvals.ran(ctx, &run, result).await
                     }
                 }
             }
