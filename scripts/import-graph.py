@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The module graph of src/, from `crate::`/`super::` paths (comment lines
-ignored), with every file of src/command/ counted as one node `command`.
+ignored), with every file of src/command/ counted as one node `command`,
+and every file of src/approvals/ as one node `approvals`.
 
 Fails when the command core has an import cycle, i.e. when a strongly
 connected component holds any of CORE, or when the leaf `context` imports
@@ -23,7 +24,10 @@ def module_of(path):
 
 
 def group(m):
-    return "command" if m == "command" or m.startswith("command::") else m
+    for g in ("command", "approvals"):
+        if m == g or m.startswith(g + "::"):
+            return g
+    return m
 
 
 def main():

@@ -18,6 +18,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         run_ctl_peercred_and_sigterm,
     ),
     ("socket::unseen_expiry_is_audited", unseen_expiry_is_audited),
+    (
+        "socket::revoked_shared_leases_are_replaced",
+        revoked_shared_leases_are_replaced,
+    ),
 ];
 
 /// The harness config text with `[http] listen` on `port` and, when
@@ -260,4 +264,87 @@ fn unseen_expiry_is_audited(env: &Env) {
         );
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// The shared leases of the approvals log and of the notification queue,
+/// revoked under a running broker (by hand, or lost with an etcd restore):
+/// the broker still caches both, and its next request must replace both.
+/// (Filing once retried with a fresh log lease only, and failed on the
+/// dead queue lease.)
+fn revoked_shared_leases_are_replaced(env: &Env) {
+    let c = env.cluster();
+    let key = format!("it-sock-lease-{}", crate::common::cluster::random_hex(4));
+    c.root_call(
+        reqwest::Method::POST,
+        &format!("transit/keys/{key}"),
+        Some(serde_json::json!({})),
+    );
+    let prefix = format!(
+        "/vaultgram/lease-{}/",
+        crate::common::cluster::random_hex(4)
+    );
+    let b = Broker::start_with(env, "lease", |t| {
+        assert!(t.contains("prefix = \"/vaultgram/\""), "no etcd prefix");
+        t.replace(
+            "prefix = \"/vaultgram/\"",
+            &format!("prefix = \"{prefix}\""),
+        )
+    });
+    let file = || -> String {
+        let out = b.ctl(&["--json", "/transit", "rotate", &key]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("not JSON: {}", text(&out.stdout)));
+        assert_eq!(v["error"]["kind"], "approval_required", "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        msg.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let keys = |p: &str| -> Vec<String> {
+        let out = c.etcdctl(&["get", "--prefix", "--keys-only", p], true);
+        assert!(out.status.success(), "{out:?}");
+        text(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let first = file();
+    // dave, the other admin, was told: the queue's lease exists too.
+    assert_eq!(keys(&format!("{prefix}notify/q/")).len(), 1);
+    for name in ["approvals-log", "notify"] {
+        let out = c.etcdctl(
+            &[
+                "get",
+                &format!("{prefix}leases/{name}"),
+                "--print-value-only",
+            ],
+            true,
+        );
+        let meta = text(&out.stdout);
+        let id: i64 = meta
+            .split_whitespace()
+            .next()
+            .and_then(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} lease: {out:?}"));
+        let out = c.etcdctl(&["lease", "revoke", &format!("{id:x}")], true);
+        assert!(out.status.success(), "revoke {name}: {out:?}");
+    }
+    // The revoke took the first request's log entry and notice with it.
+    assert!(keys(&format!("{prefix}approvals/log/{first}")).is_empty());
+    assert!(keys(&format!("{prefix}notify/q/")).is_empty());
+    let second = file();
+    assert_eq!(
+        keys(&format!("{prefix}approvals/log/{second}")).len(),
+        1,
+        "the new request has its log entry"
+    );
+    assert_eq!(
+        keys(&format!("{prefix}notify/q/")).len(),
+        1,
+        "dave is told of the new request"
+    );
+    // Taking it writes the log on the new lease as well.
+    let out = b.ctl(&["--json", "/deny", &second]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    let _ = &b.dir;
 }

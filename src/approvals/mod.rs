@@ -27,98 +27,35 @@
 //! valid for what is left of the request's TTL; the requester re-runs the
 //! line and [`Approvals::gate`] consumes the grant.
 //!
-//! # etcd layout (under `etcd.prefix`, e.g. `/vaultgram/`)
+//! # Where it lives
 //!
-//! - `approvals/pending/<ID>` — the request ([`Request`] JSON), attached to
-//!   its own lease of `approvals.ttl_secs`: it disappears when it expires,
-//!   and it survives restarts and failover because it lives only in etcd.
-//! - `approvals/log/<ID>` — the same request plus its status (`pending`,
-//!   `approved`, `denied`, `expired`), on a shared 7-day lease, so an
-//!   expired request can be told from an unknown one.
-//! - `approvals/grants/<requester>/<ID>` — a one-time grant ([`Grant`]
-//!   JSON), leased with the rest of the request's TTL.
-//! - `leases/approvals-log` — the shared lease of the log.
-//!
-//! None of these holds a secret: a gated command line carries no value
-//! (commands whose input is secret are refused by the gate), and the TOTP
-//! code is never stored or logged.
+//! `store.rs` holds the records, their etcd keys and the transactions;
+//! this file holds the rules. Nothing stored holds a secret: a gated
+//! command line carries no value (commands whose input is secret are
+//! refused by the gate), and the TOTP code is never stored or logged.
 
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
+mod store;
 
 use crate::command::Command;
 use crate::config::{Config, Operator, Role};
 use crate::context::{AuditTrail, CommandError, CommandResult, Ctx, Reply};
 use crate::error::ErrorKind;
-use crate::etcd::{unix_secs, Entry, Etcd, EtcdError, SharedLease};
-use crate::notify::Notifier;
+use crate::etcd::{unix_secs, Entry, Etcd};
 use crate::records::audit::{now_rfc3339, AuditRecord};
 use crate::text::escape_line;
 use crate::transport::Transport;
 use crate::vault::VaultError;
 
-/// How long the approvals log remembers a request.
-const LOG_RETENTION: Duration = Duration::from_secs(7 * 86_400);
-const LOG_LEASE_REUSE: Duration = Duration::from_secs(86_400);
+pub use store::Request;
+use store::{new_id, Grant, LogEntry, Lookup, Notice, Store};
+
 /// A grant for a secret-reply command is valid at least this long.
 const MIN_GRANT_SECS: u64 = 10;
 /// Wrong TOTP codes one request takes before it is cancelled: a code is
 /// 6 digits, so guessing must stay hopeless.
 pub const MAX_WRONG_CODES: u32 = 3;
-
-/// A request waiting for approval, as stored in etcd. No secret value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Request {
-    pub id: String,
-    pub requester: String,
-    /// The command's name (`transit rotate`).
-    pub command: String,
-    pub target: Option<String>,
-    /// The canonical command line (`crate::command::prepare`): what
-    /// `/pending` shows and `/approve` runs.
-    pub line: String,
-    /// The request id of the command that filed it (audit trail).
-    pub request_id: String,
-    pub transport: String,
-    pub created_at: String,
-    /// Unix seconds.
-    pub expires_at: u64,
-    /// The lease the request was filed with.
-    pub ttl_secs: u64,
-    /// Wrong `/approve` codes so far ([`MAX_WRONG_CODES`] cancel it).
-    #[serde(default)]
-    pub wrong_codes: u32,
-}
-
-impl Request {
-    fn seconds_left(&self) -> u64 {
-        self.expires_at.saturating_sub(unix_secs())
-    }
-}
-
-/// `approvals/log/<ID>`: a request and what became of it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LogEntry {
-    #[serde(flatten)]
-    request: Request,
-    /// `pending`, `approved`, `denied`, `expired`.
-    status: String,
-    #[serde(default)]
-    by: Option<String>,
-    #[serde(default)]
-    updated_at: Option<String>,
-}
-
-/// `approvals/grants/<requester>/<ID>`: the requester may run `line` once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Grant {
-    pub id: String,
-    pub requester: String,
-    pub line: String,
-    pub approved_by: String,
-    pub expires_at: u64,
-}
+/// How long an outcome message may wait for a Telegram leader.
+const OUTCOME_NOTICE_TTL: u64 = 86_400;
 
 /// What an approval leads to.
 pub enum Approval {
@@ -144,25 +81,11 @@ impl ApprovedRun {
 }
 
 pub struct Approvals {
-    etcd: Etcd,
-    prefix: String,
+    store: Store,
     ttl_secs: u64,
     max_pending: u32,
-    log_lease: SharedLease,
-    /// `approvals.notify`: admins hear of new requests, requesters of
-    /// their outcome, in Telegram.
-    notifier: Option<Notifier>,
+    /// Who hears of a new request (all admins but its requester).
     admins: Vec<String>,
-}
-
-/// How long an outcome message may wait for a Telegram leader.
-const OUTCOME_NOTICE_TTL: u64 = 86_400;
-
-/// A short random ID (8 hex digits) that an admin can type.
-fn new_id() -> String {
-    let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// IDs are ours (hex); anything else never reaches an etcd key.
@@ -176,55 +99,18 @@ fn check_id(id: &str) -> Result<(), CommandError> {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, CommandError> {
-    serde_json::from_slice(bytes)
-        .map_err(|_| CommandError::unavailable(format!("unreadable {what} record in etcd")))
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    // Plain structs of strings and numbers: serialisation cannot fail.
-    serde_json::to_vec(v).unwrap_or_default()
-}
-
 impl Approvals {
     pub fn new(etcd: Etcd, cfg: &Config) -> Approvals {
         Approvals {
-            etcd: etcd.clone(),
-            prefix: format!("{}approvals/", cfg.etcd.prefix),
+            store: Store::new(etcd, cfg),
             ttl_secs: cfg.approvals.ttl_secs,
             max_pending: cfg.approvals.max_pending_per_operator,
-            log_lease: SharedLease::new(
-                format!("{}leases/approvals-log", cfg.etcd.prefix),
-                LOG_RETENTION,
-                LOG_LEASE_REUSE,
-            ),
-            notifier: cfg
-                .approvals
-                .notify
-                .then(|| Notifier::new(etcd.clone(), &cfg.etcd.prefix)),
             admins: cfg
                 .operators
                 .iter()
                 .filter(|o| o.role == Role::Admin)
                 .map(|o| o.name.clone())
                 .collect(),
-        }
-    }
-
-    /// Queue records (and their lease) telling `to` about `req`; none
-    /// when notifications are off.
-    async fn notices(
-        &self,
-        kind: &str,
-        to: &[&str],
-        text: &str,
-        expires_at: u64,
-    ) -> Result<(Vec<(String, Vec<u8>)>, i64), CommandError> {
-        match &self.notifier {
-            Some(n) if !to.is_empty() => {
-                Ok((n.records(kind, to, text, expires_at), n.lease().await?))
-            }
-            _ => Ok((Vec::new(), 0)),
         }
     }
 
@@ -248,28 +134,21 @@ impl Approvals {
         }
     }
 
-    fn pending_key(&self, id: &str) -> String {
-        format!("{}pending/{id}", self.prefix)
-    }
-    fn log_key(&self, id: &str) -> String {
-        format!("{}log/{id}", self.prefix)
-    }
-    fn grants_prefix(&self, requester: &str) -> String {
-        format!("{}grants/{requester}/", self.prefix)
-    }
-    /// `slots/<requester>/<n>`: one key per pending request of a requester,
-    /// on the request's lease, created in the same transaction as the
-    /// request. At most `max_pending` slots exist, so the cap holds even
-    /// when two replicas file at once.
-    fn slots_prefix(&self, requester: &str) -> String {
-        format!("{}slots/{requester}/", self.prefix)
+    /// The requester's message about `req` ending with `status`.
+    fn outcome_notice<'a>(&self, req: &'a Request, status: &str, by: &str) -> Notice<'a> {
+        Notice {
+            kind: "approval_outcome",
+            to: vec![req.requester.as_str()],
+            text: self.outcome_text(req, status, by),
+            expires_at: unix_secs() + OUTCOME_NOTICE_TTL,
+        }
     }
 
     /// Lets `cmd` through when an approval grants it, otherwise files a
     /// pending request for its canonical `line` and answers
     /// `approval_required`.
     pub async fn gate(&self, ctx: &Ctx<'_>, cmd: &Command, line: &str) -> Result<(), CommandError> {
-        if self.take_grant(&ctx.op.name, line).await? {
+        if self.store.take_grant(&ctx.op.name, line).await? {
             tracing::info!(
                 request_id = %ctx.request_id,
                 operator = %ctx.op.name,
@@ -285,9 +164,8 @@ impl Approvals {
                 cmd.name()
             )));
         }
-        let log_lease = self.log_lease.get(&self.etcd).await?;
         for _ in 0..5 {
-            let Some(slot) = self.free_slot(&ctx.op.name).await? else {
+            let Some(slot) = self.store.free_slot(&ctx.op.name, self.max_pending).await? else {
                 return Err(CommandError::conflict(format!(
                     "{} has {} requests waiting, the most allowed (approvals.max_pending_per_operator); wait for them or cancel one with /deny ID",
                     ctx.op.name, self.max_pending
@@ -307,60 +185,29 @@ impl Approvals {
                 ttl_secs: self.ttl_secs,
                 wrong_codes: 0,
             };
-            let log = LogEntry {
-                request: req.clone(),
-                status: "pending".into(),
-                by: None,
-                updated_at: None,
-            };
-            let lease = self.etcd.lease_grant(self.ttl_secs).await?;
-            let (pk, lk) = (self.pending_key(&id), self.log_key(&id));
-            let sk = format!("{}{slot}", self.slots_prefix(&ctx.op.name));
-            let (pv, lv) = (encode(&req), encode(&log));
             // Every admin who may approve it hears of it, in the same
             // transaction: a filed request is always announced, once.
-            let approvers: Vec<&str> = self
-                .admins
-                .iter()
-                .map(String::as_str)
-                .filter(|a| *a != ctx.op.name)
-                .collect();
-            let text = format!(
-                "approval request {id}: {} asks to run {}{} (expires in {} s)\napprove: /approve {id} CODE\ndeny: /deny {id}",
-                req.requester,
-                escape_line(&req.line),
-                req.target
-                    .as_deref()
-                    .map(|t| format!(" on {}", escape_line(t)))
-                    .unwrap_or_default(),
-                self.ttl_secs
-            );
-            let (notes, note_lease) = self
-                .notices("approval_request", &approvers, &text, req.expires_at)
-                .await?;
-            let puts = |log_lease| {
-                let mut p = vec![
-                    (pk.as_str(), pv.as_slice(), lease),
-                    (lk.as_str(), lv.as_slice(), log_lease),
-                    (sk.as_str(), id.as_bytes(), lease),
-                ];
-                p.extend(
-                    notes
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_slice(), note_lease)),
-                );
-                p
+            let notice = Notice {
+                kind: "approval_request",
+                to: self
+                    .admins
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|a| *a != ctx.op.name)
+                    .collect(),
+                text: format!(
+                    "approval request {id}: {} asks to run {}{} (expires in {} s)\napprove: /approve {id} CODE\ndeny: /deny {id}",
+                    req.requester,
+                    escape_line(&req.line),
+                    req.target
+                        .as_deref()
+                        .map(|t| format!(" on {}", escape_line(t)))
+                        .unwrap_or_default(),
+                    self.ttl_secs
+                ),
+                expires_at: req.expires_at,
             };
-            let created = match self.etcd.create_if_absent(&puts(log_lease)).await {
-                Err(EtcdError::NotFound(_)) => {
-                    // The shared log lease vanished: take a fresh one.
-                    self.log_lease.invalidate();
-                    let log_lease = self.log_lease.get(&self.etcd).await?;
-                    self.etcd.create_if_absent(&puts(log_lease)).await?
-                }
-                other => other?,
-            };
-            if created {
+            if self.store.file(&req, slot, Some(&notice)).await? {
                 tracing::info!(
                     request_id = %ctx.request_id,
                     approval = %id,
@@ -376,63 +223,24 @@ impl Approvals {
                     ),
                 ));
             }
-            // An ID collision, or another request took the slot: the
-            // unused lease expires by itself; try again.
-            self.revoke_quietly(lease).await;
+            // An ID collision, or another request took the slot: try again.
         }
         Err(CommandError::unavailable(
             "could not file the approval request (concurrent requests); try again",
         ))
     }
 
-    /// The lowest free slot number of `requester`, if any is free.
-    async fn free_slot(&self, requester: &str) -> Result<Option<u32>, CommandError> {
-        let prefix = self.slots_prefix(requester);
-        let taken: std::collections::BTreeSet<u32> = self
-            .etcd
-            .list_prefix(&prefix, i64::from(self.max_pending) + 1, false)
-            .await?
-            .iter()
-            .filter_map(|e| e.key.strip_prefix(&prefix)?.parse().ok())
-            .collect();
-        Ok((0..self.max_pending).find(|n| !taken.contains(n)))
-    }
-
-    /// Consumes the requester's grant for exactly `line`, if there is one.
-    async fn take_grant(&self, requester: &str, line: &str) -> Result<bool, CommandError> {
-        let grants = self
-            .etcd
-            .list_prefix(&self.grants_prefix(requester), 100, false)
-            .await?;
-        for e in grants {
-            let Ok(g) = serde_json::from_slice::<Grant>(&e.value) else {
-                continue;
-            };
-            if g.requester == requester
-                && g.line == line
-                && self
-                    .etcd
-                    .delete_if_unchanged(&e.key, e.mod_revision, None)
-                    .await?
-            {
-                self.revoke_quietly(e.lease).await;
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     /// The pending request `id`, or why there is none.
     async fn pending(&self, ctx: &Ctx<'_>, id: &str) -> Result<(Request, Entry), CommandError> {
-        if let Some(e) = self.etcd.get_entry(&self.pending_key(id)).await? {
-            return Ok((decode(&e.value, "approval")?, e));
-        }
-        let Some(e) = self.etcd.get_entry(&self.log_key(id)).await? else {
-            return Err(CommandError::not_found(format!(
-                "no pending request {id} (see /pending)"
-            )));
+        let (log, e) = match self.store.lookup(id).await? {
+            Lookup::Pending(req, e) => return Ok((req, e)),
+            Lookup::Unknown => {
+                return Err(CommandError::not_found(format!(
+                    "no pending request {id} (see /pending)"
+                )))
+            }
+            Lookup::Logged(log, e) => (log, e),
         };
-        let log: LogEntry = decode(&e.value, "approval log")?;
         let by = log.by.as_deref().unwrap_or("?");
         match log.status.as_str() {
             "pending" | "expired" => {
@@ -456,7 +264,8 @@ impl Approvals {
     }
 
     /// Records an expiry once (whoever notices first wins the
-    /// transaction): the log entry becomes `expired`, one audit record.
+    /// transaction): the log entry becomes `expired`, the requester is
+    /// told, one audit record.
     async fn mark_expired(
         &self,
         audit: &dyn AuditTrail,
@@ -464,33 +273,9 @@ impl Approvals {
         e: &Entry,
         log: &LogEntry,
     ) {
-        let mut done = log.clone();
-        done.status = "expired".into();
-        done.updated_at = Some(now_rfc3339());
         let r = &log.request;
-        let (notes, note_lease) = self
-            .notices(
-                "approval_outcome",
-                &[r.requester.as_str()],
-                &self.outcome_text(r, "expired", "-"),
-                unix_secs() + OUTCOME_NOTICE_TTL,
-            )
-            .await
-            .unwrap_or_default();
-        let value = encode(&done);
-        let mut puts = vec![(e.key.as_str(), value.as_slice(), e.lease)];
-        puts.extend(
-            notes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice(), note_lease)),
-        );
-        if self
-            .etcd
-            .commit_if_unchanged(&e.key, e.mod_revision, false, &puts)
-            .await
-            .unwrap_or(false)
-        {
-            let r = &log.request;
+        let notice = self.outcome_notice(r, "expired", "-");
+        if self.store.mark_expired(e, log, Some(&notice)).await {
             audit
                 .record(AuditRecord::new(
                     &r.id,
@@ -508,36 +293,16 @@ impl Approvals {
     /// (`run` calls this periodically, so expiry is audited even when
     /// nobody tries to approve). Returns how many it recorded.
     pub async fn sweep_expired(&self, audit: &dyn AuditTrail, transport: Transport) -> usize {
-        let Ok(entries) = self
-            .etcd
-            .list_prefix(&format!("{}log/", self.prefix), 1000, false)
-            .await
-        else {
-            return 0;
-        };
-        let mut n = 0;
-        for e in entries {
-            let Ok(log) = decode::<LogEntry>(&e.value, "approval log") else {
-                continue;
-            };
-            if log.status != "pending" {
-                continue;
-            }
-            if let Ok(None) = self
-                .etcd
-                .get_entry(&self.pending_key(&log.request.id))
-                .await
-            {
-                self.mark_expired(audit, transport, &e, &log).await;
-                n += 1;
-            }
+        let found = self.store.unrecorded_expiries().await;
+        for (e, log) in &found {
+            self.mark_expired(audit, transport, e, log).await;
         }
-        n
+        found.len()
     }
 
-    /// Takes the pending request (compare revision, delete) and records
-    /// `status` in the log, in one transaction. `false`: someone else took
-    /// it, or it expired, meanwhile.
+    /// Takes the pending request and records `status` by `by`; the
+    /// requester hears of it unless they cancelled it themselves.
+    /// `false`: someone else took it, or it expired, meanwhile.
     async fn take(
         &self,
         req: &Request,
@@ -545,69 +310,10 @@ impl Approvals {
         status: &str,
         by: &str,
     ) -> Result<bool, CommandError> {
-        let mod_revision = pending.mod_revision;
-        let log = encode(&LogEntry {
-            request: req.clone(),
-            status: status.into(),
-            by: Some(by.to_string()),
-            updated_at: Some(now_rfc3339()),
-        });
-        let (pk, lk) = (self.pending_key(&req.id), self.log_key(&req.id));
-        let lease = self.log_lease.get(&self.etcd).await?;
-        // The requester hears of the outcome (unless they cancelled it
-        // themselves), in the same transaction.
-        let to: Vec<&str> = if by == req.requester {
-            vec![]
-        } else {
-            vec![req.requester.as_str()]
-        };
-        let (notes, note_lease) = self
-            .notices(
-                "approval_outcome",
-                &to,
-                &self.outcome_text(req, status, by),
-                unix_secs() + OUTCOME_NOTICE_TTL,
-            )
-            .await?;
-        let puts = |lease| {
-            let mut p = vec![(lk.as_str(), log.as_slice(), lease)];
-            p.extend(
-                notes
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_slice(), note_lease)),
-            );
-            p
-        };
-        let r = match self
-            .etcd
-            .commit_if_unchanged(&pk, mod_revision, true, &puts(lease))
+        let notice = (by != req.requester).then(|| self.outcome_notice(req, status, by));
+        self.store
+            .take(req, pending, status, by, notice.as_ref())
             .await
-        {
-            Err(EtcdError::NotFound(_)) => {
-                self.log_lease.invalidate();
-                if let Some(n) = &self.notifier {
-                    n.lease_lost();
-                }
-                let lease = self.log_lease.get(&self.etcd).await?;
-                self.etcd
-                    .commit_if_unchanged(&pk, mod_revision, true, &puts(lease))
-                    .await?
-            }
-            other => other?,
-        };
-        if r {
-            // The request's own lease has nothing left to expire.
-            self.revoke_quietly(pending.lease).await;
-        }
-        Ok(r)
-    }
-
-    async fn revoke_quietly(&self, lease: i64) {
-        if lease != 0 {
-            if let Err(e) = self.etcd.lease_revoke(lease).await {
-                tracing::debug!(error = %e, "lease not revoked (it expires by itself)");
-            }
-        }
     }
 
     /// `/approve ID CODE`.
@@ -693,14 +399,7 @@ impl Approvals {
                 approved_by: approver.name.clone(),
                 expires_at: unix_secs() + secs,
             };
-            let lease = self.etcd.lease_grant(secs).await?;
-            self.etcd
-                .put_leased(
-                    &format!("{}{}", self.grants_prefix(&req.requester), req.id),
-                    encode(&grant),
-                    lease,
-                )
-                .await?;
+            self.store.put_grant(&grant, secs).await?;
             audit_request(ctx, &req, "approved", &approver.name).await;
             return Ok(Approval::Granted(
                 Reply::text(format!(
@@ -788,17 +487,7 @@ impl Approvals {
                 req.id
             ));
         }
-        // A lost race (another code, approval or expiry meanwhile) only
-        // means this attempt is not counted twice.
-        let _ = self
-            .etcd
-            .put_if_unchanged(
-                &entry.key,
-                entry.mod_revision,
-                &encode(&counted),
-                entry.lease,
-            )
-            .await;
+        self.store.count_wrong_code(entry, &counted).await;
         CommandError::denied(format!(
             "wrong TOTP code for {approver}; request {} still waits ({left} more wrong code(s) cancel it)",
             req.id
@@ -808,18 +497,11 @@ impl Approvals {
     /// Cancels every pending request of `requester` (a suspension); how
     /// many were cancelled.
     pub async fn cancel_all_of(&self, requester: &str, by: &str) -> usize {
-        let Ok(entries) = self
-            .etcd
-            .list_prefix(&format!("{}pending/", self.prefix), 1000, false)
-            .await
-        else {
+        let Ok(waiting) = self.store.pending_requests(1000).await else {
             return 0;
         };
         let mut n = 0;
-        for e in entries {
-            let Ok(req) = serde_json::from_slice::<Request>(&e.value) else {
-                continue;
-            };
+        for (req, e) in waiting {
             if req.requester == requester
                 && matches!(self.take(&req, &e, "denied", by).await, Ok(true))
             {
@@ -857,13 +539,12 @@ impl Approvals {
 
     /// `/pending`: every request still waiting (admins see all).
     pub async fn list(&self, _ctx: &Ctx<'_>) -> CommandResult {
-        let entries = self
-            .etcd
-            .list_prefix(&format!("{}pending/", self.prefix), 500, false)
-            .await?;
-        let mut reqs: Vec<Request> = entries
-            .iter()
-            .filter_map(|e| serde_json::from_slice(&e.value).ok())
+        let mut reqs: Vec<Request> = self
+            .store
+            .pending_requests(500)
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
             .collect();
         reqs.sort_by_key(|r| r.expires_at);
         let text = if reqs.is_empty() {
@@ -888,10 +569,7 @@ impl Approvals {
         };
         // Who the Telegram leader could not tell (they never wrote to the
         // userbot, so it has no way to address them).
-        let unreachable = match &self.notifier {
-            Some(n) => n.unreachable().await.unwrap_or_default(),
-            None => Vec::new(),
-        };
+        let unreachable = self.store.unreachable().await;
         let text = if unreachable.is_empty() {
             text
         } else {
@@ -980,9 +658,7 @@ mod tests {
 
     #[test]
     fn ids_are_hex() {
-        let id = new_id();
-        assert_eq!(id.len(), 8);
-        check_id(&id).unwrap();
+        check_id(&new_id()).unwrap();
         for bad in ["", "../x", "a/b", "zz", &"a".repeat(33)] {
             assert_eq!(check_id(bad).unwrap_err().kind, ErrorKind::Invalid);
         }
