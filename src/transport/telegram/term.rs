@@ -1,0 +1,621 @@
+//! One leadership term of the Telegram runner: the client started from the
+//! stored session, each message claimed in etcd before it runs and then
+//! dispatched and answered, the notification queue and the scheduled
+//! deletions served, the session saved back. `super::run` owns the
+//! election loop around it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use zeroize::Zeroizing;
+
+use super::route::{self, Deletion, Handled, Incoming, Route};
+use super::session::SessionStore;
+use super::{start_client, ChatError, Client};
+use crate::config::Config;
+use crate::dispatch::App;
+use crate::etcd::{Claim, SharedLease};
+use crate::leader::Leadership;
+use crate::transport::Transport;
+use crate::vault::VaultError;
+
+/// One leadership term's view of everything the runner needs.
+pub(super) struct Term<'a> {
+    pub(super) app: &'a App,
+    pub(super) term: &'a Leadership,
+    pub(super) store: &'a SessionStore,
+    pub(super) dedup: &'a SharedLease,
+    pub(super) node: &'a str,
+    pub(super) refused: &'a Mutex<Option<u64>>,
+}
+
+impl Term<'_> {
+    /// Runs one client until leadership is lost (`Ok`), shutdown (`Ok`), or
+    /// the client fails (`Err`, retried by the caller).
+    pub(super) async fn serve(&self, shutdown: &CancellationToken) -> Result<(), ChatError> {
+        let lost = self.term.lost();
+        let vault = self.app.broker.current();
+        let (stored, mut version) = self.store.load_versioned(&vault).await?.ok_or_else(|| {
+            ChatError::Session(format!(
+                "no session stored at {}; run `vaultgram login`",
+                self.store.path()
+            ))
+        })?;
+        if *self.refused.lock().unwrap_or_else(|e| e.into_inner()) == Some(version) {
+            return Err(ChatError::Refused);
+        }
+        // The fence is armed before the client exists: losing the lease
+        // while grammers is still connecting (no timeout there) drops the
+        // half-started client at once.
+        let stop = CancellationToken::new();
+        let started = tokio::select! {
+            biased;
+            _ = lost.cancelled() => {
+                tracing::warn!(node = self.node, "telegram client stopped");
+                return Ok(());
+            }
+            _ = shutdown.cancelled() => return Ok(()),
+            r = start_client(self.app, &stored, &stop) => r,
+        };
+        drop(stored);
+        let (client, mut rx, intake) = match started {
+            Ok((c, rx, intake)) => (c, rx, AbortOnDropHandle::new(intake)),
+            Err(e) => return Err(self.refuse(version, e)),
+        };
+        let backend = match &client {
+            Client::Grammers(_) => "grammers",
+            Client::File(_) => "file",
+        };
+        tracing::info!(node = self.node, backend, "telegram client started");
+        self.app.runtime.set_telegram(|s| {
+            s.connected = true;
+            s.backend = Some(backend);
+            s.problem = None;
+        });
+        // Fencing does not wait for the loop below (a handler may be stuck
+        // on a partitioned etcd): losing the lease stops the client at once.
+        // Aborted if this future is dropped (a panic unwinding through it).
+        let mut fence = AbortOnDropHandle::new(tokio::spawn({
+            let kill = client.kill_switch();
+            let lost = lost.clone();
+            let stop = stop.clone();
+            let node = self.node.to_string();
+            async move {
+                lost.cancelled().await;
+                stop.cancel();
+                kill();
+                tracing::warn!(node, "telegram client stopped");
+            }
+        }));
+        // A new leader first finishes what the previous one scheduled.
+        self.run_deletions(&client).await;
+        let tg = &self.app.cfg.telegram;
+        let mut save = tokio::time::interval(Duration::from_secs(tg.session_save_secs));
+        save.tick().await;
+        let mut deletions = tokio::time::interval(Duration::from_secs(1));
+        let mut ping = tokio::time::interval(Duration::from_secs(tg.ping_secs));
+        ping.tick().await;
+        let ping_limit = Duration::from_secs(tg.ping_secs.clamp(1, 10));
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                _ = lost.cancelled() => break Ok(false),
+                _ = shutdown.cancelled() => break Ok(true),
+                d = rx.recv() => match d {
+                    // Runs to completion: the select does not interrupt a
+                    // branch body, so a command is never cut in half.
+                    Some(d) => {
+                        let mut fatal = None;
+                        if let Some(msg) = d.msg {
+                            self.app.runtime.set_telegram(|s| s.last_update = Some(crate::etcd::unix_secs()));
+                            fatal = self.handle(&client, msg).await.err();
+                        }
+                        // Only now may the session move past this update.
+                        client.commit(d.mark).await;
+                        if let Some(e) = fatal {
+                            break Err(e);
+                        }
+                    }
+                    None => break Err(ChatError::Io("the client stopped delivering updates".into())),
+                },
+                _ = save.tick() => if let Err(e) = self.save(&client, &mut version).await {
+                    break Err(e);
+                },
+                _ = deletions.tick() => {
+                    self.run_deletions(&client).await;
+                    if let Err(e) = self.run_notices(&client).await {
+                        break Err(e);
+                    }
+                }
+                _ = ping.tick() => match tokio::time::timeout(ping_limit, client.ping()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => break Err(ChatError::Io(format!(
+                        "no answer to a ping within {} s; reconnecting", ping_limit.as_secs()
+                    ))),
+                },
+            }
+        };
+        // Intake first: it never waits for a runner that left its loop.
+        stop.cancel();
+        let _ = intake.await;
+        match outcome {
+            Ok(true) => {
+                self.mark_stopped(Some("shutting down".into()));
+                fence.abort();
+                // Shutdown: intake stopped; store the state of the last
+                // handled update, then quit (the caller resigns afterwards).
+                tracing::info!(node = self.node, "telegram: intake stopped");
+                let _ = self.save(&client, &mut version).await;
+                client.quit(true).await;
+                tracing::info!(node = self.node, "telegram client stopped");
+                Ok(())
+            }
+            Ok(false) => {
+                self.mark_stopped(Some("not the leader".into()));
+                // Fenced: the kill switch already stopped the client; write
+                // nothing (another node may be leading by now).
+                let _ = (&mut fence).await;
+                client.quit(false).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.mark_stopped(Some(e.to_string()));
+                fence.abort();
+                // The state of what was handled is good: keep it for the
+                // next start (unless the session was replaced or refused).
+                if !matches!(e, ChatError::Reload(_) | ChatError::Unauthorized(_)) {
+                    let _ = self.save(&client, &mut version).await;
+                }
+                client.quit(false).await;
+                tracing::warn!(node = self.node, "telegram client stopped");
+                Err(self.refuse(version, e))
+            }
+        }
+    }
+
+    /// An `Unauthorized` error marks this session version as refused, said
+    /// once and loudly; the client is not started again with it.
+    fn refuse(&self, version: u64, e: ChatError) -> ChatError {
+        if let ChatError::Unauthorized(why) = &e {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+            tracing::error!(
+                node = self.node,
+                session_version = version,
+                reason = %why,
+                "telegram: Telegram refused the stored session; the client stays stopped until `vaultgram login` stores a new one"
+            );
+        }
+        e
+    }
+
+    /// Everything after the loop: the client is gone either way.
+    fn mark_stopped(&self, problem: Option<String>) {
+        self.app.runtime.set_telegram(|s| {
+            s.connected = false;
+            s.problem = problem;
+        });
+    }
+
+    /// Writes the session back if it is still the one this client loaded:
+    /// check-and-set on the version read (a `vaultgram login` meanwhile wins
+    /// and this client restarts from it), and never a session whose home
+    /// key grammers replaced (after a transport 404 the new key is not
+    /// logged in; the stored one may still be good).
+    async fn save(&self, client: &Client, version: &mut u64) -> Result<(), ChatError> {
+        if self.term.is_lost() {
+            return Ok(());
+        }
+        if !client.key_unchanged() {
+            return Err(ChatError::Reload(
+                "the client replaced the session's auth key; not saved, restarting from the stored session".into(),
+            ));
+        }
+        let s = client.export();
+        let vault = self.app.broker.current();
+        match self
+            .store
+            .save_cas(&vault, &s, self.node, Some(*version))
+            .await
+        {
+            Ok(v) => {
+                *version = v;
+                tracing::debug!(version = v, "telegram session saved");
+                Ok(())
+            }
+            Err(VaultError::Conflict(_)) => {
+                tracing::warn!(
+                    node = self.node,
+                    "telegram: the stored session changed (a new login); restarting from it"
+                );
+                Err(ChatError::Reload("the stored session was replaced".into()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "telegram session not saved");
+                Ok(())
+            }
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        &self.app.cfg.etcd.prefix
+    }
+
+    fn record(&self, state: &str) -> Vec<u8> {
+        serde_json::to_vec(&Handled {
+            state: state.into(),
+            node: self.node.into(),
+            at: crate::etcd::unix_secs(),
+        })
+        .unwrap_or_default()
+    }
+
+    /// Claims `(chat, id)`; `Some(previous state)` when it was handled or
+    /// claimed before, `None` when this call claimed it. Errors and a lost
+    /// leadership come back as `Err` (nothing may run then).
+    async fn claim(&self, chat: i64, id: i32, state: &str) -> Result<Option<String>, String> {
+        let etcd = &self.app.etcd;
+        let key = route::handled_key(self.prefix(), chat, id);
+        let lease = self.dedup.get(etcd).await.map_err(|e| e.to_string())?;
+        match etcd
+            .claim_guarded(&self.term.guard, &key, &self.record(state), lease)
+            .await
+        {
+            Ok(Claim::Claimed) => Ok(None),
+            Ok(Claim::Exists) => {
+                let prev = etcd
+                    .get(&key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|v| serde_json::from_slice::<Handled>(&v).ok())
+                    .map(|h| h.state)
+                    .unwrap_or_default();
+                Ok(Some(prev))
+            }
+            Ok(Claim::NotLeader) => {
+                self.term.fence("a guarded write was refused");
+                Err("not the leader".into())
+            }
+            Err(e) => {
+                // A stale shared lease (revoked, expired) is re-granted next time.
+                self.dedup.invalidate();
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn put_guarded(&self, key: &str, value: &[u8]) {
+        let etcd = &self.app.etcd;
+        let lease = match self.dedup.get(etcd).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "telegram: etcd write skipped");
+                return;
+            }
+        };
+        match etcd.put_guarded(&self.term.guard, key, value, lease).await {
+            Ok(true) => {}
+            Ok(false) => self.term.fence("a guarded write was refused"),
+            Err(e) => {
+                self.dedup.invalidate();
+                tracing::warn!(error = %e, "telegram: etcd write failed");
+            }
+        }
+    }
+
+    /// Handles one message. `Err` only for what ends the client
+    /// (Telegram refused the session).
+    async fn handle(&self, client: &Client, msg: Incoming) -> Result<(), ChatError> {
+        let cfg: &Config = &self.app.cfg;
+        let me = client.me();
+        let route = route::route(&msg, &cfg.operators, me);
+        if let Route::Ignore(reason) = route {
+            tracing::debug!(msg_id = msg.id, reason, "telegram: update ignored");
+            return Ok(());
+        }
+        if self.term.is_lost() {
+            return Ok(());
+        }
+        if let Route::Command(_) = route {
+            // A first message usually comes as `updateShortMessage`, with
+            // no access hash: learn it now, or the reply would fail after
+            // the command ran.
+            match client.resolve(msg.chat, msg.id).await {
+                Ok(()) => {}
+                Err(e @ ChatError::Unauthorized(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(msg_id = msg.id, error = %e, "telegram: cannot reach the sender; not run");
+                    return Ok(());
+                }
+            }
+        }
+        match self.claim(msg.chat, msg.id, "started").await {
+            Ok(None) => {}
+            Ok(Some(prev)) if prev == "started" => {
+                // Claimed by a leader that stopped before finishing: it may or
+                // may not have run. Running it again could run it twice.
+                tracing::warn!(
+                    msg_id = msg.id,
+                    "telegram: message interrupted by a failover, not re-run"
+                );
+                if let Route::Command(_) = route {
+                    let text = format!(
+                        "error (unavailable): message {} was being handled when the previous leader stopped; it was not run again. Check its effect (/audit) and send it again if needed.",
+                        msg.id
+                    );
+                    let _ = client.send(msg.chat, msg.id, &text, false).await;
+                }
+                let key = route::handled_key(self.prefix(), msg.chat, msg.id);
+                self.put_guarded(&key, &self.record("done")).await;
+                return Ok(());
+            }
+            Ok(Some(_)) => {
+                tracing::info!(msg_id = msg.id, "duplicate message skipped");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(msg_id = msg.id, error = %e, "telegram: cannot record the message; not run");
+                if let (Route::Command(_), false) = (&route, self.term.is_lost()) {
+                    let _ = client
+                        .send(
+                            msg.chat,
+                            msg.id,
+                            "error (unavailable): etcd is unreachable; the command was not run",
+                            false,
+                        )
+                        .await;
+                }
+                return Ok(());
+            }
+        }
+        let key = route::handled_key(self.prefix(), msg.chat, msg.id);
+        let op = match route {
+            Route::Command(op) => op,
+            Route::Unknown(sender) => {
+                // No reply at all; one audit record.
+                self.app
+                    .dispatch(None, &format!("telegram:{sender}"), Transport::Telegram, "")
+                    .await;
+                self.put_guarded(&key, &self.record("done")).await;
+                return Ok(());
+            }
+            Route::Ignore(_) => return Ok(()),
+        };
+        let secret_input = route::input_carries_secret(&msg.text);
+        let result = self
+            .app
+            .dispatch(Some(op), &op.name, Transport::Telegram, &msg.text)
+            .await;
+        let (text, secret) = match &result {
+            Some(Ok(r)) => (Zeroizing::new(r.as_str().to_string()), r.secret),
+            Some(Err(e)) => (
+                Zeroizing::new(format!("error ({}): {}", e.kind, e.message)),
+                false,
+            ),
+            None => (Zeroizing::new(String::new()), false),
+        };
+        // It ran. From here on a redelivery is a duplicate even if this
+        // node dies before its reply is out (the audit trail has it);
+        // only a claim still `started` may or may not have run.
+        self.put_guarded(&key, &self.record("ran")).await;
+        drop(result);
+        let mut chunks = route::split(&text, route::MESSAGE_LIMIT);
+        if chunks.is_empty() {
+            chunks.push(Zeroizing::new("(no output)".into()));
+        }
+        let mut sent = Vec::new();
+        // A chunk that was delivered without its id (a retried send that
+        // got RANDOM_ID_DUPLICATE, or id 0): found again below.
+        let mut unknown = 0;
+        let mut fatal = None;
+        for chunk in &chunks {
+            if self.term.is_lost() {
+                break;
+            }
+            match client.send(msg.chat, msg.id, chunk, secret).await {
+                Ok(id) if id != 0 => sent.push(id),
+                Ok(_) | Err(ChatError::Duplicate(_)) => unknown += 1,
+                Err(e @ ChatError::Unauthorized(_)) => {
+                    tracing::warn!(msg_id = msg.id, error = %e, "telegram: reply not sent");
+                    fatal = Some(e);
+                    break;
+                }
+                Err(ChatError::FloodWait(d)) => {
+                    tracing::warn!(
+                        msg_id = msg.id,
+                        wait_s = d.as_secs(),
+                        "telegram: FLOOD_WAIT above telegram.flood_wait_max_secs; reply not sent"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(msg_id = msg.id, error = %e, "telegram: reply not sent");
+                    break;
+                }
+            }
+        }
+        if unknown > 0 && !self.term.is_lost() {
+            // Our messages in this chat replying to the command: the
+            // delivered chunks among them get their deletion too.
+            match client.find_replies(msg.chat, msg.id).await {
+                Ok(ids) => {
+                    let found: Vec<i32> = ids.into_iter().filter(|i| !sent.contains(i)).collect();
+                    tracing::info!(
+                        msg_id = msg.id,
+                        unknown,
+                        found = found.len(),
+                        "telegram: delivered replies without an id looked up"
+                    );
+                    sent.extend(found);
+                }
+                Err(e) => {
+                    tracing::warn!(msg_id = msg.id, error = %e, "telegram: delivered replies not found; not scheduled for deletion")
+                }
+            }
+        }
+        if msg.chat == me {
+            // Our replies come back into Saved Messages as updates: claim
+            // them now so that none is ever taken for a command.
+            for id in &sent {
+                let _ = self.claim(msg.chat, *id, "sent").await;
+            }
+        }
+        let plan = route::plan_deletions(
+            msg.chat,
+            secret_input.then_some(msg.id),
+            if secret { &sent } else { &[] },
+            crate::etcd::unix_ms(),
+            cfg.telegram.secret_reply_ttl_secs * 1000,
+        );
+        for d in &plan {
+            let value = serde_json::to_vec(d).unwrap_or_default();
+            self.put_guarded(&d.key(self.prefix()), &value).await;
+        }
+        self.put_guarded(&key, &self.record("done")).await;
+        if secret_input {
+            self.run_deletions(client).await;
+        }
+        fatal.map_or(Ok(()), Err)
+    }
+
+    /// Delivers queued notices ([`crate::notify`]), oldest first: each
+    /// to its operator's private chat with the record's own `random_id`
+    /// (a copy already sent by a deposed leader is refused by Telegram as
+    /// a duplicate, not sent twice), then the record is deleted (guarded).
+    /// A failure is retried with backoff until the notice expires; then it
+    /// is dropped with an audit record. An operator the session cannot
+    /// address (no access hash: they never wrote to the userbot) is marked
+    /// `not reachable` for `/pending`.
+    async fn run_notices(&self, client: &Client) -> Result<(), ChatError> {
+        if self.term.is_lost() {
+            return Ok(());
+        }
+        let etcd = &self.app.etcd;
+        let Ok(queued) = etcd
+            .list_prefix(&crate::notify::queue_prefix(self.prefix()), 50, false)
+            .await
+        else {
+            return Ok(());
+        };
+        let now = crate::etcd::unix_ms();
+        for entry in queued {
+            if self.term.is_lost() {
+                return Ok(());
+            }
+            let Ok(mut n) = serde_json::from_slice::<crate::notify::Notice>(&entry.value) else {
+                self.delete_guarded(&entry.key).await;
+                continue;
+            };
+            if n.not_before_ms > now {
+                continue;
+            }
+            let op = self.app.cfg.operators.iter().find(|o| o.name == n.to);
+            let (Some(op), false) = (op, n.expires_at < now / 1000) else {
+                tracing::warn!(to = %n.to, kind = %n.kind, attempts = n.attempts, "telegram: notice dropped undelivered");
+                self.app
+                    .audit
+                    .record(crate::records::audit::AuditRecord::new(
+                        "-",
+                        &n.to,
+                        Transport::Telegram,
+                        &format!("notify {}", n.kind),
+                        None,
+                        "dropped",
+                    ))
+                    .await;
+                self.delete_guarded(&entry.key).await;
+                continue;
+            };
+            let unreachable = crate::notify::unreachable_key(self.prefix(), &op.name);
+            match client.send_once(op.telegram_id, &n.text, n.random_id).await {
+                Ok(()) | Err(ChatError::Duplicate(_)) => {
+                    tracing::info!(to = %op.name, kind = %n.kind, "telegram: notice sent");
+                    if !self.delete_guarded(&entry.key).await {
+                        return Ok(());
+                    }
+                    let _ = etcd.delete(&unreachable).await;
+                }
+                Err(e @ ChatError::Unauthorized(_)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(to = %op.name, kind = %n.kind, error = %e, "telegram: notice not sent; retried later");
+                    if matches!(&e, ChatError::Io(m) if m.contains("no access hash")) {
+                        self.put_guarded(&unreachable, b"1").await;
+                    }
+                    n.retry_later(now);
+                    let value = serde_json::to_vec(&n).unwrap_or_default();
+                    if let Err(e) = etcd
+                        .put_guarded(&self.term.guard, &entry.key, &value, entry.lease)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "telegram: notice retry not recorded");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Guarded delete by the leader; `false` (and fenced) when refused.
+    async fn delete_guarded(&self, key: &str) -> bool {
+        match self.app.etcd.delete_guarded(&self.term.guard, key).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.term.fence("a guarded write was refused");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "telegram: etcd delete failed");
+                false
+            }
+        }
+    }
+
+    /// Deletes the messages whose time has come, oldest first; a record is
+    /// removed only after Telegram confirmed the deletion.
+    async fn run_deletions(&self, client: &Client) {
+        if self.term.is_lost() {
+            return;
+        }
+        let etcd = &self.app.etcd;
+        let due = match etcd
+            .list_prefix(&route::deletions_prefix(self.prefix()), 100, false)
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(error = %e, "telegram: deletions not listed");
+                return;
+            }
+        };
+        let now = crate::etcd::unix_ms();
+        for entry in due {
+            let Ok(d) = serde_json::from_slice::<Deletion>(&entry.value) else {
+                continue;
+            };
+            if d.due_ms > now || self.term.is_lost() {
+                break;
+            }
+            match client.delete(d.chat, &d.ids).await {
+                Ok(()) => {
+                    tracing::info!(
+                        chat = d.chat,
+                        count = d.ids.len(),
+                        "telegram: messages deleted"
+                    );
+                    // Refused: fenced, stop; an etcd error: the record is
+                    // kept and the deletion repeated later (harmless).
+                    if !self.delete_guarded(&entry.key).await && self.term.is_lost() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "telegram: deletion failed; retried later");
+                    return;
+                }
+            }
+        }
+    }
+}
