@@ -22,6 +22,7 @@
 //! None of these records holds a secret.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,26 @@ impl Store {
         Ok((log, note))
     }
 
+    /// Runs `write` on the shared leases; when etcd says one is gone
+    /// (revoked by hand, lost with a restore), once more on fresh ones.
+    async fn with_leases<T, F, Fut>(
+        &self,
+        notes: &[(String, Vec<u8>)],
+        write: F,
+    ) -> Result<T, CommandError>
+    where
+        F: Fn((i64, i64)) -> Fut,
+        Fut: Future<Output = Result<T, EtcdError>>,
+    {
+        match write(self.leases(notes).await?).await {
+            Err(EtcdError::NotFound(_)) => {
+                self.leases_lost();
+                Ok(write(self.leases(notes).await?).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// After etcd refused a write because a shared lease is gone (either
     /// one may be): both are taken afresh on the retry.
     fn leases_lost(&self) {
@@ -246,19 +267,12 @@ impl Store {
             ];
             with_notes(own, &notes, note_lease)
         };
-        let created = match self
-            .etcd
-            .create_if_absent(&puts(self.leases(&notes).await?))
-            .await
-        {
-            Err(EtcdError::NotFound(_)) => {
-                self.leases_lost();
-                self.etcd
-                    .create_if_absent(&puts(self.leases(&notes).await?))
-                    .await?
-            }
-            other => other?,
-        };
+        let created = self
+            .with_leases(&notes, |leases| {
+                let puts = puts(leases);
+                async move { self.etcd.create_if_absent(&puts).await }
+            })
+            .await?;
         if !created {
             // The unused lease would expire by itself; free it now.
             self.revoke_quietly(lease).await;
@@ -365,23 +379,27 @@ impl Store {
         done.updated_at = Some(now_rfc3339());
         let value = encode(&done);
         let notes = self.notes(notice);
-        // Without a queue lease the expiry is still recorded, unannounced.
-        let (notes, note_lease) = match &self.notifier {
-            Some(n) if !notes.is_empty() => match n.lease().await {
-                Ok(l) => (notes, l),
-                Err(_) => (Vec::new(), 0),
-            },
-            _ => (Vec::new(), 0),
+        let commit = |notes, note_lease| {
+            let puts = with_notes(
+                vec![(e.key.as_str(), value.as_slice(), e.lease)],
+                notes,
+                note_lease,
+            );
+            async move {
+                self.etcd
+                    .commit_if_unchanged(&e.key, e.mod_revision, false, &puts)
+                    .await
+            }
         };
-        let puts = with_notes(
-            vec![(e.key.as_str(), value.as_slice(), e.lease)],
-            &notes,
-            note_lease,
-        );
-        self.etcd
-            .commit_if_unchanged(&e.key, e.mod_revision, false, &puts)
+        match self
+            .with_leases(&notes, |(_, note_lease)| commit(&notes, note_lease))
             .await
-            .unwrap_or(false)
+        {
+            Ok(done) => done,
+            // Without a queue lease the expiry is still recorded, unannounced.
+            Err(_) if !notes.is_empty() => commit(&[], 0).await.unwrap_or(false),
+            Err(_) => false,
+        }
     }
 
     /// Takes the pending request (compare revision, delete), records
@@ -412,19 +430,13 @@ impl Store {
             )
         };
         let rev = pending.mod_revision;
-        let taken = match self
-            .etcd
-            .commit_if_unchanged(&pk, rev, true, &puts(self.leases(&notes).await?))
-            .await
-        {
-            Err(EtcdError::NotFound(_)) => {
-                self.leases_lost();
-                self.etcd
-                    .commit_if_unchanged(&pk, rev, true, &puts(self.leases(&notes).await?))
-                    .await?
-            }
-            other => other?,
-        };
+        let taken = self
+            .with_leases(&notes, |leases| {
+                let puts = puts(leases);
+                let pk = pk.as_str();
+                async move { self.etcd.commit_if_unchanged(pk, rev, true, &puts).await }
+            })
+            .await?;
         if taken {
             // The request's own lease has nothing left to expire.
             self.revoke_quietly(pending.lease).await;
