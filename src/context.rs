@@ -1,7 +1,7 @@
 //! What a command sees, and what it answers: the leaf of the command core.
 //!
 //! [`Ctx`] (who asks, from where, with which services), [`Reply`],
-//! [`CommandError`] and [`CommandResult`]. `command/`, `approvals.rs` and
+//! [`CommandError`] and [`CommandResult`]. `command/`, `approvals/` and
 //! the dispatcher import this module; it imports none of them (nor
 //! `effect.rs`), so that commands depend on a small context type and never
 //! on the pipeline that runs them (ARCHITECTURE.md, invariants).
