@@ -204,8 +204,19 @@ pub fn command(command: &str, result: &'static str, transport: &'static str) {
         .inc();
 }
 
-/// One failed etcd request.
-/// One security alert of `kind` (bounded: `security::Event` names).
+/// `n` messages from strangers, dropped unread (counted as `ignored`
+/// commands named `-`, as one from the dispatcher would be).
+pub fn strangers_ignored(n: u64, transport: &'static str) {
+    get()
+        .commands
+        .get_or_create(&CommandLabels {
+            command: "-".to_string(),
+            result: "ignored",
+            transport,
+        })
+        .inc_by(n);
+}
+
 /// Sets `vaultgram_confinement{state}`: 1 for `state`, 0 for the others.
 pub fn confinement(state: &'static str) {
     for s in crate::kube::STATES {
@@ -216,6 +227,7 @@ pub fn confinement(state: &'static str) {
     }
 }
 
+/// One security alert of `kind` (bounded: `security::Event` names).
 pub fn security_event(kind: &'static str) {
     get()
         .security_events
@@ -223,6 +235,7 @@ pub fn security_event(kind: &'static str) {
         .inc();
 }
 
+/// One failed etcd request.
 pub fn etcd_error() {
     get().etcd_errors.inc();
 }

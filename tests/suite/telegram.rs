@@ -41,6 +41,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::telegram::grammers_faults_are_survived",
         grammers_faults_are_survived,
     ),
+    (
+        "disruptive::telegram::a_stranger_flood_loses_no_operator_command",
+        a_stranger_flood_loses_no_operator_command,
+    ),
 ];
 
 /// The harness config with its own etcd prefix and the file stand-in.
@@ -461,19 +465,40 @@ fn chat_flow_allowlist_replies_and_deletions(env: &Env) {
     for p in &parts {
         assert!(p["text"].as_str().unwrap().encode_utf16().count() <= 4096);
     }
-    // The stranger got one audit record, the group and plain text none.
-    let audit = env.rt.block_on(async {
-        let recs = app
-            .etcd
-            .list_prefix(&format!("{}audit/", cfg.etcd.prefix), 0, false)
+    // The stranger: no reply, no claim in etcd, one summary record in the
+    // audit trail (within the leader's 1-second tick; at most one a
+    // minute); the group and plain text: nothing.
+    let t = Instant::now();
+    let audit = loop {
+        let audit = env.rt.block_on(async {
+            let recs = app
+                .etcd
+                .list_prefix(&format!("{}audit/", cfg.etcd.prefix), 0, false)
+                .await
+                .unwrap();
+            recs.into_iter()
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+                .collect::<Vec<_>>()
+        });
+        if audit.iter().any(|r| r.contains("555555")) || t.elapsed() > Duration::from_secs(5) {
+            break audit;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let strangers: Vec<&String> = audit.iter().filter(|r| r.contains("555555")).collect();
+    assert_eq!(
+        strangers.len(),
+        1,
+        "audit records for the stranger: {audit:?}"
+    );
+    assert!(strangers[0].contains("\"ignored\""), "{}", strangers[0]);
+    let claimed = env.rt.block_on(async {
+        app.etcd
+            .count_prefix(&format!("{}tg/handled/555555/", cfg.etcd.prefix))
             .await
-            .unwrap();
-        recs.into_iter()
-            .map(|e| String::from_utf8_lossy(&e.value).into_owned())
-            .collect::<Vec<_>>()
+            .unwrap()
     });
-    let strangers = audit.iter().filter(|r| r.contains("555555")).count();
-    assert_eq!(strangers, 1, "audit records for the stranger: {audit:?}");
+    assert_eq!(claimed, 0, "a stranger's message was claimed in etcd");
     // Saved Messages: the account's own operator entry (id 100 in the
     // stand-in). Our /help reply starts with "/" and comes back as an
     // outgoing update; it must never be taken for a command.
@@ -809,5 +834,116 @@ fn grammers_faults_are_survived(env: &Env) {
     });
     eprintln!(
         "faults: first contact answered; 2 lost reply ids found and deleted; dead link restarted in {dead_link_ms} ms; panic survived; 406 refused until login; replaced key not saved"
+    );
+}
+
+/// 6,000 messages from strangers arrive live (the stand-in forwards them
+/// as grammers does: into a 100-entry channel, dropping what does not
+/// fit), with an operator's secret `/kv put` among the last of them and a
+/// `/whoami` after. Both run and are answered, the secret input is
+/// deleted, and the flood costs no etcd write per message: no claim, one
+/// audit summary. On e84a6d6 every stranger's message was claimed in etcd
+/// and audited before the next was read, the intake filled up and the
+/// stand-in dropped the operator's commands (as grammers dropped 1,777 of
+/// 6,000 in an adversarial run).
+fn a_stranger_flood_loses_no_operator_command(env: &Env) {
+    let dir = file_dir(env, "flood");
+    let cfg = tg_config(env, &dir);
+    let out = Outbox(dir.join("outbox.jsonl"));
+    let path = format!("secret/tgflood-{}", random_hex(3));
+    let pw = canary::plant("tgflood");
+    let stop = CancellationToken::new();
+    let (app, runner) = env.rt.block_on(async {
+        let app = App::start(cfg.clone()).await.unwrap();
+        vaultgram::transport::telegram::login(&app, &mut NoPrompt)
+            .await
+            .unwrap();
+        let elector = Arc::new(Elector::new(app.etcd.clone(), &cfg.etcd, "flood-1".into()));
+        let h = tokio::spawn(vaultgram::transport::telegram::run(
+            app.clone(),
+            elector,
+            stop.clone(),
+        ));
+        (app, h)
+    });
+    out.wait("client start", Duration::from_secs(15), |o| {
+        o.lines().iter().any(|v| v["op"] == "start")
+    });
+    // One write: the stand-in reads it as live updates, one packet each.
+    let mut lines = String::new();
+    for i in 0..6000i64 {
+        let stranger = 700_000_000 + i % 500;
+        let v = if i == 5000 {
+            json!({"id": 90_000, "chat": 111111, "sender": 111111, "text": format!("/kv put {path} password={pw}")})
+        } else {
+            json!({"id": 100_000 + i, "chat": stranger, "sender": stranger, "text": "/get_keys"})
+        };
+        lines.push_str(&format!("{v}\n"));
+    }
+    lines.push_str(&format!(
+        "{}\n",
+        json!({"id": 90_001, "chat": 111111, "sender": 111111, "text": "/whoami"})
+    ));
+    {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("inbox.jsonl"))
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+    }
+    let flooded = Instant::now();
+    out.wait(
+        "the operator's commands answered",
+        Duration::from_secs(60),
+        |o| !o.sends_to(90_000).is_empty() && !o.sends_to(90_001).is_empty(),
+    );
+    let answered = flooded.elapsed();
+    out.wait("the secret input deleted", Duration::from_secs(10), |o| {
+        o.deleted().contains(&90_000)
+    });
+    assert!(
+        out.sends_to(90_000)[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("version"),
+        "{}",
+        out.sends_to(90_000)[0]
+    );
+    let strangers_answered = out
+        .lines()
+        .iter()
+        .filter(|v| v["op"] == "send" && v["chat"].as_i64().is_some_and(|c| c >= 700_000_000))
+        .count();
+    assert_eq!(strangers_answered, 0);
+    // etcd: claims for the two commands (and our Saved-Messages echoes:
+    // none here), none for 6,000 strangers; at most a summary or two in the
+    // audit trail.
+    let (claims, summaries) = env.rt.block_on(async {
+        let claims = app
+            .etcd
+            .count_prefix(&format!("{}tg/handled/", cfg.etcd.prefix))
+            .await
+            .unwrap();
+        let audit = app
+            .etcd
+            .list_prefix(&format!("{}audit/", cfg.etcd.prefix), 0, false)
+            .await
+            .unwrap();
+        let summaries = audit
+            .iter()
+            .filter(|e| String::from_utf8_lossy(&e.value).contains("\"unknown\""))
+            .count();
+        (claims, summaries)
+    });
+    assert_eq!(claims, 2, "etcd claims after the flood");
+    assert!(summaries <= 2, "{summaries} audit records for strangers");
+    stop.cancel();
+    env.rt.block_on(async { runner.await.unwrap() });
+    eprintln!(
+        "flood: 6,000 stranger messages; both operator commands answered {} ms after the flood was written; {claims} claims, {summaries} audit summaries",
+        answered.as_millis()
     );
 }

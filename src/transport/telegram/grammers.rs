@@ -228,6 +228,31 @@ impl Drop for AbortOnDrop {
 /// finished with it.
 pub struct UpdateMark(State);
 
+impl UpdateMark {
+    /// Takes the state of a `later` update of the same message box (the
+    /// account's common box, the secondary one, or one channel), or gives
+    /// it back: updates arrive in order per box, so the later state covers
+    /// the earlier.
+    pub fn absorb(&mut self, later: UpdateMark) -> Result<(), UpdateMark> {
+        let same = match (&self.0.message_box, &later.0.message_box) {
+            (None, None)
+            | (Some(MessageBox::Common { .. }), Some(MessageBox::Common { .. }))
+            | (Some(MessageBox::Secondary { .. }), Some(MessageBox::Secondary { .. })) => true,
+            (
+                Some(MessageBox::Channel { channel_id: a, .. }),
+                Some(MessageBox::Channel { channel_id: b, .. }),
+            ) => a == b,
+            _ => false,
+        };
+        if same {
+            *self = later;
+            Ok(())
+        } else {
+            Err(later)
+        }
+    }
+}
+
 /// The update stream (messages, with their state).
 pub struct GrammersUpdates {
     stream: UpdateStream,

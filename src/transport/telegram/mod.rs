@@ -16,6 +16,7 @@
 
 mod file;
 mod grammers;
+mod intake;
 mod login;
 pub mod route;
 pub mod session;
@@ -28,7 +29,6 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TelegramBackend;
@@ -109,6 +109,22 @@ pub(crate) enum Mark {
     File(usize),
 }
 
+impl Mark {
+    /// Folds the state of a `later` update into this one when it belongs
+    /// to the same message box (committing the later state alone says all
+    /// that committing both would), or gives it back.
+    fn absorb(&mut self, later: Mark) -> Result<(), Mark> {
+        match (self, later) {
+            (Mark::File(a), Mark::File(b)) => {
+                *a = (*a).max(b);
+                Ok(())
+            }
+            (Mark::Grammers(a), Mark::Grammers(b)) => a.absorb(b).map_err(Mark::Grammers),
+            (_, later) => Err(later),
+        }
+    }
+}
+
 /// One update as the client library hands it over: a new message, or
 /// anything else (`msg: None`), with its state.
 pub(crate) struct Delivery {
@@ -130,37 +146,6 @@ impl Source for grammers::GrammersUpdates {
 impl Source for file::FileUpdates {
     fn next(&mut self) -> impl Future<Output = Result<Delivery, ChatError>> + Send {
         file::FileUpdates::next(self)
-    }
-}
-
-/// Updates waiting for the runner. grammers drops updates once its own
-/// 100-entry channel is full, which happens when nobody reads it: the
-/// intake keeps reading while a handler runs and buffers here instead.
-pub const INTAKE_CAPACITY: usize = 4096;
-
-/// Moves updates from the client to the runner until `stop`. Every wait
-/// is raced against `stop`: a runner that has left its loop receives
-/// nothing more, and a send waiting for it would keep this task, and the
-/// shutdown that waits for it, forever.
-async fn intake<S: Source>(mut source: S, tx: mpsc::Sender<Delivery>, stop: CancellationToken) {
-    loop {
-        let d = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            d = source.next() => d,
-        };
-        let d = match d {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "telegram: update stream failed");
-                return;
-            }
-        };
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            r = tx.send(d) => if r.is_err() { return },
-        }
     }
 }
 
@@ -284,21 +269,27 @@ async fn app_keys(app: &App) -> Result<(i32, SecretString), ChatError> {
     Ok((api_id, api_hash))
 }
 
+/// What the intake does with a new message (before the runner, with no
+/// I/O): only an operator's command is forwarded.
+fn sorter(app: &App, me: i64) -> impl Fn(&Incoming) -> intake::Sort + Send + 'static {
+    let operators = app.cfg.operators.clone();
+    move |m: &Incoming| match route::route(m, &operators, me) {
+        route::Route::Command(_) => intake::Sort::Forward,
+        route::Route::Unknown(sender) => intake::Sort::Drop {
+            stranger: Some(sender),
+        },
+        route::Route::Ignore(_) => intake::Sort::Drop { stranger: None },
+    }
+}
+
 /// Starts a client and its intake task; the intake stops with `stop`.
 async fn start_client(
     app: &App,
     stored: &StoredSession,
     stop: &CancellationToken,
-) -> Result<
-    (
-        Client,
-        mpsc::Receiver<Delivery>,
-        tokio::task::JoinHandle<()>,
-    ),
-    ChatError,
-> {
+) -> Result<(Client, intake::IntakeRx, tokio::task::JoinHandle<()>), ChatError> {
     let t = &app.cfg.telegram;
-    let (tx, rx) = mpsc::channel(INTAKE_CAPACITY);
+    let (tx, rx) = intake::channel();
     match t.backend {
         TelegramBackend::File => {
             let dir = t
@@ -306,7 +297,7 @@ async fn start_client(
                 .as_deref()
                 .ok_or_else(|| ChatError::Session("telegram.file_dir is not set".into()))?;
             let (c, updates) = file::FileChat::start(dir, &stored.bytes).await?;
-            let h = tokio::spawn(intake(updates, tx, stop.clone()));
+            let h = tokio::spawn(intake::read(updates, tx, stop.clone(), sorter(app, c.me())));
             Ok((Client::File(c), rx, h))
         }
         TelegramBackend::Grammers => {
@@ -325,7 +316,7 @@ async fn start_client(
                 Duration::from_secs(t.flood_wait_max_secs),
             )
             .await?;
-            let h = tokio::spawn(intake(updates, tx, stop.clone()));
+            let h = tokio::spawn(intake::read(updates, tx, stop.clone(), sorter(app, c.me())));
             Ok((Client::Grammers(Box::new(c)), rx, h))
         }
     }
@@ -457,40 +448,6 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A source that always has another update, like a busy account.
-    struct Endless(usize);
-
-    impl Source for Endless {
-        fn next(&mut self) -> impl Future<Output = Result<Delivery, ChatError>> + Send {
-            self.0 += 1;
-            let n = self.0;
-            async move {
-                Ok(Delivery {
-                    msg: None,
-                    mark: Mark::File(n),
-                })
-            }
-        }
-    }
-
-    /// The runner left its loop and reads nothing more; the channel is
-    /// full. Stopping the intake must still end it (the hang of a shutdown
-    /// or a fence while updates keep arriving).
-    #[tokio::test]
-    async fn intake_stops_while_its_channel_is_full_and_unread() {
-        let (tx, rx) = mpsc::channel(2);
-        let stop = CancellationToken::new();
-        let h = tokio::spawn(intake(Endless(0), tx, stop.clone()));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(rx.len(), 2, "the channel filled up");
-        stop.cancel();
-        tokio::time::timeout(Duration::from_secs(2), h)
-            .await
-            .expect("intake did not stop within 2 s")
-            .unwrap();
-        drop(rx);
-    }
 
     #[test]
     fn telegram_rpc_errors_map_to_what_the_runner_must_do() {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use zeroize::Zeroizing;
 
+use super::intake::IntakeRx;
 use super::route::{self, Deletion, Handled, Incoming, Route};
 use super::session::SessionStore;
 use super::{start_client, ChatError, Client};
@@ -20,6 +21,9 @@ use crate::etcd::{Claim, SharedLease};
 use crate::leader::Leadership;
 use crate::transport::Transport;
 use crate::vault::VaultError;
+
+/// How often at most the strangers' messages get an audit record.
+const STRANGER_SUMMARY: Duration = Duration::from_secs(60);
 
 /// One leadership term's view of everything the runner needs.
 pub(super) struct Term<'a> {
@@ -98,6 +102,10 @@ impl Term<'_> {
         let mut ping = tokio::time::interval(Duration::from_secs(tg.ping_secs));
         ping.tick().await;
         let ping_limit = Duration::from_secs(tg.ping_secs.clamp(1, 10));
+        // The first stranger of a term is recorded at the next tick.
+        let mut summarized = std::time::Instant::now()
+            .checked_sub(STRANGER_SUMMARY)
+            .unwrap_or_else(std::time::Instant::now);
         let outcome = loop {
             tokio::select! {
                 biased;
@@ -124,6 +132,7 @@ impl Term<'_> {
                     break Err(e);
                 },
                 _ = deletions.tick() => {
+                    self.summarize_strangers(&rx, &mut summarized, false).await;
                     self.run_deletions(&client).await;
                     if let Err(e) = self.run_notices(&client).await {
                         break Err(e);
@@ -141,6 +150,7 @@ impl Term<'_> {
         // Intake first: it never waits for a runner that left its loop.
         stop.cancel();
         let _ = intake.await;
+        self.summarize_strangers(&rx, &mut summarized, true).await;
         match outcome {
             Ok(true) => {
                 self.mark_stopped(Some("shutting down".into()));
@@ -174,6 +184,43 @@ impl Term<'_> {
                 Err(self.refuse(version, e))
             }
         }
+    }
+
+    /// One audit record for the strangers' messages the intake dropped
+    /// since the last one, at most once per [`STRANGER_SUMMARY`] (`force`:
+    /// now, when the term ends). Anyone else gets no reply, and no etcd
+    /// write or Vault call per message (a flood must not cost more).
+    async fn summarize_strangers(&self, rx: &IntakeRx, last: &mut std::time::Instant, force: bool) {
+        if !force && last.elapsed() < STRANGER_SUMMARY {
+            return;
+        }
+        let Some(s) = rx.take_strangers() else {
+            return;
+        };
+        *last = std::time::Instant::now();
+        crate::metrics::strangers_ignored(s.messages, Transport::Telegram.as_str());
+        tracing::info!(
+            messages = s.messages,
+            senders = s.senders,
+            "telegram: messages from non-operators ignored"
+        );
+        self.app
+            .audit
+            .record(crate::records::audit::AuditRecord::new(
+                "-",
+                "unknown",
+                Transport::Telegram,
+                "-",
+                Some(format!(
+                    "{} message(s) from {}{} sender(s), e.g. telegram:{}",
+                    s.messages,
+                    s.senders,
+                    if s.senders >= 1000 { "+" } else { "" },
+                    s.example
+                )),
+                "ignored",
+            ))
+            .await;
     }
 
     /// An `Unauthorized` error marks this session version as refused, said
@@ -311,25 +358,32 @@ impl Term<'_> {
     async fn handle(&self, client: &Client, msg: Incoming) -> Result<(), ChatError> {
         let cfg: &Config = &self.app.cfg;
         let me = client.me();
-        let route = route::route(&msg, &cfg.operators, me);
-        if let Route::Ignore(reason) = route {
-            tracing::debug!(msg_id = msg.id, reason, "telegram: update ignored");
-            return Ok(());
-        }
+        // The intake forwards commands only (strangers are counted there,
+        // for one summary a minute): whatever else reaches this point
+        // costs no etcd write either.
+        let op = match route::route(&msg, &cfg.operators, me) {
+            Route::Command(op) => op,
+            Route::Ignore(reason) => {
+                tracing::debug!(msg_id = msg.id, reason, "telegram: update ignored");
+                return Ok(());
+            }
+            Route::Unknown(_) => {
+                tracing::debug!(msg_id = msg.id, "telegram: a stranger's message ignored");
+                return Ok(());
+            }
+        };
         if self.term.is_lost() {
             return Ok(());
         }
-        if let Route::Command(_) = route {
-            // A first message usually comes as `updateShortMessage`, with
-            // no access hash: learn it now, or the reply would fail after
-            // the command ran.
-            match client.resolve(msg.chat, msg.id).await {
-                Ok(()) => {}
-                Err(e @ ChatError::Unauthorized(_)) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(msg_id = msg.id, error = %e, "telegram: cannot reach the sender; not run");
-                    return Ok(());
-                }
+        // A first message usually comes as `updateShortMessage`, with no
+        // access hash: learn it now, or the reply would fail after the
+        // command ran.
+        match client.resolve(msg.chat, msg.id).await {
+            Ok(()) => {}
+            Err(e @ ChatError::Unauthorized(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(msg_id = msg.id, error = %e, "telegram: cannot reach the sender; not run");
+                return Ok(());
             }
         }
         match self.claim(msg.chat, msg.id, "started").await {
@@ -341,13 +395,11 @@ impl Term<'_> {
                     msg_id = msg.id,
                     "telegram: message interrupted by a failover, not re-run"
                 );
-                if let Route::Command(_) = route {
-                    let text = format!(
-                        "error (unavailable): message {} was being handled when the previous leader stopped; it was not run again. Check its effect (/audit) and send it again if needed.",
-                        msg.id
-                    );
-                    let _ = client.send(msg.chat, msg.id, &text, false).await;
-                }
+                let text = format!(
+                    "error (unavailable): message {} was being handled when the previous leader stopped; it was not run again. Check its effect (/audit) and send it again if needed.",
+                    msg.id
+                );
+                let _ = client.send(msg.chat, msg.id, &text, false).await;
                 let key = route::handled_key(self.prefix(), msg.chat, msg.id);
                 self.put_guarded(&key, &self.record("done")).await;
                 return Ok(());
@@ -358,7 +410,7 @@ impl Term<'_> {
             }
             Err(e) => {
                 tracing::warn!(msg_id = msg.id, error = %e, "telegram: cannot record the message; not run");
-                if let (Route::Command(_), false) = (&route, self.term.is_lost()) {
+                if !self.term.is_lost() {
                     let _ = client
                         .send(
                             msg.chat,
@@ -372,18 +424,6 @@ impl Term<'_> {
             }
         }
         let key = route::handled_key(self.prefix(), msg.chat, msg.id);
-        let op = match route {
-            Route::Command(op) => op,
-            Route::Unknown(sender) => {
-                // No reply at all; one audit record.
-                self.app
-                    .dispatch(None, &format!("telegram:{sender}"), Transport::Telegram, "")
-                    .await;
-                self.put_guarded(&key, &self.record("done")).await;
-                return Ok(());
-            }
-            Route::Ignore(_) => return Ok(()),
-        };
         let secret_input = route::input_carries_secret(&msg.text);
         let result = self
             .app
