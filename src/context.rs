@@ -173,12 +173,13 @@ pub trait AuditTrail: Send + Sync {
     fn last(&self, n: u16) -> BoxFuture<'_, Result<Vec<AuditRecord>, EtcdError>>;
 }
 
-/// Cancelling an operator's pending approval requests, which a suspension
-/// does. `approvals::Approvals` implements it; commands see only this, so
-/// that the leaf never imports the approval gate.
+/// Cancelling an operator's pending approval requests and unused grants,
+/// which a suspension does. `approvals::Approvals` implements it; commands
+/// see only this, so that the leaf never imports the approval gate.
 pub trait PendingRequests: Send + Sync {
-    /// Cancels every pending request of `requester` (`by` is recorded);
-    /// how many were cancelled.
+    /// Cancels every pending request of `requester` (`by` is recorded) and
+    /// withdraws every grant it has not used yet (an approved reveal does
+    /// not survive a suspension); how many requests and grants.
     fn cancel_all_of<'a>(&'a self, requester: &'a str, by: &'a str) -> BoxFuture<'a, usize>;
 }
 
@@ -264,6 +265,10 @@ pub struct Ctx<'a> {
     /// The command line as the operator typed it (the approval gate keeps
     /// it to run the command later; never logged).
     pub line: &'a str,
+    /// Runs through the host recovery path: `ctl` on the broker's host by
+    /// an admin with their own TOTP code (`dispatch.rs`), the way back
+    /// that a stolen Telegram account alone cannot use.
+    pub host_recovery: bool,
     vault: OnceCell<Arc<Vault>>,
 }
 
@@ -282,6 +287,7 @@ impl<'a> Ctx<'a> {
             transport,
             request_id,
             line: "",
+            host_recovery: false,
             vault: OnceCell::new(),
         }
     }
@@ -289,6 +295,12 @@ impl<'a> Ctx<'a> {
     /// Sets the command line this context runs.
     pub fn with_line(mut self, line: &'a str) -> Ctx<'a> {
         self.line = line;
+        self
+    }
+
+    /// Marks the context as the host recovery path.
+    pub fn in_host_recovery(mut self) -> Ctx<'a> {
+        self.host_recovery = true;
         self
     }
 }
@@ -305,25 +317,42 @@ impl Ctx<'_> {
     }
 
     /// The operator's child token; a freshly minted one is recorded in
-    /// etcd first (a suspension revokes it from any replica), and checked
-    /// against a suspension that raced with the mint.
+    /// etcd first (so that a suspension revokes it from any replica) or,
+    /// when that fails, revoked at once and not used: a token nobody could
+    /// revoke must not exist. It is also checked against a suspension that
+    /// raced with the mint.
     async fn mint(&self) -> Result<Arc<Vault>, CommandError> {
         let (vault, minted) = self.svc.tokens.for_operator_tracked(self.op).await?;
         let Some((accessor, ttl)) = minted else {
             return Ok(vault);
         };
         let sec = &self.svc.security;
-        sec.record_token(&self.op.name, &accessor, ttl).await;
-        if let Ok(Some(_)) = sec.suspension(&self.op.name).await {
-            // Suspended while this token was being minted.
-            self.svc.tokens.forget(&self.op.name).await;
-            let _ = self.svc.broker.current().revoke_accessor(&accessor).await;
-            return Err(CommandError::denied(format!(
-                "{} is suspended",
+        let refused = match sec.record_token(&self.op.name, &accessor, ttl).await {
+            Err(e) => Some(CommandError::unavailable(format!(
+                "etcd did not record a new Vault token for {} ({e}); it was revoked unused: the command did not run",
                 self.op.name
-            )));
+            ))),
+            Ok(()) => match sec.suspension(&self.op.name).await {
+                Ok(None) => None,
+                // Suspended while this token was being minted.
+                Ok(Some(_)) => Some(CommandError::denied(format!(
+                    "{} is suspended",
+                    self.op.name
+                ))),
+                Err(e) => Some(CommandError::unavailable(format!(
+                    "the suspension state of {} is unknown ({e}); the new token was revoked unused",
+                    self.op.name
+                ))),
+            },
+        };
+        let Some(e) = refused else {
+            return Ok(vault);
+        };
+        self.svc.tokens.forget(&self.op.name).await;
+        if let Err(r) = self.svc.broker.current().revoke_accessor(&accessor).await {
+            tracing::warn!(operator = %self.op.name, error = %r, "an unrecorded child token was not revoked (it expires with its TTL)");
         }
-        Ok(vault)
+        Err(e)
     }
 
     pub fn cfg(&self) -> &Config {

@@ -57,6 +57,29 @@ impl std::fmt::Debug for App {
     }
 }
 
+/// How the sender stands to the suspension check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Active,
+    /// Suspended, at the broker's host, with a command of the way back.
+    HostRecovery,
+}
+
+/// What a *suspended* admin may still do at the broker's host (`ctl`,
+/// where the kernel vouches for the Unix user): `/unlock` with their own
+/// TOTP code, then `/operator resume` of themselves (and `/lock`). Nothing
+/// else, and nothing over Telegram or the console.
+fn host_recovery_command(ctx: &Ctx<'_>, cmd: &Command) -> bool {
+    use crate::command::OperatorCommand;
+    ctx.transport == Transport::Socket
+        && ctx.op.role == crate::config::Role::Admin
+        && match cmd {
+            Command::Unlock { .. } | Command::Lock => true,
+            Command::Operator(OperatorCommand::Resume { name }) => *name == ctx.op.name,
+            _ => false,
+        }
+}
+
 fn request_id() -> String {
     let mut b = [0u8; 6];
     let _ = getrandom::fill(&mut b);
@@ -167,42 +190,67 @@ impl App {
     /// undoing.
     async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
         if cmd.is_read_only() {
-            let (suspended, result) = tokio::join!(
-                self.check_suspension(ctx),
+            let (standing, result) = tokio::join!(
+                self.check_suspension(ctx, cmd),
                 self.authorize_and_run(ctx, cmd, true)
             );
-            suspended?;
+            standing?;
             return result;
         }
-        self.check_suspension(ctx).await?;
-        self.authorize_and_run(ctx, cmd, false).await
+        match self.check_suspension(ctx, cmd).await? {
+            Standing::Active => self.authorize_and_run(ctx, cmd, false).await,
+            Standing::HostRecovery => {
+                let rctx = Ctx::new(ctx.svc, ctx.op, ctx.transport, ctx.request_id)
+                    .with_line(ctx.line)
+                    .in_host_recovery();
+                self.authorize_and_run(&rctx, cmd, false).await
+            }
+        }
     }
 
     /// A suspended operator gets nothing, on every replica and transport
-    /// (one etcd read: a suspension takes effect at once).
-    async fn check_suspension(&self, ctx: &Ctx<'_>) -> Result<(), CommandError> {
+    /// (one bounded etcd read: a suspension takes effect at once) — but
+    /// for the host recovery path ([`host_recovery_command`]). When the
+    /// state cannot be read within `security::SUSPENSION_WAIT`, only
+    /// `/help`, `/whoami` and `/health` run: a command that reveals or
+    /// changes anything is refused rather than run unchecked (and
+    /// unaudited: the audit trail lives in the same etcd).
+    async fn check_suspension(
+        &self,
+        ctx: &Ctx<'_>,
+        cmd: &Command,
+    ) -> Result<Standing, CommandError> {
         let suspension =
             crate::metrics::time_stage("suspension", self.security.suspension(&ctx.op.name)).await;
         match suspension {
+            Ok(None) => Ok(Standing::Active),
+            Ok(Some(_)) if host_recovery_command(ctx, cmd) => Ok(Standing::HostRecovery),
             Ok(Some(s)) => Err(CommandError::denied(format!(
-                "{} is suspended (since {} by {}); an admin can /operator resume {}",
+                "{} is suspended (since {} by {}); an admin can /operator resume {}{}",
                 ctx.op.name,
                 crate::records::audit::rfc3339(std::time::Duration::from_secs(s.since)),
-                s.by,
-                ctx.op.name
+                crate::text::escape_line(&s.by),
+                ctx.op.name,
+                if ctx.op.role == crate::config::Role::Admin {
+                    format!(
+                        ", or {0} at the broker's host: `/unlock CODE` typed into `vaultgram ctl -`, then `vaultgram ctl /operator resume {0}`",
+                        ctx.op.name
+                    )
+                } else {
+                    String::new()
+                }
             ))),
-            Ok(None) => Ok(()),
-            // etcd unreachable: commands that need no etcd keep working.
-            // A suspended operator still gets nothing from Vault: the
-            // suspension revoked every token recorded for it, and no new
-            // one is handed out while the suspension is visible.
+            Err(e) if cmd.is_diagnostic() => {
+                tracing::warn!(operator = %ctx.op.name, error = %e, "suspension state unknown; a diagnostic command runs");
+                Ok(Standing::Active)
+            }
             Err(e) => {
-                tracing::warn!(
-                    operator = %ctx.op.name,
-                    error = %e,
-                    "suspension state unreadable; relying on Vault-side revocation"
-                );
-                Ok(())
+                tracing::warn!(operator = %ctx.op.name, error = %e, "suspension state unknown; command refused (fail closed)");
+                Err(CommandError::unavailable(format!(
+                    "etcd did not say within {} s whether {} is suspended ({e}); commands that reveal or change anything do not run without that check (/help, /whoami and /health do)",
+                    crate::security::SUSPENSION_WAIT.as_secs(),
+                    ctx.op.name
+                )))
             }
         }
     }
@@ -216,8 +264,16 @@ impl App {
         overlap: bool,
     ) -> CommandResult {
         let authorize_started = std::time::Instant::now();
-        self.authorize(ctx, cmd).await?;
+        let recovery = self.authorize(ctx, cmd).await?;
         crate::metrics::observe_stage("authorize", authorize_started);
+        if recovery && !ctx.host_recovery {
+            // An admin at the broker's host resumes without a second admin:
+            // the command knows, and says so in its alert.
+            let rctx = Ctx::new(ctx.svc, ctx.op, ctx.transport, ctx.request_id)
+                .with_line(ctx.line)
+                .in_host_recovery();
+            return crate::metrics::time_stage("execute", self.execute(&rctx, cmd)).await;
+        }
         let run = crate::metrics::time_stage("execute", self.execute(ctx, cmd));
         if !cmd.reply_is_secret() {
             return run.await;
@@ -232,8 +288,9 @@ impl App {
         run.await
     }
 
-    /// Role, step-up, effects and the approval gate.
-    async fn authorize(&self, ctx: &Ctx<'_>, cmd: &Command) -> Result<(), CommandError> {
+    /// Role, step-up, effects and the approval gate. `Ok(true)`: the
+    /// command passes the gate on the host recovery path.
+    async fn authorize(&self, ctx: &Ctx<'_>, cmd: &Command) -> Result<bool, CommandError> {
         if !cmd.allowed_for(ctx.op.role) {
             return Err(CommandError::denied(format!(
                 "/{} is not available to {} operators",
@@ -241,19 +298,32 @@ impl App {
                 ctx.op.role
             )));
         }
-        if self.security.needs_unlock(cmd.step())
-            && self.security.unlocked_until(&ctx.op.name).await?.is_none()
+        let effects = crate::effect::classify(cmd, &self.cfg.vault.kv_mount)?;
+        // Whatever destroys or reveals (an effect of `approvals.required`)
+        // needs step-up under `secrets` too, as a secret reply does.
+        let step = match cmd.step() {
+            crate::security::Step::Plain if !effects.is_empty() => crate::security::Step::Secret,
+            s => s,
+        };
+        if self.security.needs_unlock(step)
+            && self
+                .security
+                .unlocked(&ctx.op.name, ctx.transport)
+                .await?
+                .is_none()
         {
             return Err(CommandError::denied(format!(
                 "locked: /{} needs step-up; send /unlock CODE with your TOTP code first (/lock ends it)",
                 cmd.name()
             )));
         }
-        let effects = crate::effect::classify(cmd, &self.cfg.vault.kv_mount)?;
         let gated = effects
             .iter()
             .any(|e| self.cfg.approvals.required.iter().any(|r| r == e.name()));
         if gated {
+            if self.host_resume(ctx, cmd).await? {
+                return Ok(true);
+            }
             // Validate, then gate: a request that could not run is never
             // filed, and an approver never spends a code on it. The
             // canonical line is what /pending shows and /approve runs.
@@ -262,7 +332,34 @@ impl App {
             // pending request is created and the command stops.
             self.approvals.gate(ctx, cmd, &line).await?;
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// The way back that a stolen Telegram account alone cannot use: at
+    /// the broker's host (`ctl`: the kernel vouches for the Unix user,
+    /// mapped to an admin) an admin who unlocked *there* with their own
+    /// TOTP code resumes an operator at once, themselves included. Host
+    /// access already holds the broker's own Vault credential, so this
+    /// gives nobody more than they have; every admin is alerted.
+    async fn host_resume(&self, ctx: &Ctx<'_>, cmd: &Command) -> Result<bool, CommandError> {
+        let Command::Operator(crate::command::OperatorCommand::Resume { .. }) = cmd else {
+            return Ok(false);
+        };
+        if ctx.transport != Transport::Socket || ctx.op.role != crate::config::Role::Admin {
+            return Ok(false);
+        }
+        let unlocked = self
+            .security
+            .unlocked(&ctx.op.name, Transport::Socket)
+            .await?
+            .is_some_and(|u| u.via == Transport::Socket.as_str());
+        if !unlocked && ctx.host_recovery {
+            return Err(CommandError::denied(format!(
+                "{} is suspended: at the broker's host, `/unlock CODE` (your own TOTP code) typed into `vaultgram ctl -` first, then `vaultgram ctl /operator resume NAME`",
+                ctx.op.name
+            )));
+        }
+        Ok(unlocked)
     }
 
     /// At most `security.reveal_budget` secret-bearing replies per operator
@@ -270,23 +367,24 @@ impl App {
     /// it is produced). The first one over the budget raises an alert.
     async fn check_budget(&self, ctx: &Ctx<'_>) -> Result<(), CommandError> {
         let sec = &self.security;
-        let counted = tokio::time::timeout(
-            std::time::Duration::from_secs(2),
-            sec.count_reveal(&ctx.op.name),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(crate::etcd::EtcdError::Unavailable(
-                "no answer within 2 s".into(),
-            ))
-        });
+        let wait = crate::security::WRITE_WAIT;
+        let counted = tokio::time::timeout(wait, sec.count_reveal(&ctx.op.name))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::etcd::EtcdError::Unavailable(format!(
+                    "no answer within {} s",
+                    wait.as_secs()
+                )))
+            });
         let verdict = match counted {
             Ok(v) => v,
-            // A rate limit, not an authorisation: an etcd outage does not
-            // stop secrets (step-up, when on, still needs etcd).
+            // Fail closed: a secret that could not be counted is not shown.
             Err(e) => {
-                tracing::warn!(operator = %ctx.op.name, error = %e, "reveal budget not counted (etcd)");
-                return Ok(());
+                tracing::warn!(operator = %ctx.op.name, error = %e, "reveal budget not counted (etcd); secret refused");
+                return Err(CommandError::unavailable(format!(
+                    "the reveal budget of {} could not be counted ({e}); no secret is shown without it",
+                    ctx.op.name
+                )));
             }
         };
         let budget = sec.cfg.reveal_budget;

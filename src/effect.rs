@@ -75,7 +75,13 @@ pub fn classify(cmd: &Command, kv_mount: &str) -> Result<Vec<Effect>, CommandErr
     Ok(match cmd {
         Command::Kv(c) => return classify_kv(c, kv_mount),
         Command::Transit(TransitCommand::Rotate { .. }) => vec![Effect::RotateKey],
-        Command::Agent(AgentCommand::Revoke { .. }) => vec![Effect::RevokeAgent],
+        // A new token ends the old one: whatever looks agents up by the
+        // record's digest no longer finds it.
+        Command::Agent(AgentCommand::Revoke { .. } | AgentCommand::Token { .. }) => {
+            vec![Effect::RevokeAgent]
+        }
+        // The panel record and every agent's copy, each with all versions.
+        Command::Panel(PanelCommand::Remove { .. }) => vec![Effect::DeleteMetadata],
         Command::Mtproto(MtprotoCommand::Revoke { .. }) => vec![Effect::RevokeMtproto],
         Command::Panel(PanelCommand::Show { reveal: true, .. }) => {
             vec![Effect::RevealPanelPassword]
@@ -150,6 +156,121 @@ mod tests {
     fn effect_names_are_the_approvable_commands() {
         let names: Vec<&str> = Effect::ALL.iter().map(|e| e.name()).collect();
         assert_eq!(names, APPROVABLE_COMMANDS.to_vec());
+    }
+
+    /// The effect table, total: every command of the command table, with
+    /// a sample line and what it can destroy or reveal (beyond what its
+    /// operator plainly reads or writes) as an effect that the default
+    /// `approvals.required` gates. A command missing here fails the test,
+    /// so a new command cannot slip past the two-person rule unnoticed; a
+    /// destroying command taken out of `classify` fails it too.
+    ///
+    /// Why the commands with no effect need none: `kv put|patch|rollback`
+    /// write a new version (a write that would push a live version out of
+    /// the history is refused by `vault::kv::kv_history_guard`); `kv
+    /// delete` is a soft delete (`kv undelete` brings it back) and
+    /// `kv undelete` restores; `agent add` and `mtproto issue` never
+    /// replace a live record (check-and-set 0 / a live secret is refused);
+    /// `panel add` of an existing panel keeps the old credentials in the
+    /// history; `panel assign` copies to an agent what only a gated
+    /// `--reveal` shows; `transit *` but `rotate` use keys without changing
+    /// them; `operator suspend` revokes tokens, which `operator resume`
+    /// (gated) undoes; `deny` ends a request that has not run. Every
+    /// `/kv` spelling that would reach a managed record is refused
+    /// (`every_spelling_of_a_gated_effect_is_gated_or_refused`).
+    #[test]
+    fn every_command_of_the_table_is_classified() {
+        use Effect::*;
+        let table: &[(&str, &str, &[Effect])] = &[
+            ("help", "/help", &[]),
+            ("whoami", "/whoami", &[]),
+            ("get_keys", "/get_keys", &[]),
+            ("kv get", "/kv get secret/x", &[]),
+            ("kv put", "/kv put secret/x a=b", &[]),
+            ("kv patch", "/kv patch secret/x a=b", &[]),
+            ("kv list", "/kv list secret/", &[]),
+            ("kv delete", "/kv delete -versions=1 secret/x", &[]),
+            ("kv undelete", "/kv undelete -versions=1 secret/x", &[]),
+            (
+                "kv destroy",
+                "/kv destroy -versions=1 secret/x",
+                &[DestroyVersions],
+            ),
+            ("kv metadata get", "/kv metadata get secret/x", &[]),
+            (
+                "kv metadata delete",
+                "/kv metadata delete secret/x",
+                &[DeleteMetadata],
+            ),
+            ("kv rollback", "/kv rollback -version=1 secret/x", &[]),
+            ("transit encrypt", "/transit encrypt k text", &[]),
+            ("transit decrypt", "/transit decrypt k vault:v1:x", &[]),
+            ("transit rewrap", "/transit rewrap k vault:v1:x", &[]),
+            ("transit rotate", "/transit rotate k", &[RotateKey]),
+            ("transit keys", "/transit keys", &[]),
+            ("transit datakey", "/transit datakey k", &[]),
+            ("agent add", "/agent add a1", &[]),
+            ("agent token", "/agent token a1", &[RevokeAgent]),
+            ("agent list", "/agent list", &[]),
+            ("agent revoke", "/agent revoke a1", &[RevokeAgent]),
+            ("panel add", "/panel add p1 marzban https://x u pw", &[]),
+            ("panel list", "/panel list", &[]),
+            ("panel show", "/panel show p1", &[]),
+            ("panel assign", "/panel assign p1 a1", &[]),
+            ("panel remove", "/panel remove p1", &[DeleteMetadata]),
+            ("mtproto issue", "/mtproto issue u1", &[]),
+            ("mtproto show", "/mtproto show u1", &[]),
+            ("mtproto revoke", "/mtproto revoke u1", &[RevokeMtproto]),
+            ("mtproto list", "/mtproto list", &[]),
+            ("approve", "/approve 0a1b 123456", &[]),
+            ("deny", "/deny 0a1b", &[]),
+            ("pending", "/pending", &[]),
+            ("health", "/health", &[]),
+            ("audit", "/audit 5", &[]),
+            ("unlock", "/unlock 123456", &[]),
+            ("lock", "/lock", &[]),
+            ("operator suspend", "/operator suspend bob", &[]),
+            ("operator resume", "/operator resume bob", &[ResumeOperator]),
+            ("operator list", "/operator list", &[]),
+        ];
+        let mut words: Vec<String> = crate::command::all_command_words();
+        words.sort();
+        let mut covered: Vec<String> = table.iter().map(|(w, _, _)| w.to_string()).collect();
+        covered.sort();
+        assert_eq!(
+            words, covered,
+            "the effect table must list exactly the commands of the command table: say what a new command destroys or reveals"
+        );
+        let gated = crate::config::ApprovalsConfig::default().required;
+        for (words, line, expected) in table {
+            let cmd = Command::parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            let name = cmd.name();
+            assert!(
+                name == *words || name.starts_with(&format!("{words} ")),
+                "{line} parses as {name}, not {words}"
+            );
+            assert_eq!(
+                classify(&cmd, "secret").unwrap(),
+                expected.to_vec(),
+                "{line}"
+            );
+            for e in *expected {
+                assert!(
+                    gated.iter().any(|g| g == e.name()),
+                    "{line}: effect {} is not gated by default",
+                    e.name()
+                );
+            }
+        }
+        // The one flag that changes what a command reveals.
+        assert_eq!(
+            classify(
+                &Command::parse("/panel show --reveal p1").unwrap(),
+                "secret"
+            )
+            .unwrap(),
+            [RevealPanelPassword]
+        );
     }
 
     #[test]

@@ -141,9 +141,26 @@ impl Etcd {
         } else {
             cfg.endpoints.iter().cloned().partition(|e| up.contains(e))
         };
+        // Bounded as a whole: a member that accepts TCP and then says
+        // nothing (a partition, a stuck proxy) would otherwise hold the TLS
+        // handshake and the authentication forever — tonic times neither —
+        // and `run` would sit with its socket bound and nothing served.
+        let limit = Duration::from_secs(cfg.connect_timeout_secs + cfg.request_timeout_secs);
         let mut attempt = 0;
         let client = loop {
-            match Client::connect(first.clone(), Some(opts.clone())).await {
+            let tried =
+                tokio::time::timeout(limit, Client::connect(first.clone(), Some(opts.clone())))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(etcd_client::Error::IoError(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "no answer within {} s (TLS handshake or authentication)",
+                                limit.as_secs()
+                            ),
+                        )))
+                    });
+            match tried {
                 Ok(c) => break c,
                 Err(e) if attempt < 3 && first.len() > 1 => {
                     attempt += 1;
@@ -330,6 +347,46 @@ impl Etcd {
                     .collect::<Vec<_>>(),
             );
         Ok(self.txn_retrying(txn).await?.succeeded())
+    }
+
+    /// [`Etcd::create_if_absent`], and only if every key of `absent` is
+    /// absent too (checked in the same transaction, written by nobody).
+    pub async fn create_if_absent_and(
+        &self,
+        absent: &[&str],
+        puts: &[(&str, &[u8], i64)],
+    ) -> Result<bool, EtcdError> {
+        let txn = Txn::new()
+            .when(
+                absent
+                    .iter()
+                    .copied()
+                    .chain(puts.iter().map(|(k, _, _)| *k))
+                    .map(|k| Compare::create_revision(k, CompareOp::Equal, 0))
+                    .collect::<Vec<_>>(),
+            )
+            .and_then(
+                puts.iter()
+                    .map(|(k, v, lease)| TxnOp::put(*k, v.to_vec(), Some(put_opts(*lease))))
+                    .collect::<Vec<_>>(),
+            );
+        Ok(self.txn_retrying(txn).await?.succeeded())
+    }
+
+    /// Deletes every key under `prefix`; how many there were.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<i64, EtcdError> {
+        let resp = retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            async move {
+                kv.delete(
+                    prefix,
+                    Some(etcd_client::DeleteOptions::new().with_prefix()),
+                )
+                .await
+            }
+        })
+        .await?;
+        Ok(resp.deleted())
     }
 
     /// A transaction; a fast failure (a member that is down, nothing

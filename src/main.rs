@@ -47,7 +47,10 @@ enum Command {
         /// the config is read).
         #[arg(long)]
         socket: Option<std::path::PathBuf>,
-        /// The command, e.g. `/kv get secret/telegram`.
+        /// The command, e.g. `/kv get secret/telegram`; `-` reads it from
+        /// stdin, as a command carrying a secret (`/kv put … password=…`,
+        /// `/unlock CODE`) must be given: argv is visible to every local
+        /// user.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         words: Vec<String>,
     },
@@ -541,7 +544,26 @@ fn log_confinement(c: &vaultgram::kube::Status) {
 /// broker sent is escaped once more before it reaches a terminal.
 fn run_ctl(socket: &std::path::Path, json: bool, words: &[String]) -> anyhow::Result<ExitCode> {
     use vaultgram::text::escape_text;
-    let line = vaultgram::transport::socket::join_words(words);
+    let line = if words == ["-"] {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the command from stdin")?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        let line = vaultgram::transport::socket::join_words(words);
+        // Every local user reads another's argv (`ps`): a command that
+        // carries a secret is refused there, so that no script gets used to
+        // it. (A line that does not parse goes to the broker, which refuses
+        // it without echoing a word.)
+        if vaultgram::command::Command::parse(&line).is_ok_and(|c| c.input_is_secret()) {
+            eprintln!(
+                "error (invalid): this command carries a secret, and a command line is visible to every local user; give it on stdin instead: `vaultgram ctl -` and type it (nothing was sent)"
+            );
+            return Ok(ExitCode::from(2));
+        }
+        line
+    };
     let rt = tokio::runtime::Runtime::new()?;
     let reply = rt.block_on(vaultgram::transport::socket::request(socket, &line))?;
     let v: serde_json::Value =

@@ -7,9 +7,14 @@
 //!
 //! - `security/suspended/<op>` — `{since, by, reason}`; no lease (only
 //!   `/operator resume` ends it).
-//! - `security/unlock/<op>` — `{until}`, on a lease of `unlock_ttl_secs`.
-//! - `security/failures/<op>` — wrong unlock codes in a row, on a 1-day
-//!   lease; reset by a right one.
+//! - `security/unlock/<op>/<transport>` (`unlock_scope = "transport"`,
+//!   the default) or `security/unlock/<op>` (`"all"`) — `{until, via}`, on
+//!   a lease of `unlock_ttl_secs`: an unlock made at a terminal does not
+//!   open secrets to whoever holds the same account's Telegram.
+//! - `security/failures/<op>` — TOTP codes tried in a row (`/unlock` and
+//!   `/approve` alike), on a 1-day lease; counted *before* Vault is asked,
+//!   so concurrent attempts cannot get more codes checked than the limit;
+//!   reset by a right one.
 //! - `security/reveal/<op>/<window>` — secret-bearing replies in one
 //!   window of `reveal_window_secs`, on a lease of two windows.
 //! - `security/tokens/<op>/<accessor>` — the accessor of every child token
@@ -29,8 +34,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{SecurityConfig, StepUp};
+use crate::config::{SecurityConfig, StepUp, UnlockScope};
 use crate::etcd::{unix_secs, Entry, Etcd, EtcdError};
+use crate::transport::Transport;
 
 /// Why and since when an operator is suspended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -40,9 +46,23 @@ pub struct Suspension {
     pub reason: String,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Unlock {
-    until: u64,
+/// An open step-up window: until when, and on which transport it was
+/// opened (`via`; older records without it count as made on none).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Unlock {
+    pub until: u64,
+    #[serde(default)]
+    pub via: String,
+}
+
+/// What the attempt counter says to one more TOTP code (`/unlock`,
+/// `/approve`): counted before Vault checks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// The `n`-th code in a row: Vault may check it.
+    Allowed(u32),
+    /// Over the limit: refused without asking Vault.
+    TooMany(u32),
 }
 
 /// The kinds of security event (metric label, audit command).
@@ -68,15 +88,23 @@ impl Event {
 }
 
 const FAILURES_TTL: u64 = 24 * 3600;
-/// How long a command waits for its new token to be recorded in etcd.
-const RECORD_WAIT: Duration = Duration::from_secs(1);
+/// How long a command waits for an etcd write it cannot do without (its
+/// new token recorded, its reveal counted): long enough to wait out an
+/// etcd leader election (election timeout 1 s, then the client's fail-over
+/// to another member), short enough that an operator gets an answer.
+/// Beyond it the command is refused (fail closed).
+pub const WRITE_WAIT: Duration = Duration::from_secs(5);
+/// The bound on the suspension check: a state etcd does not give within
+/// this is unknown, and commands that reveal or change anything are
+/// refused (fail closed).
+pub const SUSPENSION_WAIT: Duration = Duration::from_secs(2);
+/// Codes a suspended admin may try at the broker's host (`ctl`) on top of
+/// `unlock_max_failures`, per day: the way back after an auto-suspension.
+pub const RECOVERY_ATTEMPTS: u32 = 3;
 
 pub struct Security {
     etcd: Etcd,
     prefix: String,
-    /// Child tokens minted while etcd was unreachable: recorded as soon as
-    /// it answers again, revoked by a suspension handled here meanwhile.
-    untracked: std::sync::Mutex<Vec<(String, String, Duration)>>,
     /// The last value written to each counter (see `add`).
     counters: std::sync::Mutex<HashMap<String, Entry>>,
     /// Reveals reserved by this process and not yet handed out: operator →
@@ -116,7 +144,6 @@ impl Security {
         Security {
             etcd,
             prefix: format!("{etcd_prefix}security/"),
-            untracked: std::sync::Mutex::new(Vec::new()),
             counters: std::sync::Mutex::new(HashMap::new()),
             reserved: std::sync::Mutex::new(HashMap::new()),
             reserving: tokio::sync::Mutex::new(()),
@@ -131,13 +158,18 @@ impl Security {
     }
 
     /// Checked before every command: a serializable read, so it costs no
-    /// quorum round and still answers while quorum is lost.
+    /// quorum round and still answers while quorum is lost; bounded by
+    /// [`SUSPENSION_WAIT`] (an unknown state is an error, never "not
+    /// suspended").
     pub async fn suspension(&self, op: &str) -> Result<Option<Suspension>, EtcdError> {
-        Ok(self
-            .etcd
-            .get_local(&self.key("suspended", op))
-            .await?
-            .and_then(|v| decode(&v)))
+        let key = self.key("suspended", op);
+        match tokio::time::timeout(SUSPENSION_WAIT, self.etcd.get_local(&key)).await {
+            Ok(r) => Ok(r?.and_then(|v| decode(&v))),
+            Err(_) => Err(EtcdError::Unavailable(format!(
+                "no answer within {} s",
+                SUSPENSION_WAIT.as_secs()
+            ))),
+        }
     }
 
     /// Records a suspension; `false` when the operator already was.
@@ -152,9 +184,38 @@ impl Security {
             .etcd
             .create_if_absent(&[(key.as_str(), &encode(&s), 0)])
             .await?;
-        // Whatever else: the unlock window ends now.
-        self.etcd.delete(&self.key("unlock", op)).await?;
+        // Whatever else: every unlock window ends now.
+        self.lock_all(op).await?;
         Ok(created)
+    }
+
+    /// `by` suspends another operator, in one transaction that also checks
+    /// that `by` is not suspended itself: two admins suspending each other
+    /// at once cannot both win, so the last unsuspended admin is never
+    /// suspended by someone else. `Ok(None)`: `by` is suspended (nothing
+    /// written); `Ok(Some(fresh))` as [`Security::suspend`].
+    pub async fn suspend_other(
+        &self,
+        op: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<Option<bool>, EtcdError> {
+        let s = Suspension {
+            since: unix_secs(),
+            by: by.into(),
+            reason: reason.into(),
+        };
+        let key = self.key("suspended", op);
+        let mine = self.key("suspended", by);
+        let created = self
+            .etcd
+            .create_if_absent_and(&[mine.as_str()], &[(key.as_str(), &encode(&s), 0)])
+            .await?;
+        if !created && self.etcd.get(&mine).await?.is_some() {
+            return Ok(None);
+        }
+        self.lock_all(op).await?;
+        Ok(Some(created))
     }
 
     /// Ends a suspension; `false` when there was none.
@@ -164,37 +225,110 @@ impl Security {
         Ok(gone)
     }
 
-    /// Unix seconds until which `op` is unlocked, if it is.
-    pub async fn unlocked_until(&self, op: &str) -> Result<Option<u64>, EtcdError> {
+    /// The key of `op`'s unlock window on `transport` under the configured
+    /// scope.
+    fn unlock_key(&self, op: &str, transport: Transport) -> String {
+        match self.cfg.unlock_scope {
+            UnlockScope::All => self.key("unlock", op),
+            UnlockScope::Transport => format!("{}/{}", self.key("unlock", op), transport.as_str()),
+        }
+    }
+
+    /// `op`'s open unlock window that applies on `transport`, if any.
+    pub async fn unlocked(
+        &self,
+        op: &str,
+        transport: Transport,
+    ) -> Result<Option<Unlock>, EtcdError> {
         Ok(self
+            .etcd
+            .get(&self.unlock_key(op, transport))
+            .await?
+            .and_then(|v| decode::<Unlock>(&v))
+            .filter(|u| u.until > unix_secs()))
+    }
+
+    /// Every open unlock window of `op` (for `/operator list`).
+    pub async fn unlocks(&self, op: &str) -> Result<Vec<Unlock>, EtcdError> {
+        let mut out: Vec<Unlock> = self
+            .etcd
+            .list_prefix(&format!("{}/", self.key("unlock", op)), 0, false)
+            .await?
+            .into_iter()
+            .filter_map(|e| decode::<Unlock>(&e.value))
+            .collect();
+        if let Some(u) = self
             .etcd
             .get(&self.key("unlock", op))
             .await?
             .and_then(|v| decode::<Unlock>(&v))
-            .map(|u| u.until)
-            .filter(|&u| u > unix_secs()))
+        {
+            out.push(u);
+        }
+        out.retain(|u| u.until > unix_secs());
+        Ok(out)
     }
 
-    pub async fn unlock(&self, op: &str) -> Result<u64, EtcdError> {
+    /// Opens `op`'s window on `transport` (everywhere with `unlock_scope =
+    /// "all"`) and resets the attempt counter.
+    pub async fn unlock(&self, op: &str, transport: Transport) -> Result<u64, EtcdError> {
         let ttl = self.cfg.unlock_ttl_secs;
         let until = unix_secs() + ttl;
         let lease = self.etcd.lease_grant(ttl).await?;
+        let rec = Unlock {
+            until,
+            via: transport.as_str().to_string(),
+        };
         self.etcd
-            .put_leased(&self.key("unlock", op), encode(&Unlock { until }), lease)
+            .put_leased(&self.unlock_key(op, transport), encode(&rec), lease)
             .await?;
-        self.etcd.delete(&self.key("failures", op)).await?;
+        self.clear_failures(op).await?;
         Ok(until)
     }
 
-    /// Ends the unlock window; `false` when there was none.
-    pub async fn lock(&self, op: &str) -> Result<bool, EtcdError> {
-        self.etcd.delete(&self.key("unlock", op)).await
+    /// Ends the window that applies on `transport`; `false` when there was
+    /// none.
+    pub async fn lock(&self, op: &str, transport: Transport) -> Result<bool, EtcdError> {
+        self.etcd.delete(&self.unlock_key(op, transport)).await
     }
 
-    /// One more wrong unlock code in a row; returns how many now.
-    pub async fn add_failure(&self, op: &str) -> Result<u32, EtcdError> {
-        self.increment(&self.key("failures", op), FAILURES_TTL)
-            .await
+    /// Ends every window of `op`, on every transport.
+    async fn lock_all(&self, op: &str) -> Result<(), EtcdError> {
+        self.etcd.delete(&self.key("unlock", op)).await?;
+        self.etcd
+            .delete_prefix(&format!("{}/", self.key("unlock", op)))
+            .await?;
+        Ok(())
+    }
+
+    /// Counts one more TOTP code of `op` *before* Vault checks it, so that
+    /// concurrent attempts never get more codes checked than the limit
+    /// (`unlock_max_failures`, plus `extra` for the host recovery path).
+    pub async fn begin_code_attempt(&self, op: &str, extra: u32) -> Result<Attempt, EtcdError> {
+        let n = self
+            .increment(&self.key("failures", op), FAILURES_TTL)
+            .await?;
+        Ok(if n > self.cfg.unlock_max_failures + extra {
+            Attempt::TooMany(n)
+        } else {
+            Attempt::Allowed(n)
+        })
+    }
+
+    /// Takes back a counted attempt whose code was never judged (Vault
+    /// unreachable): that attempt is not held against the operator.
+    pub async fn undo_code_attempt(&self, op: &str) -> Result<(), EtcdError> {
+        self.add(&self.key("failures", op), FAILURES_TTL, |n| {
+            n.saturating_sub(1)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// A right code: the attempts in a row start again from zero.
+    pub async fn clear_failures(&self, op: &str) -> Result<(), EtcdError> {
+        self.etcd.delete(&self.key("failures", op)).await?;
+        Ok(())
     }
 
     /// Counts one secret-bearing reply of `op` in the current window
@@ -363,41 +497,24 @@ impl Security {
         self.counters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a child token's accessor; while etcd is unreachable it is
-    /// kept here and recorded with the next token that is. (Commands that
-    /// need no etcd keep working through an etcd outage; a suspension needs
-    /// etcd itself, so it cannot happen in the meantime.)
-    pub async fn record_token(&self, op: &str, accessor: &str, ttl: Duration) {
-        let pending: Vec<_> =
-            std::mem::take(&mut *self.untracked.lock().unwrap_or_else(|e| e.into_inner()));
-        for (o, a, t) in pending
-            .into_iter()
-            .chain([(op.to_string(), accessor.to_string(), ttl)])
-        {
-            // Bounded: without quorum a lease grant waits for etcd's own
-            // timeout, and the command should not.
-            let r = match tokio::time::timeout(RECORD_WAIT, self.track_token(&o, &a, t)).await {
-                Ok(r) => r,
-                Err(_) => Err(EtcdError::Unavailable("no answer within 1 s".into())),
-            };
-            if let Err(e) = r {
-                tracing::warn!(operator = %o, error = %e, "child token not recorded in etcd yet (kept in memory)");
-                self.untracked
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((o, a, t));
-            }
+    /// Records a child token's accessor in etcd, bounded in time: a token
+    /// that could not be recorded could not be revoked by a suspension
+    /// handled elsewhere, so the caller must not use it.
+    pub async fn record_token(
+        &self,
+        op: &str,
+        accessor: &str,
+        ttl: Duration,
+    ) -> Result<(), EtcdError> {
+        // Bounded: without quorum a lease grant waits for etcd's own
+        // timeout, and the command should not.
+        match tokio::time::timeout(WRITE_WAIT, self.track_token(op, accessor, ttl)).await {
+            Ok(r) => r,
+            Err(_) => Err(EtcdError::Unavailable(format!(
+                "no answer within {} s",
+                WRITE_WAIT.as_secs()
+            ))),
         }
-    }
-
-    /// Accessors of `op`'s tokens minted here but not recorded yet.
-    pub fn take_untracked(&self, op: &str) -> Vec<String> {
-        let mut g = self.untracked.lock().unwrap_or_else(|e| e.into_inner());
-        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut *g)
-            .into_iter()
-            .partition(|(o, _, _)| o == op);
-        *g = rest;
-        mine.into_iter().map(|(_, a, _)| a).collect()
     }
 
     /// Remembers a child token's accessor for as long as the token lives.

@@ -44,7 +44,6 @@ use crate::etcd::{unix_secs, Entry, Etcd};
 use crate::records::audit::{now_rfc3339, AuditRecord};
 use crate::text::escape_line;
 use crate::transport::Transport;
-use crate::vault::VaultError;
 
 pub use store::Request;
 use store::{new_id, Grant, LogEntry, Lookup, Notice, Store};
@@ -345,21 +344,39 @@ impl Approvals {
                 approver.name
             )));
         };
-        let valid = match ctx
-            .svc
-            .broker
-            .current()
-            .totp_validate(crate::vault::totp::MOUNT, totp_key, code)
-            .await
-        {
-            Ok(v) => v,
-            // A code Vault refuses (used before) is a failed attempt too:
-            // replaying codes must not be a free way to keep guessing.
-            Err(VaultError::Denied(m)) if m.contains("already used") => false,
-            Err(e) => return Err(totp_error(e, &approver.name, totp_key)),
-        };
-        if !valid {
-            return Err(self.wrong_code(ctx, &req, &entry).await);
+        // Counted before Vault is asked, with the approver's `/unlock`
+        // codes: `/approve` is no way around `unlock_max_failures`.
+        let checked =
+            crate::command::operator::check_own_code(ctx, totp_key, code, "/approve").await?;
+        if let Err(n) = checked {
+            let on_request = self.wrong_code(ctx, &req, &entry).await;
+            let on_approver =
+                crate::command::operator::code_failed(ctx, n, &format!("/approve {id}")).await;
+            return Err(CommandError::denied(format!(
+                "{}; {}",
+                on_request.message, on_approver.message
+            )));
+        }
+        // The requester may have been suspended since it asked: nothing
+        // runs (or is granted) for a suspended operator.
+        match ctx.svc.security.suspension(&req.requester).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                let by = format!("{} (requester suspended)", approver.name);
+                if matches!(self.take(&req, &entry, "denied", &by).await, Ok(true)) {
+                    audit_request(ctx, &req, "denied", &approver.name).await;
+                }
+                return Err(CommandError::denied(format!(
+                    "{} is suspended: request {id} is cancelled and will not run",
+                    req.requester
+                )));
+            }
+            Err(e) => {
+                return Err(CommandError::unavailable(format!(
+                    "the suspension state of {} is unknown ({e}); request {id} still waits",
+                    req.requester
+                )))
+            }
         }
         let requester = find_operator(ctx.cfg(), &req.requester)?;
         let cmd = Command::parse(&req.line).map_err(|e| {
@@ -494,13 +511,19 @@ impl Approvals {
         ))
     }
 
-    /// Cancels every pending request of `requester` (a suspension); how
-    /// many were cancelled.
+    /// Cancels every pending request of `requester` and withdraws its
+    /// unused grants (a suspension); how many of both.
     pub async fn cancel_all_of(&self, requester: &str, by: &str) -> usize {
-        let Ok(waiting) = self.store.pending_requests(1000).await else {
-            return 0;
+        let mut n = match self.store.withdraw_grants(requester).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(operator = requester, error = %e, "suspend: grants not withdrawn");
+                0
+            }
         };
-        let mut n = 0;
+        let Ok(waiting) = self.store.pending_requests(1000).await else {
+            return n;
+        };
         for (req, e) in waiting {
             if req.requester == requester
                 && matches!(self.take(&req, &e, "denied", by).await, Ok(true))
@@ -625,21 +648,6 @@ fn find_operator<'c>(cfg: &'c Config, name: &str) -> Result<&'c Operator, Comman
                 "{name} is no longer an operator; the request cannot run"
             ))
         })
-}
-
-/// Vault's answer about a TOTP code, as the approver should read it. The
-/// code itself is never repeated.
-fn totp_error(e: VaultError, approver: &str, key: &str) -> CommandError {
-    match e.kind() {
-        ErrorKind::NotFound => CommandError::denied(format!(
-            "no TOTP key `{key}` for {approver} in Vault; a Vault operator creates it (vault write totp/keys/{key} generate=true …)"
-        )),
-        ErrorKind::Denied => CommandError::denied(
-            "TOTP code refused (already used?); wait for the next code and try again",
-        ),
-        ErrorKind::Invalid => CommandError::invalid("invalid TOTP code: expected 6 to 8 digits"),
-        _ => CommandError::from(e),
-    }
 }
 
 impl crate::context::PendingRequests for Approvals {

@@ -304,6 +304,22 @@ impl Store {
         Ok(false)
     }
 
+    /// Deletes every unused grant of `requester` (a suspension); how many.
+    pub async fn withdraw_grants(&self, requester: &str) -> Result<usize, CommandError> {
+        let grants = self
+            .etcd
+            .list_prefix(&self.grants_prefix(requester), 0, false)
+            .await?;
+        let mut n = 0;
+        for e in grants {
+            if self.etcd.delete(&e.key).await? {
+                self.revoke_quietly(e.lease).await;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Stores `grant`, valid for `secs`.
     pub async fn put_grant(&self, grant: &Grant, secs: u64) -> Result<(), CommandError> {
         let lease = self.etcd.lease_grant(secs).await?;

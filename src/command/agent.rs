@@ -23,7 +23,7 @@ pub enum AgentCommand {
     /// Create an agent and its API token (shown once).
     #[command(override_usage = "/agent add ID")]
     Add { id: String },
-    /// Issue a new API token for an agent (shown once; the old one stays in KV history).
+    /// Issue a new API token for an agent; the old one stops working (needs approval; shown once to you).
     #[command(override_usage = "/agent token [-wrap-ttl=DURATION] ID")]
     Token {
         #[command(flatten)]
@@ -112,6 +112,38 @@ impl AgentCommand {
                         other => other.into(),
                     })?;
                 Ok(format!("/agent revoke {id}"))
+            }
+            // A new token ends the current one (effect `agent revoke`): the
+            // agent must have a live record to rotate.
+            AgentCommand::Token { wrap, id } => {
+                check_agent_id(id)?;
+                wrap_ttl(ctx, wrap)?;
+                let path = kv_path(ctx, &agent::path(id))?;
+                let meta =
+                    ctx.vault()
+                        .await?
+                        .kv_metadata_get(&path)
+                        .await
+                        .map_err(|e| match e {
+                            VaultError::NotFound(_) => CommandError::not_found(format!(
+                                "no agent {id}; /agent add {id} creates it"
+                            )),
+                            other => other.into(),
+                        })?;
+                let live = meta
+                    .versions
+                    .get(&meta.current_version)
+                    .is_some_and(|v| !v.destroyed && !v.is_deleted());
+                if !live {
+                    return Err(CommandError::not_found(format!(
+                        "agent {id} has no live token to rotate; /agent add {id} after a revoke"
+                    )));
+                }
+                let wrap = match &wrap.wrap_ttl {
+                    Some(t) => format!(" {}", super::quote(&format!("-wrap-ttl={t}"))),
+                    None => String::new(),
+                };
+                Ok(format!("/agent token{wrap} {id}"))
             }
             _ => Err(CommandError::invalid(format!(
                 "/agent {} cannot wait for approval",

@@ -429,6 +429,13 @@ impl Command {
         )
     }
 
+    /// Reads nothing from Vault's data and changes nothing: runs even
+    /// when etcd cannot say whether the operator is suspended (to find out
+    /// what is wrong), where everything else is refused.
+    pub fn is_diagnostic(&self) -> bool {
+        matches!(self, Command::Help | Command::Whoami | Command::Health)
+    }
+
     pub fn reply_is_secret(&self) -> bool {
         match self {
             Command::GetKeys(_) => true,
@@ -636,6 +643,29 @@ pub fn help(role: Role) -> String {
         lines.push(format!("{usage} — {about}"));
     }
     lines.join("\n")
+}
+
+/// The command words of every command in the table (`help`, `kv metadata
+/// get`, `operator suspend`, …), for the tests that must cover each one
+/// (`effect.rs`: what every command destroys or reveals).
+pub fn all_command_words() -> Vec<String> {
+    fn walk(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
+        for sub in cmd.get_subcommands() {
+            let words = if prefix.is_empty() {
+                sub.get_name().to_string()
+            } else {
+                format!("{prefix} {}", sub.get_name())
+            };
+            if sub.has_subcommands() {
+                walk(sub, &words, out);
+            } else {
+                out.push(words);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&Line::command(), "", &mut out);
+    out
 }
 
 /// The commands an operator types, however deep they are nested

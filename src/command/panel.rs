@@ -57,7 +57,7 @@ pub enum PanelCommand {
     /// Let an agent see a panel.
     #[command(override_usage = "/panel assign NAME AGENT")]
     Assign { name: String, agent: String },
-    /// Delete a panel and every agent's copy.
+    /// Delete a panel and every agent's copy (needs approval).
     #[command(override_usage = "/panel remove NAME")]
     Remove { name: String },
 }
@@ -180,6 +180,18 @@ impl PanelCommand {
                     None => String::new(),
                 };
                 Ok(format!("/panel show --reveal{wrap} {name}"))
+            }
+            // Deletes the record and every copy with all their versions:
+            // checked to exist (as something to remove) before a request is
+            // filed.
+            PanelCommand::Remove { name } => {
+                check_panel_name(name)?;
+                let vault = ctx.vault().await?;
+                let (canonical, holders) = what_remove_deletes(&vault, ctx, name).await?;
+                if !canonical && holders.is_empty() {
+                    return Err(not_found(name));
+                }
+                Ok(format!("/panel remove {name}"))
             }
             _ => Err(CommandError::invalid(format!(
                 "/panel {} cannot wait for approval",
@@ -525,12 +537,14 @@ async fn assign(ctx: &Ctx<'_>, name: &str, agent: &str) -> CommandResult {
     Ok(Reply::text(text).with_data(json!({"panel": name, "agent": agent, "agents": agents})))
 }
 
-/// `/panel remove NAME`: every agent's copy (those the canonical record
-/// lists, and any other found under `panels-by-agent/*/NAME`), then the
-/// canonical record, each with all its versions (metadata delete).
-async fn remove(ctx: &Ctx<'_>, name: &str) -> CommandResult {
-    check_panel_name(name)?;
-    let vault = ctx.vault().await?;
+/// What `/panel remove NAME` deletes: whether the canonical record exists,
+/// and the agents holding a copy (those the canonical record lists, and
+/// any other found under `panels-by-agent/*/NAME`).
+async fn what_remove_deletes(
+    vault: &Vault,
+    ctx: &Ctx<'_>,
+    name: &str,
+) -> Result<(bool, BTreeSet<String>), CommandError> {
     let path = kv_path(ctx, &panel::path(name))?;
     let canonical = match vault.kv_metadata_get(&path).await {
         Ok(_) => true,
@@ -564,6 +578,17 @@ async fn remove(ctx: &Ctx<'_>, name: &str) -> CommandResult {
             holders.insert(a.to_string());
         }
     }
+    Ok((canonical, holders))
+}
+
+/// `/panel remove NAME` (approved by a second admin before this runs:
+/// effect `kv metadata delete`): every agent's copy, then the canonical
+/// record, each with all its versions (metadata delete).
+async fn remove(ctx: &Ctx<'_>, name: &str) -> CommandResult {
+    check_panel_name(name)?;
+    let vault = ctx.vault().await?;
+    let path = kv_path(ctx, &panel::path(name))?;
+    let (canonical, holders) = what_remove_deletes(&vault, ctx, name).await?;
     if !canonical && holders.is_empty() {
         return Err(not_found(name));
     }

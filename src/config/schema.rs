@@ -319,6 +319,8 @@ pub struct SecurityConfig {
     /// Secret-bearing replies per operator per window.
     pub reveal_budget: u32,
     pub reveal_window_secs: u64,
+    /// Where an `/unlock` applies: the transport it was made on, or all.
+    pub unlock_scope: UnlockScope,
 }
 
 impl Default for SecurityConfig {
@@ -329,6 +331,7 @@ impl Default for SecurityConfig {
             unlock_max_failures: 3,
             reveal_budget: 30,
             reveal_window_secs: 600,
+            unlock_scope: UnlockScope::Transport,
         }
     }
 }
@@ -392,6 +395,28 @@ pub enum StepUp {
     /// Every command but `/help`, `/whoami`, `/unlock`, `/lock` and
     /// `/operator suspend`.
     All,
+}
+
+/// `security.unlock_scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnlockScope {
+    /// An unlock applies to the transport it was made on only: unlocking
+    /// at a terminal does not open secrets to whoever holds the same
+    /// account's Telegram.
+    #[default]
+    Transport,
+    /// An unlock applies on every transport.
+    All,
+}
+
+impl UnlockScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnlockScope::Transport => "transport",
+            UnlockScope::All => "all",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

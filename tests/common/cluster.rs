@@ -396,8 +396,10 @@ impl Cluster {
             .arg(format!("--cert={}", cert.display()))
             .arg(format!("--key={}", key.display()));
         if let Some((name, password_file)) = user {
+            // In the environment, never in argv (any local user reads argv).
             let pw = std::fs::read_to_string(password_file).unwrap();
-            cmd.arg(format!("--user={name}:{}", pw.trim()));
+            cmd.env("ETCDCTL_USER", name)
+                .env("ETCDCTL_PASSWORD", pw.trim());
         }
         cmd.args(args).output().expect("etcdctl")
     }

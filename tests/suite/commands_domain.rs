@@ -194,8 +194,9 @@ fn request_id(r: &ConsoleRun, i: usize) -> String {
 // ---------------------------------------------------------------------------
 
 fn agent_add_token_list(env: &Env) {
+    let s = approvers(env, "it-dom-token");
     let id = "it-agent1";
-    let r = run(
+    let r = s.run(
         env,
         "alice",
         &[
@@ -227,35 +228,69 @@ fn agent_add_token_list(env: &Env) {
     assert_eq!(r.err_kind(2), "invalid");
     assert!(message(&r, 2).contains("reserved"));
     assert_eq!(r.err_kind(3), "invalid");
-    // token: a new token, as version 2; the old one stays in the history.
-    let t2 = token_of(&r.ok_text(4));
-    assert_ne!(t1, t2);
-    assert_eq!(r.replies[4]["data"]["version"], 2);
+    // token: a new token ends the old one (effect `agent revoke`), so it
+    // waits for a second admin; checked first (no request for an agent
+    // that does not exist, or a wrap TTL out of range).
+    let rotate = request_id(&r, 4);
     assert_eq!(
-        r.replies[5]["data"]["current_version"], 2,
-        "{}",
-        r.replies[5]
-    );
-    assert_eq!(
-        r.replies[5]["data"]["versions"].as_object().unwrap().len(),
-        2,
+        r.replies[5]["data"]["current_version"], 1,
         "{}",
         r.replies[5]
     );
     assert_eq!(r.err_kind(6), "not_found");
-    // -wrap-ttl: the token only inside the wrapping token.
-    let w = unwrap_reply(env, &r, 7);
-    let t3 = w["token"].as_str().unwrap().to_string();
-    canary::register(&t3);
-    assert_eq!(w["token_sha256"], sha256_hex(&t3));
-    assert_eq!(w["agent"], id);
-    assert!(!r.replies[7].to_string().contains(&t3));
+    let rotate_wrapped = request_id(&r, 7);
     assert_eq!(r.err_kind(8), "invalid");
     assert!(r.ok_text(9).lines().any(|l| l == id), "{}", r.replies[9]);
     // revoke is approval-gated by the dispatcher; validated first, so a
     // request for an agent that does not exist is never filed.
-    assert_eq!(r.err_kind(10), "approval_required");
+    let revoke = request_id(&r, 10);
     assert_eq!(r.err_kind(11), "not_found");
+    // dave approves both rotations: each a one-time grant for alice, who
+    // runs the line again and alone sees the new token.
+    let ra = s.run(
+        env,
+        "dave",
+        &[
+            &format!("/approve {rotate} {}", fresh_code(&s.dave)),
+            &format!("/approve {rotate_wrapped} {}", fresh_code(&s.dave)),
+            &format!("/deny {revoke}"),
+        ],
+    );
+    for i in 0..3 {
+        ra.ok_text(i);
+    }
+    nowhere(&ra, &t1);
+    let r = s.run(
+        env,
+        "alice",
+        &[
+            &format!("/agent token {id}"),
+            &format!("/kv metadata get secret/vaultgram/agents/{id}"),
+            &format!("/agent token -wrap-ttl=60s {id}"),
+        ],
+    );
+    // A new token, as version 2; the old one stays in the history.
+    let t2 = token_of(&r.ok_text(0));
+    assert_ne!(t1, t2);
+    assert_eq!(r.replies[0]["data"]["version"], 2);
+    assert_eq!(
+        r.replies[1]["data"]["current_version"], 2,
+        "{}",
+        r.replies[1]
+    );
+    assert_eq!(
+        r.replies[1]["data"]["versions"].as_object().unwrap().len(),
+        2,
+        "{}",
+        r.replies[1]
+    );
+    // -wrap-ttl: the token only inside the wrapping token.
+    let w = unwrap_reply(env, &r, 2);
+    let t3 = w["token"].as_str().unwrap().to_string();
+    canary::register(&t3);
+    assert_eq!(w["token_sha256"], sha256_hex(&t3));
+    assert_eq!(w["agent"], id);
+    assert!(!r.replies[2].to_string().contains(&t3));
 
     // What Vault holds: the latest token and its SHA-256, who made it; the
     // first token is still version 1.
@@ -526,19 +561,25 @@ fn panel_lifecycle(env: &Env) {
         )
         .unwrap();
     assert_eq!(code, 200);
+    // Removing deletes every version: a second admin approves it.
+    let s = approvers(env, "it-dom-remove");
+    let r = s.run(env, "alice", &[&format!("/panel remove {p}")]);
+    let id = request_id(&r, 0);
+    let r = s.run(
+        env,
+        "dave",
+        &[&format!("/approve {id} {}", fresh_code(&s.dave))],
+    );
+    let text = r.ok_text(0);
+    assert!(text.contains(&format!("panel {p} removed")), "{text}");
+    assert!(text.contains("bob") && text.contains("carol"), "{text}");
     let r = run(
         env,
         "alice",
-        &[
-            &format!("/panel remove {p}"),
-            &format!("/panel remove {p}"),
-            &format!("/panel show {p}"),
-        ],
+        &[&format!("/panel remove {p}"), &format!("/panel show {p}")],
     );
-    let text = r.ok_text(0);
-    assert!(text.contains("bob") && text.contains("carol"), "{text}");
+    assert_eq!(r.err_kind(0), "not_found");
     assert_eq!(r.err_kind(1), "not_found");
-    assert_eq!(r.err_kind(2), "not_found");
     for path in [
         format!("vaultgram/panels/{p}"),
         format!("vaultgram/panels-by-agent/carol/{p}"),
@@ -602,7 +643,13 @@ fn panel_reveal_approved(env: &Env) {
     let r = s.run(env, "alice", &[&reveal, &format!("/panel remove {p}")]);
     assert!(r.ok_text(0).contains(&format!("password: {pw}")));
     assert!(r.ok_text(0).contains("agents: bob"));
-    r.ok_text(1);
+    let id = request_id(&r, 1);
+    s.run(
+        env,
+        "dave",
+        &[&format!("/approve {id} {}", fresh_code(&s.dave))],
+    )
+    .ok_text(0);
     let _ = &s.alice;
 }
 
@@ -1015,5 +1062,12 @@ fn vault_denies_other_agents_paths(env: &Env) {
     let (code, rec, _) = kv_root(env, "vaultgram/mtproto/carol/9201");
     assert_eq!(code, 200);
     assert_eq!(rec["secret"], carol_secret.as_str());
-    run(env, "alice", &["/panel remove it-p4"]).ok_text(0);
+    // Cleanup as root (`/panel remove` would wait for a second admin).
+    for rel in [
+        "vaultgram/panels/it-p4",
+        "vaultgram/panels-by-agent/carol/it-p4",
+    ] {
+        env.cluster()
+            .root_call(Method::DELETE, &format!("secret/metadata/{rel}"), None);
+    }
 }

@@ -158,7 +158,8 @@ fn panel_passwords_only_through_reveal(env: &Env) {
     // Other fields stay readable.
     assert_eq!(r.ok_text(spellings.len()), "https://gate.example.com/");
     nowhere(&r, &pw);
-    // The gate itself is unchanged: a reveal waits for a second admin.
+    // The gate itself is unchanged: a reveal waits for a second admin, and
+    // so does removing the panel (a delete with all versions).
     let r = run(
         env,
         "alice",
@@ -167,8 +168,18 @@ fn panel_passwords_only_through_reveal(env: &Env) {
             &format!("/panel remove {p}"),
         ],
     );
-    request_id(&r, 0);
-    r.ok_text(1);
+    let (reveal, remove) = (request_id(&r, 0), request_id(&r, 1));
+    run(
+        env,
+        "alice",
+        &[&format!("/deny {reveal}"), &format!("/deny {remove}")],
+    );
+    for rel in [
+        format!("vaultgram/panels/{p}"),
+        format!("vaultgram/panels-by-agent/bob/{p}"),
+    ] {
+        root(env, Method::DELETE, &format!("secret/metadata/{rel}"), None);
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -278,6 +289,12 @@ fn pending_and_audit_escaped(env: &Env) {
         "/mtproto revoke \"u\u{202e}1\"",
         "/panel show --reveal \"p\u{2066}1\u{2069}\"",
         "/transit rotate \"vertical\u{0b}tab\"",
+        // Blank or invisible: a Hangul filler, a Braille blank, a combining
+        // grapheme joiner, a variation selector (issue 28).
+        "/agent revoke \"a\u{3164}b\"",
+        "/mtproto revoke \"u\u{2800}1\"",
+        "/transit rotate \"k\u{034f}\"",
+        "/panel show --reveal \"p\u{fe0f}\"",
     ];
     let r = run(env, "alice", &decoys);
     for (i, decoy) in decoys.iter().enumerate() {
@@ -298,7 +315,7 @@ fn pending_and_audit_escaped(env: &Env) {
     // A request stored with such characters (an older broker, or anyone
     // with etcd access) is shown escaped, one line per request.
     let id = format!("9a{}", random_hex(3));
-    let evil_line = "/kv metadata delete secret/x/important\u{1b}[2K\r/kv metadata delete secret/x/scratch\u{85}\u{2028}\u{202e}";
+    let evil_line = "/kv metadata delete secret/x/important\u{1b}[2K\r/kv metadata delete secret/x/scratch\u{85}\u{2028}\u{202e}\u{3164}\u{2800}\u{34f}\u{fe0f}/\u{5d0}\u{5d1}";
     let req = json!({
         "id": id, "requester": "alice\u{1b}[1A", "command": "kv metadata delete",
         "target": "secret/x/\rimportant", "line": evil_line, "request_id": "r1",
@@ -312,7 +329,7 @@ fn pending_and_audit_escaped(env: &Env) {
     let akey = format!("/vaultgram/audit/{:020}-zz{}", u64::MAX / 2, random_hex(3));
     let rec = json!({
         "time": "2026-01-01T00:00:00.000Z", "request_id": "zz", "operator": "bob\u{1b}[2K",
-        "transport": "console", "command": "mtproto show", "target": "9\r\u{2028}x\u{202e}",
+        "transport": "console", "command": "mtproto show", "target": "9\r\u{2028}x\u{202e}\u{3164}\u{627}",
         "result": "ok\nforged line",
     });
     let out = c.etcdctl(&["put", &akey, &rec.to_string()], true);
@@ -327,7 +344,7 @@ fn pending_and_audit_escaped(env: &Env) {
     let mine: Vec<&str> = pending.lines().filter(|l| l.starts_with(&id)).collect();
     assert_eq!(mine.len(), 1, "{pending}");
     assert!(
-        mine[0].contains("important\\u{001b}[2K\\r/kv metadata delete secret/x/scratch\\u{0085}\\u{2028}\\u{202e}"),
+        mine[0].contains("important\\u{001b}[2K\\r/kv metadata delete secret/x/scratch\\u{0085}\\u{2028}\\u{202e}\\u{3164}\\u{2800}\\u{034f}\\u{fe0f}/\\u{05d0}\\u{05d1}"),
         "{}",
         mine[0]
     );
@@ -338,6 +355,11 @@ fn pending_and_audit_escaped(env: &Env) {
         .collect();
     assert_eq!(forged.len(), 1, "{audit}");
     assert!(forged[0].contains("ok\\nforged line"), "{}", forged[0]);
+    assert!(
+        forged[0].contains("x\\u{202e}\\u{3164}\\u{0627}"),
+        "{}",
+        forged[0]
+    );
     assert!(!audit.lines().any(|l| l.starts_with("forged line")));
     let _ = c.etcdctl(&["del", &key], true);
     let _ = c.etcdctl(&["del", &akey], true);
@@ -555,7 +577,20 @@ fn denials_do_not_churn_tokens(env: &Env) {
 // ---------------------------------------------------------------------------
 
 fn wrong_codes_cancel(env: &Env) {
-    let s = approvers(env, "it-gate-codes", |t| t);
+    // Its own etcd prefix: three wrong codes also suspend the approver
+    // (they count toward dave's `unlock_max_failures`), which must not
+    // reach the other tests' dave.
+    let prefix = format!(
+        "/vaultgram/gate-codes-{}/",
+        crate::common::cluster::random_hex(4)
+    );
+    let s = approvers(env, "it-gate-codes", |t| {
+        assert!(t.contains("prefix = \"/vaultgram/\""));
+        t.replace(
+            "prefix = \"/vaultgram/\"",
+            &format!("prefix = \"{prefix}\""),
+        )
+    });
     create_transit_key(env, "it-gate-codes");
     let r = s.run(env, "alice", &["/transit rotate it-gate-codes"]);
     let id = request_id(&r, 0);
@@ -571,7 +606,7 @@ fn wrong_codes_cancel(env: &Env) {
         ],
     );
     assert!(
-        r.message(0).contains("2 more wrong code"),
+        r.message(0).contains("2 more wrong code") && r.message(0).contains("1 of 3"),
         "{}",
         r.replies[0]
     );
@@ -581,11 +616,13 @@ fn wrong_codes_cancel(env: &Env) {
         r.replies[1]
     );
     assert!(
-        r.message(2).contains("cancelled after 3 wrong codes"),
+        r.message(2).contains("cancelled after 3 wrong codes")
+            && r.message(2).contains("dave is suspended"),
         "{}",
         r.replies[2]
     );
-    assert_eq!(r.err_kind(3), "conflict", "{}", r.replies[3]);
+    assert_eq!(r.err_kind(3), "denied", "{}", r.replies[3]);
+    assert!(r.message(3).contains("suspended"), "{}", r.replies[3]);
     let key = root(env, Method::GET, "transit/keys/it-gate-codes", None);
     assert_eq!(key["data"]["latest_version"], 1);
     let _ = &s.alice;

@@ -85,14 +85,22 @@ fn metrics_parse_as_prometheus_text(env: &Env) {
         );
     };
     ok(&["/whoami"]);
-    ok(&["/kv", "put", &path, &format!("password={canary}")]);
+    let out = broker.ctl_line(false, &format!("/kv put {path} password={canary}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     ok(&["/kv", "get", &path]);
     // A failure and an unparsable line are counted too, under bounded labels.
     assert!(!broker
         .ctl(&["/kv", "get", &format!("{path}-none")])
         .status
         .success());
-    assert!(!broker.ctl(&["/no-such-command", &canary]).status.success());
+    assert!(!broker
+        .ctl_line(false, &format!("/no-such-command {canary}"))
+        .status
+        .success());
 
     let (code, text) = get(&format!("{base}/metrics")).unwrap();
     assert_eq!(code, 200, "{text}");

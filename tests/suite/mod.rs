@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod commands_domain;
 mod commands_kv;
+mod containment;
 mod dev_stack;
 mod doctor;
 mod etcd;
@@ -47,6 +48,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(failure::TESTS);
     t.extend(http::TESTS);
     t.extend(security::TESTS);
+    t.extend(containment::TESTS);
     t.extend(telegram::TESTS);
     t.extend(telegram_failover::TESTS);
     t.extend(kubernetes::TESTS);

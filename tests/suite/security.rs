@@ -44,17 +44,17 @@ pub const TESTS: &[(&str, TestFn)] = &[
 /// A test's own world: etcd prefix, one extra admin `name` with a TOTP
 /// key, every harness operator with a TOTP key too (step-up needs one for
 /// each), `[security]` as given and `extra` appended.
-struct World {
-    config: PathBuf,
-    prefix: String,
-    name: String,
+pub(super) struct World {
+    pub(super) config: PathBuf,
+    pub(super) prefix: String,
+    pub(super) name: String,
     keys: std::collections::HashMap<String, TotpKey>,
     tail: String,
     /// `[http] listen` of a `run` with this config.
-    port: u16,
+    pub(super) port: u16,
 }
 
-fn world(env: &Env, tag: &str, security: &str, extra: &str) -> World {
+pub(super) fn world(env: &Env, tag: &str, security: &str, extra: &str) -> World {
     let c = env.cluster();
     let hex = random_hex(4);
     let name = format!("sec{hex}");
@@ -82,7 +82,7 @@ impl World {
     /// The harness config text (or a `Broker`'s copy of it) made this
     /// world's. In a `Broker`'s copy the uid mapping moves from alice to
     /// this world's operator.
-    fn transform(&self, text: &str) -> String {
+    pub(super) fn transform(&self, text: &str) -> String {
         let mut text = text.to_string();
         let me = vaultgram::transport::socket::user_name(unsafe { libc::getuid() }).unwrap();
         let mapping = format!("unix_user = \"{me}\"\n");
@@ -123,27 +123,31 @@ impl World {
         text
     }
 
-    fn metrics(&self) -> String {
+    pub(super) fn metrics(&self) -> String {
         reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", self.port))
             .and_then(|r| r.text())
             .unwrap()
     }
 
-    fn broker(&self, env: &Env, tag: &str) -> Broker {
+    pub(super) fn broker(&self, env: &Env, tag: &str) -> Broker {
         Broker::start_with(env, &format!("{tag}-{}", self.name), |t| self.transform(&t))
     }
-    fn run(&self, env: &Env, op: &str, lines: &[&str]) -> ConsoleRun {
+    pub(super) fn run(&self, env: &Env, op: &str, lines: &[&str]) -> ConsoleRun {
         console_with_config(env, &self.config, op, lines).one_per(lines)
     }
-    fn code(&self, op: &str) -> String {
+    pub(super) fn code(&self, op: &str) -> String {
         fresh_code(&self.keys[op])
     }
-    fn wrong(&self, op: &str) -> String {
+    pub(super) fn wrong(&self, op: &str) -> String {
         wrong_code(&self.keys[op])
+    }
+    /// The name of `op`'s TOTP key in Vault.
+    pub(super) fn key_name(&self, op: &str) -> String {
+        self.keys[op].name.clone()
     }
 }
 
-fn assert_denied(r: &ConsoleRun, i: usize, needle: &str) {
+pub(super) fn assert_denied(r: &ConsoleRun, i: usize, needle: &str) {
     assert_eq!(r.err_kind(i), "denied", "{}", r.replies[i]);
     assert!(
         r.message(i).contains(needle),
@@ -155,13 +159,13 @@ fn assert_denied(r: &ConsoleRun, i: usize, needle: &str) {
 /// A code never shows up where a person or a collector could read it: as
 /// a word of its own (log timestamps carry digit runs, so only whole
 /// tokens count).
-fn assert_no_code(hay: &str, code: &str, what: &str) {
+pub(super) fn assert_no_code(hay: &str, code: &str, what: &str) {
     let hit = hay.split(|c: char| !c.is_ascii_digit()).any(|w| w == code);
     assert!(!hit, "TOTP code {code} found in {what}");
 }
 
 /// Every audit record's JSON under `prefix`.
-fn audit_records(env: &Env, prefix: &str) -> Vec<Value> {
+pub(super) fn audit_records(env: &Env, prefix: &str) -> Vec<Value> {
     let out = env.cluster().etcdctl(
         &[
             "get",
@@ -249,7 +253,7 @@ fn step_up_unlock_is_shared_and_ends(env: &Env) {
 
 /// Child tokens with `display` as display name that Vault still holds
 /// (as root: every accessor, looked up).
-fn live_tokens(env: &Env, display: &str) -> usize {
+pub(super) fn live_tokens(env: &Env, display: &str) -> usize {
     let c = env.cluster();
     let (code, body) = c
         .vault_api(
@@ -277,7 +281,7 @@ fn live_tokens(env: &Env, display: &str) -> usize {
     n
 }
 
-fn text(b: &[u8]) -> String {
+pub(super) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
@@ -300,7 +304,7 @@ fn suspend_reaches_a_running_replica_and_revokes_tokens(env: &Env) {
     // A wrong unlock code through the socket: an alert, counted by the
     // replica's metric, the code nowhere in it.
     let wrong = w.wrong(&op);
-    let out = b.ctl(&["--json", "/unlock", &wrong]);
+    let out = b.ctl_line(true, &format!("/unlock {wrong}"));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "denied", "{v}");
     let metrics = w.metrics();
@@ -317,15 +321,20 @@ fn suspend_reaches_a_running_replica_and_revokes_tokens(env: &Env) {
         "{before} live tokens of {op} before the suspension"
     );
 
-    // An admin (another process) suspends it.
+    // An admin (another process, unlocked with her own code: suspending
+    // someone else needs it) suspends it.
+    let alice_code = w.code("alice");
     let r = console_with_config(
         env,
         &rconfig,
         "alice",
-        &[&format!("/operator suspend {op} lost phone")],
+        &[
+            &format!("/unlock {alice_code}"),
+            &format!("/operator suspend {op} lost phone"),
+        ],
     );
     let suspended_at = Instant::now();
-    assert!(r.ok_text(0).contains("is suspended"), "{}", r.replies[0]);
+    assert!(r.ok_text(1).contains("is suspended"), "{}", r.replies[1]);
     let out = b.ctl(&["--json", "/whoami"]);
     let refused_after = suspended_at.elapsed();
     let v: Value =
@@ -406,7 +415,7 @@ fn suspend_reaches_a_running_replica_and_revokes_tokens(env: &Env) {
 }
 
 /// Telegram outbox lines of the file stand-in in `dir`.
-fn outbox(dir: &Path) -> Vec<Value> {
+pub(super) fn outbox(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("outbox.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -581,7 +590,7 @@ fn wrong_codes_suspend_and_the_budget_alerts(env: &Env) {
             n.iter()
                 .any(|v| v["text"].as_str().is_some_and(|t| t.contains(needle)))
         };
-        if has("wrong unlock codes in a row") && has("asked for more than 3 secrets") {
+        if has("wrong TOTP codes in a row") && has("asked for more than 3 secrets") {
             break n;
         }
         assert!(
@@ -598,7 +607,7 @@ fn wrong_codes_suspend_and_the_budget_alerts(env: &Env) {
     assert!(
         texts
             .iter()
-            .any(|t| t.contains("suspended after 3 wrong unlock codes")),
+            .any(|t| t.contains("suspended after 3 wrong TOTP codes")),
         "{texts:?}"
     );
     assert!(

@@ -136,6 +136,35 @@ impl Broker {
         }
     }
 
+    /// `vaultgram ctl [--json] -` with `line` on stdin: how a command that
+    /// carries a secret is given (ctl refuses it in argv).
+    pub fn ctl_line(&self, json: bool, line: &str) -> Output {
+        use std::io::Write;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vaultgram"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("ctl");
+        if json {
+            cmd.arg("--json");
+        }
+        let mut child = cmd
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     pub fn ctl(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_vaultgram"))
             .env_clear()
@@ -185,6 +214,27 @@ fn run_ctl_peercred_and_sigterm(env: &Env) {
         text(&out.stdout),
         "API_ID: 123456\nAPI_HASH: abcdef1234567890\n"
     );
+    // A secret in argv (visible to every local user) is refused by ctl
+    // before anything is sent; on stdin it goes through.
+    let pw = crate::common::canary::plant("ctl-argv");
+    let path = format!(
+        "secret/it-ctl-argv-{}",
+        crate::common::cluster::random_hex(3)
+    );
+    let out = b.ctl(&["/kv", "put", &path, &format!("password={pw}")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("vaultgram ctl -"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stderr).contains(&pw));
+    let out = b.ctl(&["--json", "/kv", "get", &path]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "not_found", "sent anyway: {v}");
+    let out = b.ctl_line(true, &format!("/kv put {path} password={pw}"));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
     // Quoting survives the trip: ctl re-quotes words with spaces.
     let out = b.ctl(&["--json", "/kv", "get", "secret/../x"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
