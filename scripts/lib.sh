@@ -422,18 +422,25 @@ for line in open(os.path.join(d, "secrets"), "rb"):
     name, _, value = line.rstrip(b"\n").partition(b"\t")
     if len(value) >= 8:                    # shorter values would match by chance
         secrets.append((name.decode(), value))
-def redact(c):
+def redact(c, name):
     for n, v in secrets:
         c = c.replace(v, f"<{n}>".encode())
     args = [a.decode(errors="replace") for a in c.rstrip(b"\0").split(b"\0")]
-    return " ".join(a if len(a) <= 160 else a[:160] + "…" for a in args)
+    def short(a):   # a long argument: its start, and the leak in context
+        if len(a) <= 160:
+            return a
+        at = a.find(f"<{name}>")
+        if at < 120:
+            return a[:160] + "…"
+        return a[:60] + " … " + a[max(60, at - 60):at + len(name) + 62] + "…"
+    return " ".join(short(a) for a in args)
 leaks, probes = [], {}
 for n, v in secrets:
     hits = [(pid, c) for c, pid in seen.items() if v in c]
     if n.startswith("probe:"):
         probes[n] = len(hits)
     else:
-        leaks += [(n, pid, redact(c)) for pid, c in hits]
+        leaks += [(n, pid, redact(c, n)) for pid, c in hits]
 print(f"argv-watch: {scans} scans in {elapsed:.1f} s (one per {1000 * elapsed / max(scans, 1):.0f} ms), "
       f"{len(seen)} distinct command lines, {len(secrets) - len(probes)} secrets and {len(probes)} probes checked")
 for n, k in sorted(probes.items()):
