@@ -188,7 +188,8 @@ PY
   fi
 
   # ---- backups: the timer's job, run once ----
-  local bk=$D/backups envs=() line kinds="etcd"
+  # The unsealer seals the main server in both flavours: its snapshot too.
+  local bk=$D/backups envs=() line kinds="etcd unsealer"
   [[ $flavor == openbao ]] && kinds="etcd raft unsealer"
   while IFS= read -r line; do
     [[ $line == \#* || -z $line ]] || envs+=("$line")
