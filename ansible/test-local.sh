@@ -29,6 +29,7 @@ PASS=0 FAIL=0
 ok() { PASS=$((PASS + 1)); echo "ok   - $*"; }
 bad() { FAIL=$((FAIL + 1)); echo "FAIL - $*"; }
 finish() {
+  argv_check
   echo "logs: $LOGS"
   echo "ansible: $PASS passed, $FAIL failed"
   ((FAIL == 0))
@@ -40,6 +41,25 @@ finish() {
 # shellcheck source-path=SCRIPTDIR/.. source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 need_tool ansible-playbook ansible-lint yamllint etcd etcdctl start-stop-daemon ss || { bad "tools missing"; finish; }
+
+# No backup token and no etcd password on any process's command line during
+# the whole run (argv_watch_*, scripts/lib.sh): the backup role creates and
+# checks its tokens, the backup job uses them and the etcd root password.
+# (Not yet the root tokens: the vault and vault_config roles hand them to
+# the CLI through `environment:`, which Ansible puts on the command line of
+# the module it runs.)
+ARGV_DIR=$BASE/argv-watch
+argv_check() {
+  [[ -e $ARGV_DIR/pid ]] || return 0
+  if argv_watch_stop "$ARGV_DIR" >"$LOGS/argv-watch.log" 2>&1; then
+    ok "no backup token or etcd password on any command line: $(sed -n 's/^argv-watch: //p' "$LOGS/argv-watch.log" | head -n 1)"
+  else
+    bad "a secret was on a command line (see $LOGS/argv-watch.log)"; grep -E 'LEAK|NOT SEEN' "$LOGS/argv-watch.log" | cut -c1-400
+  fi
+  rm -f "$ARGV_DIR/pid" "$ARGV_DIR/secrets"
+}
+argv_watch_start "$ARGV_DIR" || { bad "the argv sampler did not start"; finish; }
+argv_watch_probe "$ARGV_DIR"
 BAO=$(bao_binary) || { bad "OpenBao is not installed: run ensure_tools (scripts/lib.sh)"; finish; }
 BIN=${VAULTGRAM_BINARY:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/vaultgram}
 if [[ ! -x $BIN ]]; then
@@ -93,6 +113,11 @@ deploy_flavor() { # flavor [ansible-playbook args...]
     bad "$flavor: local.yml first run failed"; grep -E 'FAILED|fatal|ERROR' -A5 "$LOGS/$flavor-run1.log" | head -40
     finish
   fi
+
+  local f
+  for f in backup/vault-token backup/unsealer-token etcd-root-password etcd-vaultgram-password etcd-vault-password; do
+    [[ -s $VG_LOCAL_DIR/$f ]] && argv_watch_secret_file "$ARGV_DIR" "$flavor: $f" "$VG_LOCAL_DIR/$f"
+  done
 
   T0=$(date +%s)
   if playbook "$flavor-run2" local.yml "${extra[@]}"; then
@@ -163,7 +188,8 @@ PY
   fi
 
   # ---- backups: the timer's job, run once ----
-  local bk=$D/backups envs=() line kinds="etcd"
+  # The unsealer seals the main server in both flavours: its snapshot too.
+  local bk=$D/backups envs=() line kinds="etcd unsealer"
   [[ $flavor == openbao ]] && kinds="etcd raft unsealer"
   while IFS= read -r line; do
     [[ $line == \#* || -z $line ]] || envs+=("$line")
@@ -207,6 +233,8 @@ PY
 deploy_flavor openbao
 VAULT_BIN=$(vault_binary) || { bad "HashiCorp Vault is not built: run ensure_tools (scripts/lib.sh)"; finish; }
 deploy_flavor hashicorp -e vault_flavor=hashicorp -e "vault_binary_src=$VAULT_BIN"
+
+argv_check
 
 # A state directory this script created goes once everything passed.
 if ((FAIL == 0 && OWN_STATE == 1)); then rm -rf -- "$BASE"; fi

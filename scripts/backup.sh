@@ -17,6 +17,8 @@
 #   ETCD_ENDPOINTS             comma-separated https:// client URLs
 #   ETCD_CACERT, ETCD_CERT, ETCD_KEY   client TLS (CN = an etcd user with the root role)
 #   ETCD_USER                  that user's name; ETCD_PASSWORD_FILE its password
+#                              (handed to etcdctl as ETCDCTL_PASSWORD in its
+#                              environment: no secret is ever on a command line)
 #   BACKUP_RAFT=1              also a raft snapshot:
 #   VAULT_ADDR, VAULT_CACERT   the server; VAULT_TOKEN_FILE the backup token
 #                              (periodic, policy vaultgram-backup; renewed each run)
@@ -42,11 +44,16 @@ trap 'rm -rf -- "$tmp"' EXIT
 etcdctl_one() { # endpoint args...
   local ep=$1
   shift
-  # No ETCDCTL_* variables: etcdctl aborts when a variable and its flag meet.
-  env -u ETCDCTL_ENDPOINTS -u ETCDCTL_CACERT -u ETCDCTL_CERT -u ETCDCTL_KEY -u ETCDCTL_USER \
-    ETCDCTL_API=3 etcdctl --endpoints="$ep" --cacert="$ETCD_CACERT" --cert="$ETCD_CERT" \
-    --key="$ETCD_KEY" --user="$ETCD_USER:$(<"$ETCD_PASSWORD_FILE")" \
-    --dial-timeout=3s --command-timeout="${ETCD_COMMAND_TIMEOUT:-60s}" "$@"
+  (
+    # The credential travels in etcdctl's environment (readable by its owner
+    # only), never on its command line (readable by every local user). No
+    # other ETCDCTL_* variable: etcdctl aborts when a variable and its flag meet.
+    unset "${!ETCDCTL_@}"
+    ETCDCTL_API=3 ETCDCTL_USER=$ETCD_USER ETCDCTL_PASSWORD=$(<"$ETCD_PASSWORD_FILE")
+    export ETCDCTL_API ETCDCTL_USER ETCDCTL_PASSWORD
+    exec etcdctl --endpoints="$ep" --cacert="$ETCD_CACERT" --cert="$ETCD_CERT" --key="$ETCD_KEY" \
+      --dial-timeout=3s --command-timeout="${ETCD_COMMAND_TIMEOUT:-60s}" "$@"
+  )
 }
 
 # Keeps the newest $KEEP files matching $1 (with their .sha256).

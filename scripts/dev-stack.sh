@@ -259,7 +259,9 @@ start_bao() {
   fi
   st=$(bao_cli status -format=json 2>/dev/null || true)
   if grep -q '"sealed": true' <<<"$st"; then
-    bao_cli operator unseal "$(<"$STATE/unseal-key")" >/dev/null
+    # The key on stdin (`key=-`), never as an argument: every local user can
+    # read a process's command line. (`operator unseal` reads only a tty.)
+    bao_cli write sys/unseal key=- <"$STATE/unseal-key" >/dev/null
     say "$SERVER_NAME unsealed"
   fi
   for _ in $(seq 1 60); do

@@ -369,3 +369,116 @@ render() { # template vars...
   for v in "$@"; do list+="\${$v} "; done
   envsubst "$list" <"$tmpl"
 }
+
+# ---- argv watch: no secret on any process's command line -------------------
+# /proc/PID/cmdline is readable by every local user (`ps aux`), so a password,
+# token or key on a command line is disclosed. Tests that handle secrets run
+# this sampler for their whole run: every ARGV_WATCH_INTERVAL seconds (default
+# 0.02) it reads the command line of every process on the machine and keeps
+# each distinct one in memory; when stopped it searches them all for every
+# secret registered meanwhile (so a secret created late still counts for the
+# whole run) and reports a hit by the secret's name, never its value.
+#   argv_watch_start DIR               DIR: a new directory of the test's (0700)
+#   argv_watch_secret DIR NAME VALUE   registers a value (shell functions only:
+#   argv_watch_secret_file DIR NAME F  the value is on no command line)
+#   argv_watch_probe DIR               a short process with a fresh probe value
+#                                      in its argv, which the sampler must see
+#   argv_watch_stop DIR                prints the report; returns 1 on a leak,
+#                                      or when a probe went unseen (blind sampler)
+argv_watch_start() { # dir
+  local dir=$1
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  (umask 077; : >"$dir/secrets")
+  python3 - "$dir" "${ARGV_WATCH_INTERVAL:-0.02}" >"$dir/report" 2>&1 <<'PY' &
+import os, re, signal, sys, time
+d, interval = sys.argv[1], float(sys.argv[2])
+stop = False
+def on_term(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, on_term)
+seen = {}          # command line -> pid it was first seen in
+scans, t0 = 0, time.monotonic()
+me = str(os.getpid())
+while not stop:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                c = f.read()
+        except OSError:
+            continue
+        if c and c not in seen:
+            seen[c] = pid
+    scans += 1
+    if scans == 1:
+        open(os.path.join(d, "ready"), "w").close()
+    time.sleep(interval)
+elapsed = time.monotonic() - t0
+secrets = []
+for line in open(os.path.join(d, "secrets"), "rb"):
+    name, _, value = line.rstrip(b"\n").partition(b"\t")
+    if len(value) >= 8:                    # shorter values would match by chance
+        secrets.append((name.decode(), value))
+def redact(c, name):
+    for n, v in secrets:
+        c = c.replace(v, f"<{n}>".encode())
+    args = [a.decode(errors="replace") for a in c.rstrip(b"\0").split(b"\0")]
+    def short(a):   # a long argument: its start, and the leak in context
+        if len(a) <= 160:
+            return a
+        at = a.find(f"<{name}>")
+        if at < 120:
+            return a[:160] + "…"
+        return a[:60] + " … " + a[max(60, at - 60):at + len(name) + 62] + "…"
+    return " ".join(short(a) for a in args)
+leaks, probes = [], {}
+for n, v in secrets:
+    hits = [(pid, c) for c, pid in seen.items() if v in c]
+    if n.startswith("probe:"):
+        probes[n] = len(hits)
+    else:
+        leaks += [(n, pid, redact(c, n)) for pid, c in hits]
+print(f"argv-watch: {scans} scans in {elapsed:.1f} s (one per {1000 * elapsed / max(scans, 1):.0f} ms), "
+      f"{len(seen)} distinct command lines, {len(secrets) - len(probes)} secrets and {len(probes)} probes checked")
+for n, k in sorted(probes.items()):
+    print(f"argv-watch: {n}: {'seen' if k else 'NOT SEEN: the sampler is blind'}")
+for n, pid, c in leaks:
+    print(f"argv-watch: LEAK: {n} in the argv of pid {pid}: {c}")
+sys.exit(1 if leaks or not all(probes.values()) else 0)
+PY
+  echo $! >"$dir/pid"
+  local _
+  for _ in $(seq 1 100); do
+    [[ -e $dir/ready ]] && return 0
+    sleep 0.05
+  done
+  echo "argv_watch_start: the sampler did not start: $(cat "$dir/report")" >&2
+  return 1
+}
+argv_watch_secret() { # dir name value
+  [[ -n $3 ]] || return 0
+  printf '%s\t%s\n' "$2" "$3" >>"$1/secrets"
+}
+argv_watch_secret_file() { # dir name file
+  local v
+  v=$(<"$3")
+  argv_watch_secret "$1" "$2" "${v%$'\n'}"
+}
+argv_watch_probe() { # dir [seconds, default 0.1]
+  local v
+  v=argv-probe-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+  argv_watch_secret "$1" "probe:${2:-0.1}s" "$v"
+  # `; :` keeps bash from exec'ing sleep, so this argv lives the whole time.
+  bash -c "sleep ${2:-0.1}; :" "$v"
+}
+argv_watch_stop() { # dir
+  local pid rc=0
+  pid=$(<"$1/pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" || rc=$?
+  cat "$1/report"
+  return "$rc"
+}
