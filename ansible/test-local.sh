@@ -42,17 +42,19 @@ finish() {
 . "$ROOT/scripts/lib.sh"
 need_tool ansible-playbook ansible-lint yamllint etcd etcdctl start-stop-daemon ss || { bad "tools missing"; finish; }
 
-# No backup token and no etcd password on any process's command line during
-# the whole run (argv_watch_*, scripts/lib.sh): the backup role creates and
-# checks its tokens, the backup job uses them and the etcd root password.
-# (Not yet the root tokens: the vault and vault_config roles hand them to
-# the CLI through `environment:`, which Ansible puts on the command line of
-# the module it runs.)
+# No secret of the run on any process's command line, from the first task to
+# the teardown (argv_watch_*, scripts/lib.sh): the root tokens of the server
+# and of the unsealer, the auto-unseal token, the unseal and recovery keys,
+# the etcd passwords, the broker's role_id and wrapped secret_id, the backup
+# tokens, and the smoke test's own API hash and TOTP key. Every local user can
+# read every command line; the roles hand secrets to processes on stdin or in
+# files, never as arguments and never through `environment:` (which Ansible
+# turns into words of the `/bin/sh -c` command line it runs a module with).
 ARGV_DIR=$BASE/argv-watch
 argv_check() {
   [[ -e $ARGV_DIR/pid ]] || return 0
   if argv_watch_stop "$ARGV_DIR" >"$LOGS/argv-watch.log" 2>&1; then
-    ok "no backup token or etcd password on any command line: $(sed -n 's/^argv-watch: //p' "$LOGS/argv-watch.log" | head -n 1)"
+    ok "no secret on any command line: $(sed -n 's/^argv-watch: //p' "$LOGS/argv-watch.log" | head -n 1)"
   else
     bad "a secret was on a command line (see $LOGS/argv-watch.log)"; grep -E 'LEAK|NOT SEEN' "$LOGS/argv-watch.log" | cut -c1-400
   fi
@@ -114,10 +116,26 @@ deploy_flavor() { # flavor [ansible-playbook args...]
     finish
   fi
 
-  local f
-  for f in backup/vault-token backup/unsealer-token etcd-root-password etcd-vaultgram-password etcd-vault-password; do
-    [[ -s $VG_LOCAL_DIR/$f ]] && argv_watch_secret_file "$ARGV_DIR" "$flavor: $f" "$VG_LOCAL_DIR/$f"
+  # The secrets the deployment made, watched from now to the end of the run
+  # (the sampler keeps every command line it saw, run 1's included). A file
+  # that is not there is a failure: the sampler could not watch its secret.
+  local f unwatched=""
+  local secrets=(vault/root-token vault/recovery-key unsealer/root-token unsealer/unseal-key
+    unsealer/autounseal-token vaultgram/role_id vaultgram/secret_id backup/unsealer-token
+    etcd-root-password etcd-vaultgram-password etcd-vault-password)
+  [[ $flavor == openbao ]] && secrets+=(backup/vault-token)
+  for f in "${secrets[@]}"; do
+    if [[ -s $VG_LOCAL_DIR/$f ]]; then
+      argv_watch_secret_file "$ARGV_DIR" "$flavor: $f" "$VG_LOCAL_DIR/$f"
+    else
+      unwatched+=" $f"
+    fi
   done
+  if [[ -z $unwatched ]]; then
+    ok "$flavor: the argv sampler watches ${#secrets[@]} secrets of the deployment"
+  else
+    bad "$flavor: secret files missing, not watched:$unwatched"
+  fi
 
   T0=$(date +%s)
   if playbook "$flavor-run2" local.yml "${extra[@]}"; then
@@ -139,20 +157,27 @@ deploy_flavor() { # flavor [ansible-playbook args...]
   export BAO_ADDR=$VAULT_ADDR BAO_CACERT=$VAULT_CACERT
   VAULT_TOKEN=$(cat "$D/vault/root-token" 2>/dev/null)
   export VAULT_TOKEN BAO_TOKEN=$VAULT_TOKEN
-  if "$BAO" kv put secret/telegram api_id=123456 api_hash=abcdef1234567890 >"$LOGS/$flavor-kv-put.log" 2>&1; then
+  # The smoke test's own secrets go to bao on stdin (`key=-`) too, and are
+  # watched: an API hash of this run, alice's TOTP key.
+  local api_hash
+  api_hash=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+  argv_watch_secret "$ARGV_DIR" "$flavor: smoke api_hash" "$api_hash"
+  if printf '%s' "$api_hash" | "$BAO" kv put secret/telegram api_id=123456 api_hash=- >"$LOGS/$flavor-kv-put.log" 2>&1; then
     ok "$flavor: bao kv put secret/telegram"
   else
     bad "$flavor: bao kv put secret/telegram"; cat "$LOGS/$flavor-kv-put.log"
   fi
-  local want got left="" pid f p seed code
+  local want got left="" pid p seed b32 code
   local ctl=(env -u VAULT_TOKEN -u BAO_TOKEN "$D/bin/vaultgram" --config "$D/vaultgram/vaultgram.toml" ctl)
   # The deployed config has step-up on ([security] step_up = "secrets"):
   # a secret needs alice's own TOTP code first. Her key, as a Vault
   # operator would create it; the code computed independently (RFC 6238).
   seed=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
+  b32=$(python3 -c 'import base64,sys; print(base64.b32encode(bytes.fromhex(sys.stdin.read().strip())).decode().rstrip("="))' <<<"$seed")
+  argv_watch_secret "$ARGV_DIR" "$flavor: smoke TOTP key (hex)" "$seed"
+  argv_watch_secret "$ARGV_DIR" "$flavor: smoke TOTP key (base32)" "$b32"
   "$BAO" delete totp/keys/alice >/dev/null 2>&1 || true
-  "$BAO" write totp/keys/alice generate=false issuer=vaultgram account_name=alice \
-    key="$(python3 -c 'import base64,sys; print(base64.b32encode(bytes.fromhex(sys.argv[1])).decode().rstrip("="))' "$seed")" \
+  printf '%s' "$b32" | "$BAO" write totp/keys/alice generate=false issuer=vaultgram account_name=alice key=- \
     >"$LOGS/$flavor-totp.log" 2>&1 || { bad "$flavor: totp key for alice"; cat "$LOGS/$flavor-totp.log"; }
   got=$("${ctl[@]}" /get_keys 2>&1)
   if [[ $got == *"/unlock CODE"* ]]; then
@@ -160,9 +185,9 @@ deploy_flavor() { # flavor [ansible-playbook args...]
   else
     bad "$flavor: /get_keys before /unlock: got '$got'"
   fi
-  code=$(python3 - "$seed" <<'PY'
-import hashlib, hmac, struct, sys, time
-k = bytes.fromhex(sys.argv[1])
+  code=$(TOTP_SEED=$seed python3 - <<'PY'
+import hashlib, hmac, os, struct, time
+k = bytes.fromhex(os.environ["TOTP_SEED"])
 h = hmac.new(k, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
 o = h[19] & 15
 print("%06d" % ((struct.unpack(">I", h[o:o + 4])[0] & 0x7FFFFFFF) % 1000000))
@@ -174,7 +199,7 @@ PY
   else
     bad "$flavor: /unlock: got '$got'"
   fi
-  want=$'API_ID: 123456\nAPI_HASH: abcdef1234567890'
+  want=$'API_ID: 123456\nAPI_HASH: '$api_hash
   got=$("${ctl[@]}" /get_keys 2>"$LOGS/$flavor-ctl.err")
   if [[ $got == *"$want"* ]]; then
     ok "$flavor: vaultgram ctl /get_keys returns the keys put with bao"

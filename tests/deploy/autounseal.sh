@@ -9,7 +9,9 @@
 #   - with the unsealer stopped, a restart stays sealed and its log says why;
 #   - once the unsealer is back (unsealed with its saved key), the main
 #     server unseals again;
-#   - every process is gone and every port free at the end.
+#   - every process is gone and every port free at the end;
+#   - no root token, unseal or recovery key, or auto-unseal token was on any
+#     process's command line meanwhile (argv_watch_*, scripts/lib.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -48,6 +50,7 @@ stop_pid() { # pidfile
   start-stop-daemon --stop --pidfile "$1" --retry TERM/15/KILL/5 --remove-pidfile --oknodo >/dev/null 2>&1 || true
 }
 cleanup() {
+  [[ -e $WORK/argv/pid ]] && kill -TERM "$(<"$WORK/argv/pid")" 2>/dev/null # the sampler, if still running
   stop_pid "$WORK/run/vaultgram-vault.pid"
   stop_pid "$WORK/run/vaultgram-unsealer.pid"
   rm -rf "$WORK"
@@ -97,11 +100,17 @@ mode_is_600() { [[ $(stat -c %a "$1") == 600 ]]; }
 
 echo "# ports: main $API/$((API + 1)), unsealer $UNS/$((UNS + 1)); state $WORK"
 T0=$SECONDS
+argv_watch_start "$WORK/argv" || { echo "the argv sampler did not start" >&2; exit 1; }
+argv_watch_probe "$WORK/argv"
 
 # ---- 1. the role, twice ----------------------------------------------
 if run_role >"$WORK/run1.log" 2>&1; then ok "role: first run succeeds"; else bad "role: first run fails"; tail -40 "$WORK/run1.log"
   echo "$PASS passed, $FAIL failed"; exit 1; fi
 echo "# elapsed: $((SECONDS - T0)) s"
+# The role's secrets, watched to the end (run 1's command lines included).
+for f in unsealer/root-token unsealer/unseal-key unsealer/autounseal-token vault/root-token vault/recovery-key; do
+  if [[ -s $WORK/$f ]]; then argv_watch_secret_file "$WORK/argv" "$f" "$WORK/$f"; else bad "$f missing: not watched"; fi
+done
 if run_role >"$WORK/run2.log" 2>&1 && grep -Eq 'localhost *: ok=[0-9]+ +changed=0 +unreachable=0 +failed=0' "$WORK/run2.log"; then
   ok "role: second run reports changed=0"
 else
@@ -118,14 +127,21 @@ check "two audit devices write (declarative)" bash -c "
   VAULT_ADDR=https://127.0.0.1:$API VAULT_CACERT=$WORK/tls/ca.pem VAULT_TOKEN=\$(<'$WORK/vault/root-token') '$BAO' token lookup >/dev/null &&
   [[ -s '$WORK/vault/audit.log' && -s '$WORK/vault/audit-secondary.log' ]]"
 # The auto-unseal token may encrypt/decrypt with the one key, nothing else.
-TOK=$(<"$WORK/unsealer/autounseal-token")
-check "auto-unseal token can encrypt with transit/autounseal" \
-  bash -c "VAULT_TOKEN='$TOK' VAULT_ADDR=https://127.0.0.1:$UNS VAULT_CACERT=$WORK/tls/ca.pem '$BAO' write -field=ciphertext transit/encrypt/autounseal plaintext=aGk= >/dev/null"
-check "auto-unseal token cannot read the key or list secrets" \
-  bash -c "! VAULT_TOKEN='$TOK' VAULT_ADDR=https://127.0.0.1:$UNS VAULT_CACERT=$WORK/tls/ca.pem '$BAO' read transit/keys/autounseal >/dev/null 2>&1 &&
-           ! VAULT_TOKEN='$TOK' VAULT_ADDR=https://127.0.0.1:$UNS VAULT_CACERT=$WORK/tls/ca.pem '$BAO' secrets list >/dev/null 2>&1"
-check "auto-unseal token is periodic" \
-  bash -c "VAULT_TOKEN=\$(<'$WORK/unsealer/root-token') VAULT_ADDR=https://127.0.0.1:$UNS VAULT_CACERT=$WORK/tls/ca.pem '$BAO' token lookup -format=json '$TOK' | grep -q '\"period\": [1-9]'"
+# It goes to the CLI in its environment, read from its file (a token in an
+# argument, or in a `bash -c` script, is on a command line).
+tok_cli() { # the unsealer's CLI with the auto-unseal token
+  local t
+  t=$(<"$WORK/unsealer/autounseal-token")
+  VAULT_TOKEN=$t BAO_TOKEN=$t uns_cli "$@"
+}
+tok_encrypts() { tok_cli write -field=ciphertext transit/encrypt/autounseal plaintext=aGk= >/dev/null; }
+tok_confined() {
+  ! tok_cli read transit/keys/autounseal >/dev/null 2>&1 && ! tok_cli secrets list >/dev/null 2>&1
+}
+tok_periodic() { [[ $(tok_cli token lookup -format=json) =~ \"period\":\ [1-9] ]]; }
+check "auto-unseal token can encrypt with transit/autounseal" tok_encrypts
+check "auto-unseal token cannot read the key or list secrets" tok_confined
+check "auto-unseal token is periodic" tok_periodic
 
 echo "# elapsed: $((SECONDS - T0)) s"
 # ---- 2. restart: back unsealed with no operator action ----------------
@@ -178,6 +194,13 @@ all_ports_free() { port_free "$API" && port_free $((API + 1)) && port_free "$UNS
 no_bao_left() { ! pgrep -f -- "-config=$WORK/" >/dev/null; }
 check "no server process left" no_bao_left
 check "all four ports free" all_ports_free
+
+if argv_watch_stop "$WORK/argv" >"$WORK/argv.report" 2>&1; then
+  ok "no secret on any command line: $(sed -n '1s/^argv-watch: //p' "$WORK/argv.report")"
+else
+  bad "a secret was on a command line:"; grep -E 'LEAK|NOT SEEN' "$WORK/argv.report" | cut -c1-400
+fi
+rm -f "$WORK/argv/pid"
 
 echo "# elapsed: $((SECONDS - T0)) s"
 echo "$PASS passed, $FAIL failed"
