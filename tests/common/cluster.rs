@@ -934,6 +934,39 @@ impl Cluster {
     /// Runs the operator's CLI (`bao` or `vault`, the server's own binary)
     /// against this cluster as `token`, in a clean environment (no stray
     /// `VAULT_*`/`BAO_*` of the developer).
+    /// [`Cluster::cli`] with `input` on stdin: a secret value goes there
+    /// (`key=-`), never into argv, which every local user can read.
+    pub fn cli_stdin(
+        &self,
+        token: &SecretString,
+        args: &[&str],
+        input: &str,
+    ) -> std::process::Output {
+        use std::io::Write;
+        let home = self.path().join("cli-home");
+        std::fs::create_dir_all(&home).unwrap();
+        let mut child = Command::new(self.server.binary())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("VAULT_ADDR", self.vault_addr())
+            .env("VAULT_CACERT", &self.ca_path)
+            .env("VAULT_TOKEN", token.expose_secret())
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the server's CLI");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("the server's CLI")
+    }
+
     pub fn cli(&self, token: &SecretString, args: &[&str]) -> std::process::Output {
         let home = self.path().join("cli-home");
         std::fs::create_dir_all(&home).unwrap();

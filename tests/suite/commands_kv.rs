@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 
+use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use super::TestFn;
@@ -136,7 +137,9 @@ fn wrapping_token(run: &ConsoleRun, i: usize) -> String {
 /// when Vault refuses (already used).
 fn bao_unwrap(env: &Env, token: &str) -> Option<Value> {
     let c = env.cluster();
-    let out = c.cli(&c.root_token, &["unwrap", "-format=json", token]);
+    // The wrapping token as the CLI's token: `bao unwrap` with no argument
+    // unwraps it (never in argv).
+    let out = c.cli(&SecretString::from(token.to_string()), &["unwrap", "-format=json"]);
     if !out.status.success() {
         return None;
     }
@@ -191,15 +194,11 @@ fn config_with(env: &Env, name: &str, extra: &str) -> PathBuf {
 fn get_keys_after_bao_cli_put(env: &Env) {
     let c = env.cluster();
     // The operator's step from SPEC.md, with the real CLI.
-    let out = c.cli(
+    // The hash on stdin (`api_hash=-`), as an operator should type it.
+    let out = c.cli_stdin(
         &c.root_token,
-        &[
-            "kv",
-            "put",
-            "secret/telegram",
-            "api_id=123456",
-            "api_hash=abcdef1234567890",
-        ],
+        &["kv", "put", "secret/telegram", "api_id=123456", "api_hash=-"],
+        "abcdef1234567890",
     );
     assert!(
         out.status.success(),

@@ -584,7 +584,7 @@ fn kv_interop_with_bao_cli(env: &Env) {
     let mine = canary::plant("kv-interop-lib");
     env.rt.block_on(async {
         // Written by the operator's CLI, read by us.
-        let out = c.cli(
+        let out = c.cli_stdin(
             &token,
             &[
                 "kv",
@@ -592,8 +592,9 @@ fn kv_interop_with_bao_cli(env: &Env) {
                 "secret/it/engines/interop/from-cli",
                 "a=1",
                 "b=two",
-                &format!("pw={pw}"),
+                "pw=-",
             ],
+            &pw,
         );
         stdout(&out, "bao kv put");
         let s = v
@@ -952,7 +953,8 @@ fn wrap_kv_get_single_use(env: &Env) {
         assert_eq!(info.creation_ttl, 300);
 
         // `bao unwrap TOKEN` gives the value, once.
-        let out = c.cli(&token, &["unwrap", "-format=json", w.token.expose_secret()]);
+        // The wrapping token as the CLI's token, never in argv.
+        let out = c.cli(&w.token, &["unwrap", "-format=json"]);
         let j: Value = serde_json::from_str(&stdout(&out, "bao unwrap")).unwrap();
         assert_eq!(j["data"]["data"]["pw"], json!(pw));
         let e1 = expect_err(
@@ -973,7 +975,7 @@ fn wrap_kv_get_single_use(env: &Env) {
         let m = v.unwrap(&w.token).await.unwrap();
         let inner: Value = serde_json::from_str(m["data"].expose_secret()).unwrap();
         assert_eq!(inner, json!({"pw": pw}));
-        let out = c.cli(&token, &["unwrap", w.token.expose_secret()]);
+        let out = c.cli(&w.token, &["unwrap"]);
         assert!(!out.status.success(), "bao unwrapped a used token");
 
         // Someone else's secret: denied, and no token minted.
@@ -1069,16 +1071,13 @@ fn wrap_data_unwrap_self(env: &Env) {
         let w = v.wrap_data(&payload, ttl).await.unwrap();
         canary::register(w.token.expose_secret());
         assert_eq!(plain(&v.unwrap(&w.token).await.unwrap()), plain(&payload));
-        let out = c.cli(&token, &["unwrap", w.token.expose_secret()]);
+        let out = c.cli(&w.token, &["unwrap"]);
         assert!(!out.status.success(), "bao unwrapped a used token");
 
         // Wrapped by us, unwrapped by the operator's CLI.
         let w = v.wrap_data(&payload, ttl).await.unwrap();
         canary::register(w.token.expose_secret());
-        let out = c.cli(
-            &token,
-            &["unwrap", "-field=agent_token", w.token.expose_secret()],
-        );
+        let out = c.cli(&w.token, &["unwrap", "-field=agent_token"]);
         assert_eq!(stdout(&out, "bao unwrap -field").trim(), agent_token);
 
         // Malformed tokens and empty payloads never travel.
