@@ -929,7 +929,7 @@ fn transit_errors_map_to_kinds(env: &Env) {
 
 fn wrap_kv_get_single_use(env: &Env) {
     let c = env.cluster();
-    let (v, token) = admin(env);
+    let (v, _operator_token) = admin(env);
     let pw = canary::plant("wrap-kv");
     let path = kp("secret/it/engines/wrap-kv/s");
     let ttl = WrapTtl::parse("5m").unwrap();
@@ -1039,7 +1039,7 @@ fn wrap_kv_get_refuses_deleted(env: &Env) {
 
 fn wrap_data_unwrap_self(env: &Env) {
     let c = env.cluster();
-    let (v, token) = admin(env);
+    let (v, _operator_token) = admin(env);
     let agent_token = canary::plant("wrap-data");
     let payload = data(&[("agent_token", &agent_token), ("agent", "bob")]);
     let ttl = WrapTtl::parse("1m").unwrap();
