@@ -139,7 +139,10 @@ fn bao_unwrap(env: &Env, token: &str) -> Option<Value> {
     let c = env.cluster();
     // The wrapping token as the CLI's token: `bao unwrap` with no argument
     // unwraps it (never in argv).
-    let out = c.cli(&SecretString::from(token.to_string()), &["unwrap", "-format=json"]);
+    let out = c.cli(
+        &SecretString::from(token.to_string()),
+        &["unwrap", "-format=json"],
+    );
     if !out.status.success() {
         return None;
     }
@@ -197,7 +200,13 @@ fn get_keys_after_bao_cli_put(env: &Env) {
     // The hash on stdin (`api_hash=-`), as an operator should type it.
     let out = c.cli_stdin(
         &c.root_token,
-        &["kv", "put", "secret/telegram", "api_id=123456", "api_hash=-"],
+        &[
+            "kv",
+            "put",
+            "secret/telegram",
+            "api_id=123456",
+            "api_hash=-",
+        ],
         "abcdef1234567890",
     );
     assert!(
