@@ -47,28 +47,180 @@ pub const QUIET_TOOL_FILTER: &str = "warn";
 /// filter names them.
 const QUIET_CLIENTS: [&str; 2] = ["rustify=off", "vaultrs=off"];
 
+/// The crates of the Telegram client. grammers logs whole `Updates` at
+/// WARN on a path the broker takes by design (a sent message whose id is
+/// not in the answer: `messages.rs`, "failed to find just-sent message"),
+/// message text included; its events therefore reach our log only as
+/// their level and place ([`GrammersRedacted`]), never their fields.
+const GRAMMERS: [&str; 6] = [
+    "grammers_client",
+    "grammers_mtsender",
+    "grammers_session",
+    "grammers_mtproto",
+    "grammers_crypto",
+    "grammers_tl_types",
+];
+
 /// [`init`] with another default filter (`VAULTGRAM_LOG` still wins).
 pub fn init_with_default(format: LogFormat, default_filter: &str) {
     let spec = std::env::var("VAULTGRAM_LOG").ok();
+    // A second initialisation (tests) is not an error worth dying for.
+    let _ = tracing::subscriber::set_global_default(subscriber(
+        format,
+        spec.as_deref(),
+        default_filter,
+        std::io::stderr,
+    ));
+}
+
+/// The subscriber: our events formatted as `format`, filtered by `spec`
+/// (else `default_filter`); rustify's and vaultrs's off unless named;
+/// grammers's redacted, always.
+fn subscriber<W>(
+    format: LogFormat,
+    spec: Option<&str>,
+    default_filter: &str,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Clone + Send + Sync + 'static,
+{
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
     let mut filter = spec
-        .as_deref()
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::new(default_filter));
     for directive in QUIET_CLIENTS {
         let target = directive.split('=').next().unwrap_or_default();
-        let named = spec.as_deref().unwrap_or(default_filter).contains(target);
+        let named = spec.unwrap_or(default_filter).contains(target);
         if !named {
             if let Ok(d) = directive.parse() {
                 filter = filter.add_directive(d);
             }
         }
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // try_init: a second initialisation (tests) is not an error worth dying for.
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    // Whatever the filter says: grammers's fields never pass.
+    for target in GRAMMERS {
+        if let Ok(d) = format!("{target}=off").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer.clone());
+    let fmt = match format {
+        LogFormat::Pretty => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(GrammersRedacted {
+            json: format == LogFormat::Json,
+            writer,
+        })
+}
+
+/// grammers's warnings and errors, reduced to their level and the place
+/// in grammers's source that raised them: never a field, never the
+/// message (it can hold a whole `Updates`, message text included).
+struct GrammersRedacted<W> {
+    json: bool,
+    writer: W,
+}
+
+impl<S, W> tracing_subscriber::Layer<S> for GrammersRedacted<W>
+where
+    S: tracing::Subscriber,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        use std::io::Write;
+        let m = event.metadata();
+        if !GRAMMERS.iter().any(|g| m.target().starts_with(g)) || *m.level() > tracing::Level::WARN
+        {
+            return;
+        }
+        let place = format!("{}:{}", m.file().unwrap_or("?"), m.line().unwrap_or(0));
+        const NOTE: &str = "grammers event; its text is not logged (it may carry message text)";
+        let line = if self.json {
+            serde_json::json!({
+                "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "level": m.level().as_str(),
+                "message": NOTE,
+                "grammers_at": place,
+                "target": m.target(),
+            })
+            .to_string()
+        } else {
+            format!(
+                "{} {:>5} {}: {NOTE} ({place})",
+                humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+                m.level(),
+                m.target()
+            )
+        };
+        let _ = writeln!(self.writer.make_writer(), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'w self) -> Buf {
+            self.clone()
+        }
+    }
+
+    /// What grammers 0.11 logs when a sent message's id is missing from
+    /// the answer (`warn!("{:#?}", updates)`): the whole update, text
+    /// included. Only its level and place reach our log, in both formats,
+    /// whatever `VAULTGRAM_LOG` says; our own events are untouched.
+    #[test]
+    fn grammers_events_never_carry_their_text_into_the_log() {
+        let canary = "CANARY-grammers-update-text-7f3a";
+        for format in [LogFormat::Json, LogFormat::Pretty] {
+            for spec in [None, Some("trace"), Some("grammers_client=trace")] {
+                let buf = Buf::default();
+                let sub = subscriber(format, spec, "info", buf.clone());
+                tracing::subscriber::with_default(sub, || {
+                    tracing::warn!(target: "grammers_client::client::messages", "{}", format!("Updates {{ message: \"/kv put secret/x password={canary}\" }}"));
+                    tracing::error!(target: "grammers_mtsender::sender", text = canary, "failed");
+                    tracing::info!(target: "grammers_session::message_box", "{canary}");
+                    tracing::info!(target: "vaultgram::test", "ours");
+                });
+                let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+                assert!(!out.contains(canary), "{format:?} {spec:?}: {out}");
+                assert_eq!(
+                    out.matches("its text is not logged").count(),
+                    2,
+                    "{format:?} {spec:?}: {out}"
+                );
+                assert!(
+                    out.contains("client/messages.rs") || out.contains("telemetry.rs"),
+                    "{out}"
+                );
+                if spec != Some("grammers_client=trace") {
+                    assert!(out.contains("ours"), "{format:?} {spec:?}: {out}");
+                }
+            }
+        }
+    }
 }

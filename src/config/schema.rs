@@ -183,6 +183,9 @@ pub struct TelegramConfig {
     /// How often the leader checks that its connection still answers; an
     /// answer later than this (at most 10 s) restarts the client.
     pub ping_secs: u64,
+    /// Commands older than this (caught up after downtime) are not run:
+    /// the operator is told, without an echo.
+    pub max_command_age_secs: u64,
 }
 
 /// `telegram.backend`.
@@ -211,6 +214,7 @@ impl Default for TelegramConfig {
             flood_wait_max_secs: 60,
             dedup_ttl_secs: 7 * 24 * 3600,
             ping_secs: 60,
+            max_command_age_secs: 300,
         }
     }
 }
@@ -232,6 +236,7 @@ impl fmt::Debug for TelegramConfig {
             .field("flood_wait_max_secs", &self.flood_wait_max_secs)
             .field("ping_secs", &self.ping_secs)
             .field("dedup_ttl_secs", &self.dedup_ttl_secs)
+            .field("max_command_age_secs", &self.max_command_age_secs)
             .finish()
     }
 }

@@ -255,6 +255,7 @@ impl Config {
             check_proxy(p)?;
         }
         check_at_least("telegram.ping_secs", t.ping_secs, 1)?;
+        check_at_least("telegram.max_command_age_secs", t.max_command_age_secs, 10)?;
         for (role, ttl) in &t.wrap_ttl {
             let key = format!("telegram.wrap_ttl.{role}");
             if role != "admin" && role != "agent" {

@@ -20,6 +20,7 @@ mod policy_matrix;
 mod security;
 mod socket;
 mod telegram;
+mod telegram_chat;
 mod telegram_failover;
 mod vault;
 mod vault_auth;
@@ -50,6 +51,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(security::TESTS);
     t.extend(containment::TESTS);
     t.extend(telegram::TESTS);
+    t.extend(telegram_chat::TESTS);
     t.extend(telegram_failover::TESTS);
     t.extend(kubernetes::TESTS);
     t

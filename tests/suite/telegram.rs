@@ -48,7 +48,7 @@ pub const TESTS: &[(&str, TestFn)] = &[
 ];
 
 /// The harness config with its own etcd prefix and the file stand-in.
-fn tg_config(env: &Env, dir: &Path) -> Config {
+pub(super) fn tg_config(env: &Env, dir: &Path) -> Config {
     let mut cfg = env.config();
     cfg.etcd.prefix = format!("/vaultgram/tg-{}/", random_hex(4));
     cfg.etcd.lease_ttl_secs = 3;
@@ -69,7 +69,7 @@ fn tg_config(env: &Env, dir: &Path) -> Config {
     cfg
 }
 
-fn file_dir(env: &Env, name: &str) -> PathBuf {
+pub(super) fn file_dir(env: &Env, name: &str) -> PathBuf {
     let d = env
         .cluster()
         .path()
@@ -293,23 +293,23 @@ fn deposed_leaders_guarded_writes_fail(env: &Env) {
     });
 }
 
-struct Outbox(PathBuf);
+pub(super) struct Outbox(pub(super) PathBuf);
 
 impl Outbox {
-    fn lines(&self) -> Vec<Value> {
+    pub(super) fn lines(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.0)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
-    fn sends_to(&self, reply_to: i64) -> Vec<Value> {
+    pub(super) fn sends_to(&self, reply_to: i64) -> Vec<Value> {
         self.lines()
             .into_iter()
             .filter(|v| v["op"] == "send" && v["reply_to"] == reply_to)
             .collect()
     }
-    fn deleted(&self) -> Vec<i64> {
+    pub(super) fn deleted(&self) -> Vec<i64> {
         self.lines()
             .into_iter()
             .filter(|v| v["op"] == "delete")
@@ -323,7 +323,7 @@ impl Outbox {
             })
             .collect()
     }
-    fn wait(&self, what: &str, limit: Duration, mut ok: impl FnMut(&Outbox) -> bool) {
+    pub(super) fn wait(&self, what: &str, limit: Duration, mut ok: impl FnMut(&Outbox) -> bool) {
         let deadline = Instant::now() + limit;
         while !ok(self) {
             assert!(
@@ -336,7 +336,7 @@ impl Outbox {
     }
 }
 
-fn inbox(dir: &Path, v: Value) {
+pub(super) fn inbox(dir: &Path, v: Value) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -494,9 +494,12 @@ fn chat_flow_allowlist_replies_and_deletions(env: &Env) {
     assert!(strangers[0].contains("\"ignored\""), "{}", strangers[0]);
     let claimed = env.rt.block_on(async {
         app.etcd
-            .count_prefix(&format!("{}tg/handled/555555/", cfg.etcd.prefix))
+            .list_prefix(&format!("{}tg/handled/", cfg.etcd.prefix), 0, false)
             .await
             .unwrap()
+            .into_iter()
+            .filter(|e| e.key.contains("/555555/"))
+            .count()
     });
     assert_eq!(claimed, 0, "a stranger's message was claimed in etcd");
     // Saved Messages: the account's own operator entry (id 100 in the
@@ -537,7 +540,8 @@ fn chat_flow_allowlist_replies_and_deletions(env: &Env) {
     // A message claimed by a leader that died mid-command: not run again,
     // the operator is told.
     env.rt.block_on(async {
-        let key = format!("{}tg/handled/111111/31", cfg.etcd.prefix);
+        // Claims are per account: the stand-in's account is 100.
+        let key = format!("{}tg/handled/100/111111/31", cfg.etcd.prefix);
         let v = json!({"state": "started", "node": "gone", "at": 0}).to_string();
         app.etcd.put(&key, v).await.unwrap();
     });
@@ -622,7 +626,7 @@ fn chat_flow_allowlist_replies_and_deletions(env: &Env) {
     });
 }
 
-struct NoPrompt;
+pub(super) struct NoPrompt;
 
 impl vaultgram::transport::telegram::LoginPrompt for NoPrompt {
     fn phone(&mut self) -> Result<String, vaultgram::transport::telegram::ChatError> {

@@ -3,40 +3,68 @@
 //! messages and deletions go to `outbox.jsonl`. It replaces exactly what
 //! `grammers.rs` does and behaves like grammers 0.11 where our runner
 //! depends on it, so that a defect that real Telegram would expose fails a
-//! test here too:
+//! test here too. Each point is checked against the grammers 0.11 sources:
 //!
-//! - **Bounded delivery.** A "network" task reads the inbox and hands each
-//!   update to a channel of [`UPDATES_CAPACITY`] with `try_send`, dropping
-//!   what does not fit (grammers' `SenderPool` does exactly this with its
-//!   100-entry `updates_channel_capacity`).
+//! - **Catch-up batches** (grammers-session `message_box`,
+//!   `apply_difference_type`): what is in the inbox when the client starts
+//!   comes as `getDifference` results of up to 100 messages (a file
+//!   `difference_batch` sets another size), each one packet: its other
+//!   updates first, each with its own state, then its messages, which all
+//!   carry the batch's *final* state — Telegram does not say where each
+//!   message was. Never dropped (a difference is fetched on request).
+//! - **Live delivery is bounded.** What arrives later is handed over one
+//!   update per packet with `try_send` to a channel of
+//!   [`UPDATES_CAPACITY`], dropping what does not fit (grammers'
+//!   `SenderPool`, 100-entry `updates_channel_capacity`).
+//! - **A packet is handed out at once** ([`FileUpdates`], as grammers'
+//!   `UpdateStream` buffers a packet): the next read waits only when the
+//!   packet is used up.
 //! - **Update state advances on receipt.** The position the stand-in has
 //!   *read* is its message box; only [`FileChat::commit`] (grammers:
 //!   `Session::set_update_state`) moves the session's stored `offset`.
+//! - **Message metadata** on each line: `"date"` (Unix seconds; absent:
+//!   unknown), `"fwd":true` (`fwd_from`), `"via_bot":ID`,
+//!   `"saved_peer":ID` (saved into Saved Messages from another chat),
+//!   `"service":"ACTION"` (a service message), `"edit":true`
+//!   (`updateEditMessage`), `"kind":"user"|"chat"|"channel"`. A line
+//!   `{"update":"NAME"}` is an update that is not a message.
 //! - **Echoes.** Every sent message comes back as an outgoing update in its
 //!   chat, replying to what it replied to.
 //! - **Access hashes.** A private message arrives as `updateShortMessage`
 //!   (no user object) unless its line says `"users": true`; sending to a
 //!   user whose hash the session has not cached fails, as grammers has no
 //!   `InputPeer` for it. [`FileChat::resolve`] (grammers:
-//!   `get_messages_by_id`) learns the hash from the message.
+//!   `get_messages_by_id`) learns the hash from the message. A fresh
+//!   login has an empty peer cache.
+//! - **Telegram's limits:** a text over 4096 UTF-16 units is refused with
+//!   `MESSAGE_TOO_LONG`; a `random_id` seen before is refused with
+//!   `RANDOM_ID_DUPLICATE`.
 //! - **Errors**, injected by control lines: see below.
+//!
+//! Not modelled (checked by hand against a real server, see
+//! `userbot/README.md`): MTProto itself, DC migration, `getDifference`
+//! slices and `differenceTooLong`, channel differences, media, entities,
+//! reply markup, Telegram's own flood limits.
 //!
 //! Session: `{"file_backend":1,"offset":N,"me":ID,"auth_key":"…",
 //! "peers":["user:1",…]}`. A new leader resumes from the saved `offset`.
 //!
-//! Inbox line: `{"id":42,"chat":111111,"sender":111111,"text":"/whoami"}`,
-//! optional `"kind":"user"|"chat"|"channel"` (default user), `"outgoing"`,
-//! `"users":true`, `"reply_to":N`. Control lines (each acted on once per
-//! process): `{"control":"disconnect"}` (the connection drops),
-//! `"blackhole"` (the connection dies silently: nothing arrives, every
-//! request hangs), `"auth_key_duplicated"` (Telegram refuses this key with
-//! 406 from now on), `"reset_key"` (a transport 404: grammers generates a
-//! new, unauthorized key), `"latency"` with `"ms"` (each request takes that
-//! long), `"panic"` (the next send panics), `"send_error"` with `"rpc"`,
-//! `"code"`, `"delivered"`, `"zero"` (the next send fails with that RPC
-//! error, or returns id 0, after delivering the message or not),
-//! `"die_after_send"` (the process exits right after its next
-//! `send_once` was delivered: a crash before the leader recorded it).
+//! Inbox line: `{"id":42,"chat":111111,"sender":111111,"text":"/whoami"}`
+//! with the optional fields above, `"outgoing"`, `"users":true`,
+//! `"reply_to":N`. Control lines (each acted on once per process, and
+//! only live, never in a catch-up): `{"control":"disconnect"}` (the
+//! connection drops), `"blackhole"` (the connection dies silently: nothing
+//! arrives, every request hangs), `"auth_key_duplicated"` (Telegram
+//! refuses this key with 406 from now on), `"reset_key"` (a transport 404:
+//! grammers generates a new, unauthorized key), `"latency"` with `"ms"`
+//! (each request takes that long), `"panic"` (the next send panics),
+//! `"send_error"` with `"rpc"`, `"code"`, `"delivered"`, `"zero"` (the
+//! next send fails with that RPC error, or returns id 0, after delivering
+//! the message or not), `"die_after_send"` (the process exits right after
+//! its next `send_once` was delivered: a crash before the leader recorded
+//! it), `"resolve_fail"` with `"times"` (that many resolves fail as a
+//! connection reset would), `"delete_error"` with `"chat"` (deletions in
+//! that chat fail from now on, as for a chat that is gone).
 //! A file `connect_delay_ms` in the dir makes the next client start hang
 //! that long (a connect without a timeout); the start consumes it.
 //! Outbox lines: `{"op":"connect"|"start"|"send"|"delete"|"stop","pid":…,…}`
@@ -54,7 +82,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
-use super::route::Incoming;
+use super::route::{Incoming, Origin};
 use super::{rpc_error, ChatError, Delivery, Mark};
 
 pub const FORMAT: &str = "file-v1";
@@ -126,6 +154,12 @@ struct Control {
     delivered: bool,
     #[serde(default)]
     zero: bool,
+    /// `resolve_fail`: how many resolves fail.
+    #[serde(default)]
+    times: u32,
+    /// `delete_error`: whose chat's deletions fail.
+    #[serde(default)]
+    chat: i64,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +167,7 @@ struct InboxLine {
     id: i32,
     chat: i64,
     sender: Option<i64>,
+    #[serde(default)]
     text: String,
     #[serde(default = "user")]
     kind: String,
@@ -142,6 +177,48 @@ struct InboxLine {
     users: bool,
     #[serde(default)]
     reply_to: Option<i32>,
+    /// Unix seconds when it was sent (absent: unknown, 0).
+    #[serde(default)]
+    date: i64,
+    /// `fwd_from` is set (a forwarded message).
+    #[serde(default)]
+    fwd: bool,
+    #[serde(default)]
+    via_bot: Option<i64>,
+    #[serde(default)]
+    saved_peer: Option<i64>,
+    /// A service message (its action's name).
+    #[serde(default)]
+    service: Option<String>,
+    /// `updateEditMessage` of message `id`.
+    #[serde(default)]
+    edit: bool,
+}
+
+impl InboxLine {
+    fn origin(&self) -> Origin {
+        if self.edit {
+            Origin::Edited
+        } else if self.service.is_some() {
+            Origin::Service
+        } else if self.fwd {
+            Origin::Forwarded
+        } else if self.via_bot.is_some() {
+            Origin::ViaBot
+        } else if self.saved_peer.is_some() {
+            Origin::SavedFromElsewhere
+        } else {
+            Origin::Typed
+        }
+    }
+}
+
+/// A line that is an update but not a message (`{"update":"read_history"}`,
+/// say): it moves the update state and carries nothing for the runner.
+#[derive(Deserialize)]
+struct OtherUpdate {
+    #[allow(dead_code)]
+    update: String,
 }
 
 fn user() -> String {
@@ -165,6 +242,10 @@ struct Faults {
     /// Telegram (before anything else is recorded).
     die_after_send: AtomicBool,
     next_send: Mutex<Option<Control>>,
+    /// Resolves that fail (a transient network error) before one works.
+    resolve_fail: std::sync::atomic::AtomicU32,
+    /// Deletions in this chat fail (the chat is gone, say).
+    delete_fail_chat: Mutex<Option<i64>>,
 }
 
 pub struct FileChat {
@@ -177,19 +258,31 @@ pub struct FileChat {
     network: tokio::task::JoinHandle<()>,
 }
 
-/// The stand-in's update stream (grammers: `UpdateStream`).
+/// One packet from the "network": one live update, or a whole
+/// `getDifference` batch. Each entry: the update state its delivery
+/// carries (an inbox position), and the message (`None`: another update).
+type Packet = Vec<(usize, Option<Incoming>)>;
+
+/// The stand-in's update stream (grammers: `UpdateStream`, which buffers a
+/// packet's updates and hands them out one by one, at once).
 pub struct FileUpdates {
-    rx: mpsc::Receiver<(usize, Incoming)>,
+    rx: mpsc::Receiver<Packet>,
+    buffer: std::collections::VecDeque<(usize, Option<Incoming>)>,
 }
 
 impl FileUpdates {
     pub async fn next(&mut self) -> Result<Delivery, ChatError> {
-        match self.rx.recv().await {
-            Some((line, msg)) => Ok(Delivery {
-                msg: Some(msg),
-                mark: Mark::File(line),
-            }),
-            None => Err(ChatError::Io("the connection was closed".into())),
+        loop {
+            if let Some((line, msg)) = self.buffer.pop_front() {
+                return Ok(Delivery {
+                    msg,
+                    mark: Mark::File(line),
+                });
+            }
+            match self.rx.recv().await {
+                Some(packet) => self.buffer.extend(packet),
+                None => return Err(ChatError::Io("the connection was closed".into())),
+            }
         }
     }
 }
@@ -204,6 +297,14 @@ fn append(dir: &Path, file: &str, line: serde_json::Value) -> Result<(), ChatErr
         .open(dir.join(file))
         .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(|e| ChatError::Io(format!("{file}: {e}")))
+}
+
+/// Telegram refuses a text longer than 4096 UTF-16 units.
+fn too_long(text: &str) -> Result<(), ChatError> {
+    if text.encode_utf16().count() > super::route::MESSAGE_LIMIT {
+        return Err(rpc_error(400, "MESSAGE_TOO_LONG", None));
+    }
+    Ok(())
 }
 
 fn dead_keys(dir: &Path) -> HashSet<String> {
@@ -262,7 +363,10 @@ impl FileChat {
                 stop,
                 network,
             },
-            FileUpdates { rx },
+            FileUpdates {
+                rx,
+                buffer: Default::default(),
+            },
         ))
     }
 
@@ -329,6 +433,7 @@ impl FileChat {
             panic!("file backend: injected panic");
         }
         self.request().await?;
+        too_long(text)?;
         if !self.state().peers.contains(&format!("user:{user}")) {
             // grammers has no InputPeer without the access hash.
             return Err(ChatError::Io(format!(
@@ -374,6 +479,7 @@ impl FileChat {
     /// outbox is the stand-in's memory of them).
     pub async fn send_once(&self, user: i64, text: &str, random_id: i64) -> Result<(), ChatError> {
         self.request().await?;
+        too_long(text)?;
         if !self.state().peers.contains(&format!("user:{user}")) {
             return Err(ChatError::Io(format!(
                 "no access hash for user {user} in the session"
@@ -415,6 +521,15 @@ impl FileChat {
 
     pub async fn delete(&self, user: i64, ids: &[i32]) -> Result<(), ChatError> {
         self.request().await?;
+        if *self
+            .faults
+            .delete_fail_chat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            == Some(user)
+        {
+            return Err(rpc_error(400, "PEER_ID_INVALID", None));
+        }
         append(
             &self.dir,
             "outbox.jsonl",
@@ -429,6 +544,13 @@ impl FileChat {
             return Ok(());
         }
         self.request().await?;
+        let failing = &self.faults.resolve_fail;
+        if failing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ChatError::Io("connection reset while resolving".into()));
+        }
         let inbox = std::fs::read_to_string(self.dir.join("inbox.jsonl")).unwrap_or_default();
         let found = inbox.lines().any(|l| {
             serde_json::from_str::<InboxLine>(l)
@@ -497,15 +619,23 @@ impl Drop for FileChat {
     }
 }
 
+/// Messages of one `getDifference` batch (grammers gets up to 100 per
+/// call); a file `difference_batch` in the dir sets another size.
+const DIFFERENCE_BATCH: usize = 100;
+
 /// Reads inbox lines after `offset` every 50 ms. What was already there at
-/// start is the catch-up (grammers: `getDifference`, buffered without
-/// bound by its update receiver); what arrives later is forwarded like
-/// grammers' sender forwards live updates: `try_send`, one packet at a
-/// time, dropping what does not fit.
+/// start is the catch-up, delivered as grammers delivers a `getDifference`
+/// result: in batches of [`DIFFERENCE_BATCH`] messages, each batch one
+/// packet, its non-message updates first with their own state, then its
+/// messages, which all carry the batch's *final* state (Telegram does not
+/// say where each message was: grammers-session's `apply_difference`);
+/// never dropped (grammers fetches a difference on request). What arrives
+/// later is forwarded like grammers' sender forwards live updates: one
+/// packet per update, `try_send`, dropping what does not fit.
 async fn network(
     path: PathBuf,
     mut received: usize,
-    tx: mpsc::Sender<(usize, Incoming)>,
+    tx: mpsc::Sender<Packet>,
     faults: Arc<Faults>,
     state: Arc<Mutex<State>>,
     stop: CancellationToken,
@@ -515,6 +645,14 @@ async fn network(
     let catch_up = std::fs::read_to_string(&inbox)
         .map(|t| t.rfind('\n').map(|i| t[..=i].lines().count()).unwrap_or(0))
         .unwrap_or(0);
+    let batch_size = std::fs::read_to_string(path.join("difference_batch"))
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(DIFFERENCE_BATCH);
+    // The catch-up batch being assembled: other updates, then messages.
+    let mut others: Packet = Vec::new();
+    let mut messages: Vec<Incoming> = Vec::new();
     loop {
         if faults.blackhole.load(Ordering::SeqCst) {
             stop.cancelled().await;
@@ -527,95 +665,41 @@ async fn network(
         while received < lines.len() {
             let line = lines[received];
             received += 1;
-            if let Ok(c) = serde_json::from_str::<Control>(line) {
-                // A fault hits the connection that is live when it is
-                // injected, not a later client catching up past it.
-                if received <= catch_up || !first_time(received) {
-                    continue;
-                }
-                match c.control.as_str() {
-                    "disconnect" => {
-                        tracing::warn!("file backend: connection dropped (test control line)");
-                        return;
-                    }
-                    "blackhole" => {
-                        tracing::warn!(
-                            "file backend: connection silently dead (test control line)"
-                        );
-                        faults.blackhole.store(true, Ordering::SeqCst);
-                        break;
-                    }
-                    "auth_key_duplicated" => {
-                        let key = state
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .auth_key
-                            .clone();
-                        let _ = std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(path.join("dead_keys"))
-                            .and_then(|mut f| f.write_all(format!("{key}\n").as_bytes()));
-                    }
-                    "reset_key" => {
-                        // grammers after a transport 404: a fresh key,
-                        // which Telegram does not know.
-                        state.lock().unwrap_or_else(|e| e.into_inner()).auth_key = random_key();
-                        *faults.refused.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some((401, "AUTH_KEY_UNREGISTERED".into()));
-                    }
-                    "latency" => faults.latency_ms.store(c.ms, Ordering::SeqCst),
-                    "panic" => faults.panic_next.store(true, Ordering::SeqCst),
-                    "die_after_send" => faults.die_after_send.store(true, Ordering::SeqCst),
-                    "send_error" => {
-                        *faults.next_send.lock().unwrap_or_else(|e| e.into_inner()) = Some(c)
-                    }
-                    other => tracing::warn!(control = other, "file backend: unknown control line"),
-                }
-                continue;
-            }
-            let Ok(m) = serde_json::from_str::<InboxLine>(line) else {
-                tracing::warn!(
-                    line = received,
-                    "file backend: unreadable inbox line skipped"
-                );
-                continue;
+            let live = received > catch_up;
+            let update = match parse_line(line, received, live, &path, &faults, &state) {
+                Parsed::Skip => None,
+                Parsed::Disconnect => return,
+                Parsed::Blackhole => break,
+                Parsed::Update(u) => Some(u),
             };
-            if m.users {
-                // updateNewMessage with the user objects: hashes cached.
-                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-                s.peers.insert(format!("{}:{}", m.kind, m.chat));
-                if let Some(sender) = m.sender {
-                    s.peers.insert(format!("user:{sender}"));
+            match update {
+                None => {}
+                Some(Some(m)) if !live => messages.push(m),
+                Some(None) if !live => others.push((received, None)),
+                Some(u) => {
+                    // The next update arrives in its own packet.
+                    tokio::task::yield_now().await;
+                    match tx.try_send(vec![(received, u)]) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            dropped += 1;
+                            tracing::warn!(
+                                dropped,
+                                "file backend: updates channel full, update dropped"
+                            );
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
                 }
             }
-            let msg = Incoming {
-                id: m.id,
-                chat: m.chat,
-                sender: m.sender,
-                private: m.kind == "user",
-                outgoing: m.outgoing,
-                reply_to: m.reply_to,
-                text: Zeroizing::new(m.text),
-            };
-            if received <= catch_up {
-                if tx.send((received, msg)).await.is_err() {
+            // A catch-up batch is full, or the catch-up ends here.
+            if !live && (messages.len() >= batch_size || received == catch_up) {
+                let fin = received;
+                let mut packet = std::mem::take(&mut others);
+                packet.extend(messages.drain(..).map(|m| (fin, Some(m))));
+                if !packet.is_empty() && tx.send(packet).await.is_err() {
                     return;
                 }
-                continue;
-            }
-            // The next update arrives in its own packet.
-            tokio::task::yield_now().await;
-            match tx.try_send((received, msg)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    dropped += 1;
-                    tracing::warn!(
-                        dropped,
-                        "file backend: updates channel full, update dropped"
-                    );
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
         tokio::select! {
@@ -623,4 +707,103 @@ async fn network(
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
+}
+
+/// What one inbox line is.
+enum Parsed {
+    /// A control line acted on (or skipped), or an unreadable line.
+    Skip,
+    Disconnect,
+    Blackhole,
+    /// An update: a message, or another update (`None`).
+    Update(Option<Incoming>),
+}
+
+/// Parses inbox line number `n` (1-based); acts on a control line if it is
+/// `live` and seen for the first time in this process.
+fn parse_line(
+    line: &str,
+    n: usize,
+    live: bool,
+    path: &Path,
+    faults: &Faults,
+    state: &Mutex<State>,
+) -> Parsed {
+    if let Ok(c) = serde_json::from_str::<Control>(line) {
+        // A fault hits the connection that is live when it is injected,
+        // not a later client catching up past it.
+        if !live || !first_time(n) {
+            return Parsed::Skip;
+        }
+        match c.control.as_str() {
+            "disconnect" => {
+                tracing::warn!("file backend: connection dropped (test control line)");
+                return Parsed::Disconnect;
+            }
+            "blackhole" => {
+                tracing::warn!("file backend: connection silently dead (test control line)");
+                faults.blackhole.store(true, Ordering::SeqCst);
+                return Parsed::Blackhole;
+            }
+            "auth_key_duplicated" => {
+                let key = state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .auth_key
+                    .clone();
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path.join("dead_keys"))
+                    .and_then(|mut f| f.write_all(format!("{key}\n").as_bytes()));
+            }
+            "reset_key" => {
+                // grammers after a transport 404: a fresh key, which
+                // Telegram does not know.
+                state.lock().unwrap_or_else(|e| e.into_inner()).auth_key = random_key();
+                *faults.refused.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((401, "AUTH_KEY_UNREGISTERED".into()));
+            }
+            "latency" => faults.latency_ms.store(c.ms, Ordering::SeqCst),
+            "panic" => faults.panic_next.store(true, Ordering::SeqCst),
+            "die_after_send" => faults.die_after_send.store(true, Ordering::SeqCst),
+            "resolve_fail" => faults.resolve_fail.store(c.times, Ordering::SeqCst),
+            "delete_error" => {
+                *faults
+                    .delete_fail_chat
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(c.chat)
+            }
+            "send_error" => *faults.next_send.lock().unwrap_or_else(|e| e.into_inner()) = Some(c),
+            other => tracing::warn!(control = other, "file backend: unknown control line"),
+        }
+        return Parsed::Skip;
+    }
+    if serde_json::from_str::<OtherUpdate>(line).is_ok() {
+        return Parsed::Update(None);
+    }
+    let Ok(m) = serde_json::from_str::<InboxLine>(line) else {
+        tracing::warn!(line = n, "file backend: unreadable inbox line skipped");
+        return Parsed::Skip;
+    };
+    if m.users {
+        // updateNewMessage with the user objects: hashes cached.
+        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+        s.peers.insert(format!("{}:{}", m.kind, m.chat));
+        if let Some(sender) = m.sender {
+            s.peers.insert(format!("user:{sender}"));
+        }
+    }
+    let origin = m.origin();
+    Parsed::Update(Some(Incoming {
+        id: m.id,
+        chat: m.chat,
+        sender: m.sender,
+        private: m.kind == "user",
+        outgoing: m.outgoing,
+        reply_to: m.reply_to,
+        text: Zeroizing::new(m.text),
+        date: m.date,
+        origin,
+    }))
 }

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use super::login::{self, Check, LoginSteps, SignIn};
-use super::route::Incoming;
+use super::route::{Incoming, Origin};
 use super::{rpc_error, ChatError, Delivery, LoginPrompt, Mark};
 
 pub const FORMAT: &str = "grammers-0.11";
@@ -263,11 +263,28 @@ impl GrammersUpdates {
     pub async fn next(&mut self) -> Result<Delivery, ChatError> {
         let update = self.stream.next().await.map_err(rpc)?;
         let mark = Mark::Grammers(UpdateMark(update.state().clone()));
-        let Update::NewMessage(m) = update else {
-            return Ok(Delivery { msg: None, mark });
+        let (m, edited) = match update {
+            Update::NewMessage(m) => (m, false),
+            // An edit is shown to the runner too: never run, but a secret
+            // edited into an operator's message is still deleted.
+            Update::MessageEdited(m) => (m, true),
+            _ => return Ok(Delivery { msg: None, mark }),
         };
         let chat = m.peer_id();
         let outgoing = m.outgoing();
+        // The message itself (the update wrapper has its own `raw`).
+        let raw: &tl::enums::Message = &std::ops::Deref::deref(&m).raw;
+        let origin = match raw {
+            _ if edited => Origin::Edited,
+            tl::enums::Message::Service(_) => Origin::Service,
+            tl::enums::Message::Message(raw) if raw.fwd_from.is_some() => Origin::Forwarded,
+            tl::enums::Message::Message(raw) if raw.via_bot_id.is_some() => Origin::ViaBot,
+            tl::enums::Message::Message(raw) if raw.saved_peer_id.is_some() => {
+                Origin::SavedFromElsewhere
+            }
+            tl::enums::Message::Message(_) => Origin::Typed,
+            tl::enums::Message::Empty(_) => Origin::Service,
+        };
         let msg = Incoming {
             id: m.id(),
             chat: bare_id(chat, self.me),
@@ -278,6 +295,12 @@ impl GrammersUpdates {
             outgoing,
             reply_to: m.reply_to_message_id(),
             text: Zeroizing::new(m.text().to_string()),
+            date: match raw {
+                tl::enums::Message::Message(raw) => i64::from(raw.date),
+                tl::enums::Message::Service(raw) => i64::from(raw.date),
+                tl::enums::Message::Empty(_) => 0,
+            },
+            origin,
         };
         Ok(Delivery {
             msg: Some(msg),

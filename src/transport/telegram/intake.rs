@@ -12,8 +12,20 @@
 //! an operator's command out of grammers' channel (an adversarial test
 //! lost 1,777 of 6,000 updates that way, an operator's `/kv put` among
 //! them). Strangers are counted for one audit summary a minute instead.
+//!
+//! **When an update's state may be committed.** A `getDifference` batch
+//! hands its messages over with the batch's *final* state (Telegram does
+//! not say where each message was), after its other updates with their
+//! own: committing any of them before the whole batch is handled moves the
+//! stored state past messages still waiting, and a stop then loses them.
+//! grammers buffers a batch and hands it out at once; so the reader marks
+//! an update *settled* when, right after it, the stream has nothing more
+//! at once (the next read would wait for the network): everything up to
+//! it has been read. The runner commits only settled positions
+//! ([`IntakeRx::settled`]).
 
 use std::collections::{BTreeSet, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -50,9 +62,18 @@ pub struct StrangerSummary {
     pub example: i64,
 }
 
+/// Settled positions remembered for the runner (it asks about the one it
+/// just handled, so only the newest few matter).
+const SETTLED_KEPT: usize = 1024;
+
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<Delivery>,
+    /// `(position, delivery)`: positions count every update read.
+    items: VecDeque<(u64, Delivery)>,
+    /// The last position pushed.
+    last: u64,
+    /// Positions after which the stream had nothing more at once.
+    settled: VecDeque<u64>,
     /// How many of `items` carry a message (the bounded part).
     commands: usize,
     closed: bool,
@@ -84,23 +105,23 @@ impl Shared {
 pub(crate) struct IntakeRx(Arc<Shared>);
 
 impl IntakeRx {
-    /// The next update, in arrival order; `None` once the reader stopped
-    /// and everything was taken. Cancel-safe: an update is only taken by
-    /// a call that returns it.
-    pub async fn recv(&mut self) -> Option<Delivery> {
+    /// The next update with its position, in arrival order; `None` once
+    /// the reader stopped and everything was taken. Cancel-safe: an update
+    /// is only taken by a call that returns it.
+    pub async fn recv(&mut self) -> Option<(u64, Delivery)> {
         loop {
             let readable = self.0.readable.notified();
             tokio::pin!(readable);
             readable.as_mut().enable();
             {
                 let mut q = self.0.queue();
-                if let Some(d) = q.items.pop_front() {
+                if let Some((n, d)) = q.items.pop_front() {
                     if d.msg.is_some() {
                         q.commands -= 1;
                         drop(q);
                         self.0.writable.notify_one();
                     }
-                    return Some(d);
+                    return Some((n, d));
                 }
                 if q.closed {
                     return None;
@@ -108,6 +129,16 @@ impl IntakeRx {
             }
             readable.await;
         }
+    }
+
+    /// Whether position `n` is settled: everything up to it has been
+    /// read, so once it is handled its state may be committed.
+    pub fn settled(&self, n: u64) -> bool {
+        let mut q = self.0.queue();
+        while q.settled.front().is_some_and(|&s| s < n) {
+            q.settled.pop_front();
+        }
+        q.settled.front() == Some(&n)
     }
 
     /// Strangers' messages dropped since the last call, if any.
@@ -153,8 +184,10 @@ impl Intake {
     /// the later state alone says all that committing both would).
     fn push(&self, d: Delivery, sort: Sort) {
         let mut q = self.0.queue();
+        q.last += 1;
+        let n = q.last;
         if sort == Sort::Forward {
-            q.items.push_back(d);
+            q.items.push_back((n, d));
             q.commands += 1;
         } else {
             if let Sort::Drop { stranger: Some(id) } = sort {
@@ -165,15 +198,35 @@ impl Intake {
             }
             let mark = d.mark;
             let rest = match q.items.back_mut() {
-                Some(back) if back.msg.is_none() => back.mark.absorb(mark).err(),
+                Some((at, back)) if back.msg.is_none() => match back.mark.absorb(mark) {
+                    Ok(()) => {
+                        // The folded entry now stands at the later position.
+                        *at = n;
+                        None
+                    }
+                    Err(mark) => Some(mark),
+                },
                 _ => Some(mark),
             };
             if let Some(mark) = rest {
-                q.items.push_back(Delivery { msg: None, mark });
+                q.items.push_back((n, Delivery { msg: None, mark }));
             }
         }
         drop(q);
         self.0.readable.notify_one();
+    }
+
+    /// The stream has nothing more at once: the last position pushed is
+    /// settled.
+    fn settle(&self) {
+        let mut q = self.0.queue();
+        let n = q.last;
+        if n > 0 && q.settled.back() != Some(&n) {
+            if q.settled.len() >= SETTLED_KEPT {
+                q.settled.pop_front();
+            }
+            q.settled.push_back(n);
+        }
     }
 
     /// Waits while the queue holds [`INTAKE_CAPACITY`] commands; `false`
@@ -207,13 +260,24 @@ pub(crate) async fn read<S: Source>(
     sort: impl Fn(&Incoming) -> Sort + Send + 'static,
 ) {
     loop {
-        if !intake.room(&stop).await {
+        if stop.is_cancelled() || !intake.room(&stop).await {
             return;
         }
-        let d = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            d = source.next() => d,
+        let next = source.next();
+        tokio::pin!(next);
+        // One poll first: a batch is handed out at once, so a read that
+        // must wait means everything received so far has been read.
+        let ready = std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx))).await;
+        let d = match ready {
+            std::task::Poll::Ready(d) => d,
+            std::task::Poll::Pending => {
+                intake.settle();
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    d = &mut next => d,
+                }
+            }
         };
         let d = match d {
             Ok(d) => d,
@@ -255,6 +319,8 @@ mod tests {
             outgoing: false,
             reply_to: None,
             text: Zeroizing::new(if sender == 1 { "/whoami" } else { "hi" }.into()),
+            date: 0,
+            origin: super::super::route::Origin::Typed,
         }
     }
 
@@ -318,7 +384,7 @@ mod tests {
         assert_eq!(rx.len(), 7);
         let mut got = Vec::new();
         while rx.len() > 0 {
-            let d = rx.recv().await.unwrap();
+            let (_, d) = rx.recv().await.unwrap();
             let Mark::File(n) = d.mark else { panic!() };
             got.push((d.msg.is_some(), n));
         }
@@ -343,6 +409,59 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(rx.recv().await.is_none(), "closed after the reader stopped");
+    }
+
+    /// A source that hands out batches (as grammers does a difference):
+    /// every update of a batch at once, then nothing until the next.
+    struct Batches(
+        std::collections::VecDeque<Vec<usize>>,
+        std::collections::VecDeque<usize>,
+    );
+
+    impl Source for Batches {
+        fn next(&mut self) -> impl Future<Output = Result<Delivery, ChatError>> + Send {
+            if self.1.is_empty() {
+                if let Some(b) = self.0.pop_front() {
+                    self.1.extend(b);
+                }
+            }
+            let next = self.1.pop_front();
+            async move {
+                match next {
+                    Some(mark) => Ok(Delivery {
+                        msg: Some(message(mark, 1)),
+                        mark: Mark::File(mark),
+                    }),
+                    // Waits for the network (a fresh batch never comes).
+                    None => std::future::pending().await,
+                }
+            }
+        }
+    }
+
+    /// A catch-up batch of three commands, all carrying the batch's final
+    /// state (40): only the last is settled, so no state is committed past
+    /// a command still waiting (issue 29: a stop mid-batch lost the rest).
+    #[tokio::test]
+    async fn only_the_end_of_a_batch_is_settled() {
+        let (tx, mut rx) = channel();
+        let stop = CancellationToken::new();
+        let h = tokio::spawn(read(
+            Batches(vec![vec![40, 40, 40]].into(), Default::default()),
+            tx,
+            stop.clone(),
+            sort,
+        ));
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (n, _) = rx.recv().await.unwrap();
+            // Give the reader its chance to settle what it read.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            seen.push(rx.settled(n));
+        }
+        assert_eq!(seen, [false, false, true]);
+        stop.cancel();
+        h.await.unwrap();
     }
 
     /// Commands fill the queue and the runner reads nothing: stopping the

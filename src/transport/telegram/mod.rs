@@ -270,15 +270,24 @@ async fn app_keys(app: &App) -> Result<(i32, SecretString), ChatError> {
 }
 
 /// What the intake does with a new message (before the runner, with no
-/// I/O): only an operator's command is forwarded.
+/// I/O): what concerns an operator — a command, a stale one to tell about,
+/// a secret to delete — is forwarded; the rest is state only.
 fn sorter(app: &App, me: i64) -> impl Fn(&Incoming) -> intake::Sort + Send + 'static {
     let operators = app.cfg.operators.clone();
-    move |m: &Incoming| match route::route(m, &operators, me) {
-        route::Route::Command(_) => intake::Sort::Forward,
-        route::Route::Unknown(sender) => intake::Sort::Drop {
-            stranger: Some(sender),
-        },
-        route::Route::Ignore(_) => intake::Sort::Drop { stranger: None },
+    let max_age = app.cfg.telegram.max_command_age_secs;
+    move |m: &Incoming| {
+        let now = crate::etcd::unix_secs() as i64;
+        match route::route(m, &operators, me, now, max_age) {
+            route::Route::Command(_)
+            | route::Route::Stale { .. }
+            | route::Route::NotRun { secret: true, .. } => intake::Sort::Forward,
+            route::Route::Unknown(sender) => intake::Sort::Drop {
+                stranger: Some(sender),
+            },
+            route::Route::NotRun { secret: false, .. } | route::Route::Ignore(_) => {
+                intake::Sort::Drop { stranger: None }
+            }
+        }
     }
 }
 
@@ -383,6 +392,8 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
     // The session version Telegram refused (401/406): not started again
     // until `vaultgram login` stores a new one.
     let refused = Mutex::new(None);
+    // Commands whose sender could not be resolved, and how often.
+    let unresolved = Mutex::new(std::collections::HashMap::new());
     // How often a refused or missing session is looked at again.
     let recheck = Duration::from_secs(app.cfg.telegram.session_save_secs.clamp(1, 30));
     while let Some(term) = elector.campaign(&shutdown).await {
@@ -396,6 +407,9 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
                 dedup: &dedup,
                 node: elector.node(),
                 refused: &refused,
+                unresolved: &unresolved,
+                me: Default::default(),
+                stale: Default::default(),
             };
             // A panic in the runner (or a client library) is an error like
             // any other: the client is dropped (its connections with it)

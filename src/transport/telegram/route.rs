@@ -29,6 +29,41 @@ pub struct Incoming {
     pub reply_to: Option<i32>,
     /// May carry a secret (`/kv put … password=…`): zeroed on drop.
     pub text: Zeroizing<String>,
+    /// When Telegram says it was sent (Unix seconds; 0: unknown, as for a
+    /// test line without a date).
+    pub date: i64,
+    /// Whether the sender typed it here, now ([`Origin`]).
+    pub origin: Origin,
+}
+
+/// Where a message's text comes from. Only a message the operator typed
+/// into this chat runs as a command: a forwarded one (`fwd_from`) or one
+/// sent via an inline bot (`via_bot_id`) carries someone else's words, one
+/// saved into Saved Messages from another chat (`saved_peer_id`) was typed
+/// elsewhere, a service message (an action, such as Telegram's login
+/// notice) has no command, and an edit changes a message that was already
+/// handled (or ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Typed,
+    Forwarded,
+    ViaBot,
+    SavedFromElsewhere,
+    Service,
+    Edited,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Typed => "typed",
+            Origin::Forwarded => "forwarded",
+            Origin::ViaBot => "sent via a bot",
+            Origin::SavedFromElsewhere => "saved from another chat",
+            Origin::Service => "a service message",
+            Origin::Edited => "an edit",
+        }
+    }
 }
 
 impl std::fmt::Debug for Incoming {
@@ -40,6 +75,8 @@ impl std::fmt::Debug for Incoming {
             .field("private", &self.private)
             .field("outgoing", &self.outgoing)
             .field("reply_to", &self.reply_to)
+            .field("date", &self.date)
+            .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
 }
@@ -47,46 +84,98 @@ impl std::fmt::Debug for Incoming {
 /// What to do with an [`Incoming`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
-    /// Not for us (groups, channels, our own replies, plain text): no reply,
-    /// no audit record.
+    /// Not for us (groups, channels, our own replies): no reply, no audit
+    /// record, nothing written.
     Ignore(&'static str),
-    /// A private message from someone not in `[[operators]]`: no reply, one
-    /// audit record.
+    /// A private message from someone not in `[[operators]]`: no reply;
+    /// counted for the audit summary.
     Unknown(i64),
+    /// An operator's message that does not run: not typed here (`why`:
+    /// forwarded, via a bot, …) or not a command. `secret`: it carries
+    /// secret input, and is deleted all the same.
+    NotRun {
+        op: &'a Operator,
+        why: &'static str,
+        secret: bool,
+    },
+    /// An operator's command older than `telegram.max_command_age_secs`
+    /// (caught up after downtime): not run; the operator is told, without
+    /// an echo. `secret` as above.
+    Stale {
+        op: &'a Operator,
+        age_secs: u64,
+        secret: bool,
+    },
     /// A command from an operator.
     Command(&'a Operator),
 }
 
 /// Maps an update to its route. Only private chats and Saved Messages are
 /// served; in Saved Messages (the account writing to itself) the account's
-/// own operator entry applies.
-pub fn route<'a>(msg: &Incoming, operators: &'a [Operator], me: i64) -> Route<'a> {
+/// own operator entry applies. `now` (Unix seconds) and `max_age_secs`
+/// decide staleness; a message without a date (0) is not stale.
+pub fn route<'a>(
+    msg: &Incoming,
+    operators: &'a [Operator],
+    me: i64,
+    now: i64,
+    max_age_secs: u64,
+) -> Route<'a> {
     if !msg.private {
         return Route::Ignore("not a private chat");
     }
     let text = msg.text.trim_start();
-    if msg.outgoing {
+    let command = text.starts_with('/');
+    let op = if msg.outgoing {
         if msg.chat != me {
             return Route::Ignore("own message in another chat");
         }
-        if !text.starts_with('/') {
+        // Saved Messages hold the account's own notes too: only what looks
+        // like a command concerns us there.
+        if !command {
             return Route::Ignore("not a command");
         }
-        return match operators.iter().find(|o| o.telegram_id == me) {
-            Some(op) => Route::Command(op),
-            None => Route::Unknown(me),
+        match operators.iter().find(|o| o.telegram_id == me) {
+            Some(op) => op,
+            None => return Route::Unknown(me),
+        }
+    } else {
+        // In a private chat the sender is the chat's peer.
+        let sender = msg.sender.unwrap_or(msg.chat);
+        if sender != msg.chat {
+            return Route::Ignore("sender is not the chat's peer");
+        }
+        match operators.iter().find(|o| o.telegram_id == sender) {
+            Some(op) => op,
+            None => return Route::Unknown(sender),
+        }
+    };
+    // An operator's chat with the userbot is a command channel: plain text
+    // there may be a secret pasted without its command, so it is deleted.
+    let secret = input_carries_secret(text);
+    if msg.origin != Origin::Typed {
+        return Route::NotRun {
+            op,
+            why: msg.origin.as_str(),
+            secret,
         };
     }
-    // In a private chat the sender is the chat's peer.
-    let sender = msg.sender.unwrap_or(msg.chat);
-    if sender != msg.chat {
-        return Route::Ignore("sender is not the chat's peer");
+    if !command {
+        return Route::NotRun {
+            op,
+            why: "not a command",
+            secret,
+        };
     }
-    match operators.iter().find(|o| o.telegram_id == sender) {
-        Some(_) if !text.starts_with('/') => Route::Ignore("not a command"),
-        Some(op) => Route::Command(op),
-        None => Route::Unknown(sender),
+    let age = now.saturating_sub(msg.date);
+    if msg.date > 0 && age > 0 && age as u64 > max_age_secs {
+        return Route::Stale {
+            op,
+            age_secs: age as u64,
+            secret,
+        };
     }
+    Route::Command(op)
 }
 
 /// Whether the message carried secret input and must be deleted once
@@ -157,9 +246,11 @@ pub fn split(text: &str, limit: usize) -> Vec<Zeroizing<String>> {
     out
 }
 
-/// The etcd key that records a handled message (exactly-once claim).
-pub fn handled_key(prefix: &str, chat: i64, id: i32) -> String {
-    format!("{prefix}tg/handled/{chat}/{id}")
+/// The etcd key that records a handled message (exactly-once claim), per
+/// account: message ids are the account's own, so a login with another
+/// account must not find this one's claims.
+pub fn handled_key(prefix: &str, account: i64, chat: i64, id: i32) -> String {
+    format!("{prefix}tg/handled/{account}/{chat}/{id}")
 }
 
 /// State of a claim, stored as its value (never a message text).
@@ -167,7 +258,8 @@ pub fn handled_key(prefix: &str, chat: i64, id: i32) -> String {
 pub struct Handled {
     /// `started` (claimed, running), `ran` (executed; the reply may not be
     /// out yet), `done`, `sent` (a message this broker sent into Saved
-    /// Messages: never a command).
+    /// Messages: never a command), `stale` (too old to run; the operator
+    /// was told).
     pub state: String,
     pub node: String,
     pub at: u64,
@@ -178,54 +270,42 @@ pub fn deletions_prefix(prefix: &str) -> String {
     format!("{prefix}tg/delete/")
 }
 
-/// One scheduled deletion: messages `ids` in `chat`, due at `due_ms`.
+/// One scheduled deletion in `chat`, due at `due_ms`: messages `ids`, and
+/// (`replies_to`) every message of ours that replies to that message —
+/// written before a secret reply is sent, so a reply delivered by a send
+/// that then failed, or just before a crash, is found when it is due.
+/// `account`: whose chats these are (0 in records of older brokers).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Deletion {
     pub chat: i64,
     pub ids: Vec<i32>,
     pub due_ms: u64,
+    #[serde(default)]
+    pub replies_to: Option<i32>,
+    #[serde(default)]
+    pub account: i64,
 }
 
 impl Deletion {
     /// Its key: zero-padded due time first, so a prefix listing in key
-    /// order is in due order.
+    /// order is in due order; then what it is about.
     pub fn key(&self, prefix: &str) -> String {
-        format!(
-            "{}{:015}-{}-{}",
-            deletions_prefix(prefix),
-            self.due_ms,
-            self.chat,
-            self.ids.first().copied().unwrap_or(0)
-        )
+        match self.replies_to {
+            Some(r) => format!(
+                "{}{:015}-{}-r{r}",
+                deletions_prefix(prefix),
+                self.due_ms,
+                self.chat
+            ),
+            None => format!(
+                "{}{:015}-{}-{}",
+                deletions_prefix(prefix),
+                self.due_ms,
+                self.chat,
+                self.ids.first().copied().unwrap_or(0)
+            ),
+        }
     }
-}
-
-/// The deletions a handled message causes: the operator's own message at
-/// once when it carried secret input, the reply after `reply_ttl_ms` when
-/// it carries a secret.
-pub fn plan_deletions(
-    chat: i64,
-    input: Option<i32>,
-    secret_reply: &[i32],
-    now_ms: u64,
-    reply_ttl_ms: u64,
-) -> Vec<Deletion> {
-    let mut out = Vec::new();
-    if let Some(id) = input {
-        out.push(Deletion {
-            chat,
-            ids: vec![id],
-            due_ms: now_ms,
-        });
-    }
-    if !secret_reply.is_empty() {
-        out.push(Deletion {
-            chat,
-            ids: secret_reply.to_vec(),
-            due_ms: now_ms + reply_ttl_ms,
-        });
-    }
-    out
 }
 
 #[cfg(test)]
@@ -253,41 +333,54 @@ mod tests {
             outgoing,
             reply_to: None,
             text: Zeroizing::new(text.into()),
+            date: 0,
+            origin: Origin::Typed,
         }
+    }
+
+    /// [`route`] at a fixed time with the default age limit (300 s).
+    fn r<'a>(m: &Incoming, ops: &'a [Operator], me: i64) -> Route<'a> {
+        route(m, ops, me, 1_000_000, 300)
     }
 
     #[test]
     fn operators_in_private_chats_are_routed_to_their_entry() {
         let ops = [op("alice", 111), op("bob", 222)];
-        let r = route(&msg(222, Some(222), true, false, "/whoami"), &ops, 999);
-        assert_eq!(r, Route::Command(&ops[1]));
-        let r = route(&msg(111, None, true, false, "  /help"), &ops, 999);
-        assert_eq!(r, Route::Command(&ops[0]));
+        let got = r(&msg(222, Some(222), true, false, "/whoami"), &ops, 999);
+        assert_eq!(got, Route::Command(&ops[1]));
+        let got = r(&msg(111, None, true, false, "  /help"), &ops, 999);
+        assert_eq!(got, Route::Command(&ops[0]));
     }
 
     #[test]
     fn strangers_groups_and_plain_text_get_nothing() {
         let ops = [op("alice", 111)];
         assert_eq!(
-            route(&msg(333, Some(333), true, false, "/get_keys"), &ops, 999),
+            r(&msg(333, Some(333), true, false, "/get_keys"), &ops, 999),
             Route::Unknown(333)
         );
         // An operator writing in a group is ignored (not private).
         assert_eq!(
-            route(&msg(-100, Some(111), false, false, "/get_keys"), &ops, 999),
+            r(&msg(-100, Some(111), false, false, "/get_keys"), &ops, 999),
             Route::Ignore("not a private chat")
         );
+        // An operator's plain text: not run, deleted (it may be a secret
+        // pasted without its command).
         assert_eq!(
-            route(&msg(111, Some(111), true, false, "hello"), &ops, 999),
-            Route::Ignore("not a command")
+            r(&msg(111, Some(111), true, false, "hello"), &ops, 999),
+            Route::NotRun {
+                op: &ops[0],
+                why: "not a command",
+                secret: true
+            }
         );
         // A stranger's plain text is still a stranger (audited, no reply).
         assert_eq!(
-            route(&msg(333, Some(333), true, false, "hi"), &ops, 999),
+            r(&msg(333, Some(333), true, false, "hi"), &ops, 999),
             Route::Unknown(333)
         );
         assert_eq!(
-            route(&msg(111, Some(222), true, false, "/help"), &ops, 999),
+            r(&msg(111, Some(222), true, false, "/help"), &ops, 999),
             Route::Ignore("sender is not the chat's peer")
         );
     }
@@ -296,27 +389,94 @@ mod tests {
     fn saved_messages_use_the_accounts_own_entry_and_replies_elsewhere_are_ignored() {
         let ops = [op("alice", 111), op("self", 999)];
         assert_eq!(
-            route(&msg(999, Some(999), true, true, "/whoami"), &ops, 999),
+            r(&msg(999, Some(999), true, true, "/whoami"), &ops, 999),
             Route::Command(&ops[1])
         );
         assert_eq!(
-            route(&msg(999, Some(999), true, true, "API_ID: 1"), &ops, 999),
+            r(&msg(999, Some(999), true, true, "API_ID: 1"), &ops, 999),
             Route::Ignore("not a command")
         );
         // Our reply to alice, echoed back as an outgoing update.
         assert_eq!(
-            route(&msg(111, Some(999), true, true, "/help output"), &ops, 999),
+            r(&msg(111, Some(999), true, true, "/help output"), &ops, 999),
             Route::Ignore("own message in another chat")
         );
         let only_alice = [op("alice", 111)];
         assert_eq!(
-            route(
+            r(
                 &msg(999, Some(999), true, true, "/whoami"),
                 &only_alice,
                 999
             ),
             Route::Unknown(999)
         );
+    }
+
+    /// Only what the operator typed here runs; a forwarded, via-bot or
+    /// saved-from-elsewhere copy of a command, a service message or an
+    /// edit never does, and a secret in it is deleted all the same.
+    #[test]
+    fn only_commands_the_operator_typed_here_run() {
+        let ops = [op("alice", 111), op("self", 999)];
+        for (origin, why) in [
+            (Origin::Forwarded, "forwarded"),
+            (Origin::ViaBot, "sent via a bot"),
+            (Origin::SavedFromElsewhere, "saved from another chat"),
+            (Origin::Service, "a service message"),
+            (Origin::Edited, "an edit"),
+        ] {
+            let mut m = msg(111, Some(111), true, false, "/kv put secret/a password=x");
+            m.origin = origin;
+            assert_eq!(
+                r(&m, &ops, 999),
+                Route::NotRun {
+                    op: &ops[0],
+                    why,
+                    secret: true
+                }
+            );
+            let mut m = msg(999, Some(999), true, true, "/whoami");
+            m.origin = origin;
+            assert_eq!(
+                r(&m, &ops, 999),
+                Route::NotRun {
+                    op: &ops[1],
+                    why,
+                    secret: false
+                },
+                "{why} into Saved Messages"
+            );
+        }
+    }
+
+    /// A command caught up after downtime is not run when it is older than
+    /// the limit; a message without a date is never stale.
+    #[test]
+    fn stale_commands_do_not_run() {
+        let ops = [op("alice", 111)];
+        let mut m = msg(111, Some(111), true, false, "/get_keys");
+        m.date = 1_000_000 - 301;
+        assert_eq!(
+            r(&m, &ops, 999),
+            Route::Stale {
+                op: &ops[0],
+                age_secs: 301,
+                secret: false
+            }
+        );
+        m.date = 1_000_000 - 300;
+        assert_eq!(r(&m, &ops, 999), Route::Command(&ops[0]));
+        m.date = 0;
+        assert_eq!(r(&m, &ops, 999), Route::Command(&ops[0]));
+        // A clock a little ahead of ours: not stale.
+        m.date = 1_000_005;
+        assert_eq!(r(&m, &ops, 999), Route::Command(&ops[0]));
+        let mut m = msg(111, Some(111), true, false, "/kv put secret/a pw=x");
+        m.date = 1;
+        assert!(matches!(
+            r(&m, &ops, 999),
+            Route::Stale { secret: true, .. }
+        ));
     }
 
     #[test]
@@ -391,27 +551,27 @@ mod tests {
     }
 
     #[test]
-    fn deletions_are_planned_and_keyed_in_due_order() {
-        let plan = plan_deletions(111, Some(5), &[8, 9], 1_000, 60_000);
-        assert_eq!(
-            plan,
-            [
-                Deletion {
-                    chat: 111,
-                    ids: vec![5],
-                    due_ms: 1_000
-                },
-                Deletion {
-                    chat: 111,
-                    ids: vec![8, 9],
-                    due_ms: 61_000
-                },
-            ]
-        );
-        assert!(plan_deletions(111, None, &[], 1_000, 60_000).is_empty());
-        let a = plan[0].key("/vg/");
-        let b = plan[1].key("/vg/");
+    fn deletions_are_keyed_in_due_order_and_claims_per_account() {
+        let input = Deletion {
+            chat: 111,
+            ids: vec![5],
+            due_ms: 1_000,
+            replies_to: None,
+            account: 100,
+        };
+        let replies = Deletion {
+            chat: 111,
+            ids: vec![],
+            due_ms: 61_000,
+            replies_to: Some(5),
+            account: 100,
+        };
+        let (a, b) = (input.key("/vg/"), replies.key("/vg/"));
         assert!(a.starts_with("/vg/tg/delete/") && a < b, "{a} {b}");
-        assert_eq!(handled_key("/vg/", 111, 5), "/vg/tg/handled/111/5");
+        assert!(b.ends_with("-111-r5"), "{b}");
+        // A record of an older broker still reads.
+        let old: Deletion = serde_json::from_str(r#"{"chat":1,"ids":[2],"due_ms":3}"#).unwrap();
+        assert_eq!((old.replies_to, old.account), (None, 0));
+        assert_eq!(handled_key("/vg/", 100, 111, 5), "/vg/tg/handled/100/111/5");
     }
 }

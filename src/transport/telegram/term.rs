@@ -25,6 +25,10 @@ use crate::vault::VaultError;
 /// How often at most the strangers' messages get an audit record.
 const STRANGER_SUMMARY: Duration = Duration::from_secs(60);
 
+/// A command whose sender cannot be resolved is given up after this many
+/// client restarts for it (each restart delivers it again).
+const RESOLVE_RESTARTS: u32 = 3;
+
 /// One leadership term's view of everything the runner needs.
 pub(super) struct Term<'a> {
     pub(super) app: &'a App,
@@ -33,6 +37,14 @@ pub(super) struct Term<'a> {
     pub(super) dedup: &'a SharedLease,
     pub(super) node: &'a str,
     pub(super) refused: &'a Mutex<Option<u64>>,
+    /// Commands whose sender could not be resolved: client restarts so far
+    /// (kept across restarts by the caller).
+    pub(super) unresolved: &'a Mutex<std::collections::HashMap<(i64, i32), u32>>,
+    /// This account's user id, once the client is up (claims are scoped
+    /// to it).
+    pub(super) me: std::sync::atomic::AtomicI64,
+    /// Commands too old to run, per chat: (how many, the oldest's age).
+    pub(super) stale: Mutex<std::collections::HashMap<i64, (u32, u64)>>,
 }
 
 impl Term<'_> {
@@ -68,6 +80,8 @@ impl Term<'_> {
             Ok((c, rx, intake)) => (c, rx, AbortOnDropHandle::new(intake)),
             Err(e) => return Err(self.refuse(version, e)),
         };
+        self.me
+            .store(client.me(), std::sync::atomic::Ordering::Relaxed);
         let backend = match &client {
             Client::Grammers(_) => "grammers",
             Client::File(_) => "file",
@@ -103,6 +117,8 @@ impl Term<'_> {
         ping.tick().await;
         let ping_limit = Duration::from_secs(tg.ping_secs.clamp(1, 10));
         // The first stranger of a term is recorded at the next tick.
+        // The last handled update whose state is not committed yet.
+        let mut handled = None;
         let mut summarized = std::time::Instant::now()
             .checked_sub(STRANGER_SUMMARY)
             .unwrap_or_else(std::time::Instant::now);
@@ -114,17 +130,18 @@ impl Term<'_> {
                 d = rx.recv() => match d {
                     // Runs to completion: the select does not interrupt a
                     // branch body, so a command is never cut in half.
-                    Some(d) => {
-                        let mut fatal = None;
+                    Some((n, d)) => {
                         if let Some(msg) = d.msg {
                             self.app.runtime.set_telegram(|s| s.last_update = Some(crate::etcd::unix_secs()));
-                            fatal = self.handle(&client, msg).await.err();
+                            if let Err(e) = self.handle(&client, msg).await {
+                                // Not committed: delivered again after a restart.
+                                break Err(e);
+                            }
                         }
-                        // Only now may the session move past this update.
-                        client.commit(d.mark).await;
-                        if let Some(e) = fatal {
-                            break Err(e);
-                        }
+                        // Only now, and only at a settled position, may the
+                        // session move past this update (intake.rs).
+                        handled = Some((n, d.mark));
+                        commit_settled(&client, &rx, &mut handled).await;
                     }
                     None => break Err(ChatError::Io("the client stopped delivering updates".into())),
                 },
@@ -132,7 +149,9 @@ impl Term<'_> {
                     break Err(e);
                 },
                 _ = deletions.tick() => {
+                    commit_settled(&client, &rx, &mut handled).await;
                     self.summarize_strangers(&rx, &mut summarized, false).await;
+                    self.tell_stale(&client).await;
                     self.run_deletions(&client).await;
                     if let Err(e) = self.run_notices(&client).await {
                         break Err(e);
@@ -150,6 +169,7 @@ impl Term<'_> {
         // Intake first: it never waits for a runner that left its loop.
         stop.cancel();
         let _ = intake.await;
+        commit_settled(&client, &rx, &mut handled).await;
         self.summarize_strangers(&rx, &mut summarized, true).await;
         match outcome {
             Ok(true) => {
@@ -304,7 +324,7 @@ impl Term<'_> {
     /// leadership come back as `Err` (nothing may run then).
     async fn claim(&self, chat: i64, id: i32, state: &str) -> Result<Option<String>, String> {
         let etcd = &self.app.etcd;
-        let key = route::handled_key(self.prefix(), chat, id);
+        let key = self.handled_key(chat, id);
         let lease = self.dedup.get(etcd).await.map_err(|e| e.to_string())?;
         match etcd
             .claim_guarded(&self.term.guard, &key, &self.record(state), lease)
@@ -334,34 +354,48 @@ impl Term<'_> {
         }
     }
 
-    async fn put_guarded(&self, key: &str, value: &[u8]) {
+    /// A guarded write by the leader; `false` when it did not happen.
+    async fn put_guarded(&self, key: &str, value: &[u8]) -> bool {
         let etcd = &self.app.etcd;
         let lease = match self.dedup.get(etcd).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "telegram: etcd write skipped");
-                return;
+                return false;
             }
         };
         match etcd.put_guarded(&self.term.guard, key, value, lease).await {
-            Ok(true) => {}
-            Ok(false) => self.term.fence("a guarded write was refused"),
+            Ok(true) => true,
+            Ok(false) => {
+                self.term.fence("a guarded write was refused");
+                false
+            }
             Err(e) => {
                 self.dedup.invalidate();
                 tracing::warn!(error = %e, "telegram: etcd write failed");
+                false
             }
         }
     }
 
-    /// Handles one message. `Err` only for what ends the client
-    /// (Telegram refused the session).
+    /// Handles one message. `Err` only for what ends the client (Telegram
+    /// refused the session, or a sender that cannot be resolved: the
+    /// update is then not committed and comes again after the restart).
     async fn handle(&self, client: &Client, msg: Incoming) -> Result<(), ChatError> {
         let cfg: &Config = &self.app.cfg;
         let me = client.me();
-        // The intake forwards commands only (strangers are counted there,
-        // for one summary a minute): whatever else reaches this point
-        // costs no etcd write either.
-        let op = match route::route(&msg, &cfg.operators, me) {
+        let now = crate::etcd::unix_secs() as i64;
+        let route = route::route(
+            &msg,
+            &cfg.operators,
+            me,
+            now,
+            cfg.telegram.max_command_age_secs,
+        );
+        // The intake forwards only what concerns an operator (strangers are
+        // counted there, for one summary a minute): nothing else costs an
+        // etcd write here either.
+        let op = match route {
             Route::Command(op) => op,
             Route::Ignore(reason) => {
                 tracing::debug!(msg_id = msg.id, reason, "telegram: update ignored");
@@ -371,21 +405,45 @@ impl Term<'_> {
                 tracing::debug!(msg_id = msg.id, "telegram: a stranger's message ignored");
                 return Ok(());
             }
+            Route::NotRun { op, why, secret } => {
+                tracing::info!(msg_id = msg.id, operator = %op.name, why, "telegram: an operator's message not run");
+                if secret {
+                    self.delete_input(client, &msg).await;
+                }
+                return Ok(());
+            }
+            Route::Stale {
+                op,
+                age_secs,
+                secret,
+            } => {
+                tracing::info!(msg_id = msg.id, operator = %op.name, age_secs, "telegram: a command older than telegram.max_command_age_secs not run");
+                if secret {
+                    self.delete_input(client, &msg).await;
+                }
+                // Claimed, so that a redelivery is not counted again.
+                if let Ok(None) = self.claim(msg.chat, msg.id, "stale").await {
+                    self.stale_note(msg.chat, age_secs);
+                }
+                return Ok(());
+            }
         };
         if self.term.is_lost() {
             return Ok(());
         }
+        // Secret input: its deletion is recorded before anything else can
+        // fail (a resolve, a claim, a crash, a fence), so the message never
+        // stays in the chat.
+        let secret_input = route::input_carries_secret(&msg.text);
+        if secret_input {
+            self.schedule_input_deletion(client, &msg).await;
+        }
         // A first message usually comes as `updateShortMessage`, with no
         // access hash: learn it now, or the reply would fail after the
-        // command ran.
-        match client.resolve(msg.chat, msg.id).await {
-            Ok(()) => {}
-            Err(e @ ChatError::Unauthorized(_)) => return Err(e),
-            Err(e) => {
-                tracing::warn!(msg_id = msg.id, error = %e, "telegram: cannot reach the sender; not run");
-                return Ok(());
-            }
-        }
+        // command ran. A transient failure is retried; a lasting one ends
+        // the client without committing this update, so it is delivered
+        // again after the restart rather than dropped.
+        self.resolve(client, &msg).await?;
         match self.claim(msg.chat, msg.id, "started").await {
             Ok(None) => {}
             Ok(Some(prev)) if prev == "started" => {
@@ -400,12 +458,14 @@ impl Term<'_> {
                     msg.id
                 );
                 let _ = client.send(msg.chat, msg.id, &text, false).await;
-                let key = route::handled_key(self.prefix(), msg.chat, msg.id);
-                self.put_guarded(&key, &self.record("done")).await;
+                let key = self.handled_key(msg.chat, msg.id);
+                let _ = self.put_guarded(&key, &self.record("done")).await;
+                self.run_deletions(client).await;
                 return Ok(());
             }
             Ok(Some(_)) => {
                 tracing::info!(msg_id = msg.id, "duplicate message skipped");
+                self.run_deletions(client).await;
                 return Ok(());
             }
             Err(e) => {
@@ -420,11 +480,11 @@ impl Term<'_> {
                         )
                         .await;
                 }
+                self.run_deletions(client).await;
                 return Ok(());
             }
         }
-        let key = route::handled_key(self.prefix(), msg.chat, msg.id);
-        let secret_input = route::input_carries_secret(&msg.text);
+        let key = self.handled_key(msg.chat, msg.id);
         let result = self
             .app
             .dispatch(Some(op), &op.name, Transport::Telegram, &msg.text)
@@ -440,16 +500,28 @@ impl Term<'_> {
         // It ran. From here on a redelivery is a duplicate even if this
         // node dies before its reply is out (the audit trail has it);
         // only a claim still `started` may or may not have run.
-        self.put_guarded(&key, &self.record("ran")).await;
+        let _ = self.put_guarded(&key, &self.record("ran")).await;
         drop(result);
         let mut chunks = route::split(&text, route::MESSAGE_LIMIT);
         if chunks.is_empty() {
             chunks.push(Zeroizing::new("(no output)".into()));
         }
+        // A secret reply's deletion is recorded before it is sent: it
+        // names the command's message, and our replies to it are looked up
+        // when it is due, so a reply delivered by a send that then failed,
+        // or sent just before a crash or a fence, is found and deleted too.
+        let reply_deletion = secret.then(|| Deletion {
+            chat: msg.chat,
+            ids: Vec::new(),
+            due_ms: crate::etcd::unix_ms() + cfg.telegram.secret_reply_ttl_secs * 1000,
+            replies_to: Some(msg.id),
+            account: me,
+        });
+        if let Some(d) = &reply_deletion {
+            let value = serde_json::to_vec(d).unwrap_or_default();
+            let _ = self.put_guarded(&d.key(self.prefix()), &value).await;
+        }
         let mut sent = Vec::new();
-        // A chunk that was delivered without its id (a retried send that
-        // got RANDOM_ID_DUPLICATE, or id 0): found again below.
-        let mut unknown = 0;
         let mut fatal = None;
         for chunk in &chunks {
             if self.term.is_lost() {
@@ -457,7 +529,10 @@ impl Term<'_> {
             }
             match client.send(msg.chat, msg.id, chunk, secret).await {
                 Ok(id) if id != 0 => sent.push(id),
-                Ok(_) | Err(ChatError::Duplicate(_)) => unknown += 1,
+                // Delivered without its id (a retried send that got
+                // RANDOM_ID_DUPLICATE, or id 0): found again by the
+                // deletion's look-up.
+                Ok(_) | Err(ChatError::Duplicate(_)) => {}
                 Err(e @ ChatError::Unauthorized(_)) => {
                     tracing::warn!(msg_id = msg.id, error = %e, "telegram: reply not sent");
                     fatal = Some(e);
@@ -477,25 +552,6 @@ impl Term<'_> {
                 }
             }
         }
-        if unknown > 0 && !self.term.is_lost() {
-            // Our messages in this chat replying to the command: the
-            // delivered chunks among them get their deletion too.
-            match client.find_replies(msg.chat, msg.id).await {
-                Ok(ids) => {
-                    let found: Vec<i32> = ids.into_iter().filter(|i| !sent.contains(i)).collect();
-                    tracing::info!(
-                        msg_id = msg.id,
-                        unknown,
-                        found = found.len(),
-                        "telegram: delivered replies without an id looked up"
-                    );
-                    sent.extend(found);
-                }
-                Err(e) => {
-                    tracing::warn!(msg_id = msg.id, error = %e, "telegram: delivered replies not found; not scheduled for deletion")
-                }
-            }
-        }
         if msg.chat == me {
             // Our replies come back into Saved Messages as updates: claim
             // them now so that none is ever taken for a command.
@@ -503,22 +559,127 @@ impl Term<'_> {
                 let _ = self.claim(msg.chat, *id, "sent").await;
             }
         }
-        let plan = route::plan_deletions(
-            msg.chat,
-            secret_input.then_some(msg.id),
-            if secret { &sent } else { &[] },
-            crate::etcd::unix_ms(),
-            cfg.telegram.secret_reply_ttl_secs * 1000,
-        );
-        for d in &plan {
-            let value = serde_json::to_vec(d).unwrap_or_default();
-            self.put_guarded(&d.key(self.prefix()), &value).await;
+        if let Some(mut d) = reply_deletion {
+            // The ids we know, besides the look-up.
+            d.ids = sent;
+            let value = serde_json::to_vec(&d).unwrap_or_default();
+            let _ = self.put_guarded(&d.key(self.prefix()), &value).await;
         }
-        self.put_guarded(&key, &self.record("done")).await;
+        let _ = self.put_guarded(&key, &self.record("done")).await;
         if secret_input {
             self.run_deletions(client).await;
         }
         fatal.map_or(Ok(()), Err)
+    }
+
+    /// The claim key of message `id` in `chat`, scoped to this account (a
+    /// login with another account has its own message ids).
+    fn handled_key(&self, chat: i64, id: i32) -> String {
+        route::handled_key(
+            self.prefix(),
+            self.me.load(std::sync::atomic::Ordering::Relaxed),
+            chat,
+            id,
+        )
+    }
+
+    /// Records the deletion of an operator's message that carried secret
+    /// input, due now; if etcd cannot take the record, deletes at once.
+    async fn schedule_input_deletion(&self, client: &Client, msg: &Incoming) {
+        let d = Deletion {
+            chat: msg.chat,
+            ids: vec![msg.id],
+            due_ms: crate::etcd::unix_ms(),
+            replies_to: None,
+            account: client.me(),
+        };
+        let value = serde_json::to_vec(&d).unwrap_or_default();
+        if !self.put_guarded(&d.key(self.prefix()), &value).await && !self.term.is_lost() {
+            if let Err(e) = client.delete(msg.chat, &[msg.id]).await {
+                tracing::warn!(msg_id = msg.id, error = %e, "telegram: secret input neither recorded for deletion nor deleted");
+            }
+        }
+    }
+
+    /// An operator's message that does not run but carries a secret:
+    /// deleted now (recorded first, as for a command).
+    async fn delete_input(&self, client: &Client, msg: &Incoming) {
+        if self.term.is_lost() {
+            return;
+        }
+        self.schedule_input_deletion(client, msg).await;
+        self.run_deletions(client).await;
+    }
+
+    /// Resolves the sender of a first message, retrying a transient
+    /// failure; a lasting one ends the client (the update stays
+    /// uncommitted and is delivered again), and after
+    /// [`RESOLVE_RESTARTS`] restarts for the same message it is given up
+    /// with an error line (never silently).
+    async fn resolve(&self, client: &Client, msg: &Incoming) -> Result<(), ChatError> {
+        let mut last = None;
+        for wait_ms in [0u64, 300, 1000] {
+            if wait_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            }
+            match client.resolve(msg.chat, msg.id).await {
+                Ok(()) => {
+                    self.unresolved
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&(msg.chat, msg.id));
+                    return Ok(());
+                }
+                Err(e @ ChatError::Unauthorized(_)) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        let e = last.map(|e| e.to_string()).unwrap_or_default();
+        let tries = {
+            let mut u = self.unresolved.lock().unwrap_or_else(|e| e.into_inner());
+            let n = u.entry((msg.chat, msg.id)).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if tries > RESOLVE_RESTARTS {
+            tracing::error!(msg_id = msg.id, chat = msg.chat, error = %e, "telegram: the sender of a command cannot be resolved after {RESOLVE_RESTARTS} client restarts; the command is not run");
+            return Ok(());
+        }
+        Err(ChatError::Io(format!(
+            "cannot resolve the sender of message {} ({e}); restarting the client, the update comes again",
+            msg.id
+        )))
+    }
+
+    /// One more command of `chat` that was too old to run.
+    fn stale_note(&self, chat: i64, age_secs: u64) {
+        let mut s = self.stale.lock().unwrap_or_else(|e| e.into_inner());
+        let e = s.entry(chat).or_insert((0, 0));
+        e.0 += 1;
+        e.1 = e.1.max(age_secs);
+    }
+
+    /// Tells each operator, once per burst, how many of their commands
+    /// were too old to run — never what they said.
+    async fn tell_stale(&self, client: &Client) {
+        let noted: Vec<(i64, (u32, u64))> = {
+            let mut s = self.stale.lock().unwrap_or_else(|e| e.into_inner());
+            s.drain().collect()
+        };
+        let limit = self.app.cfg.telegram.max_command_age_secs;
+        for (chat, (n, oldest)) in noted {
+            if self.term.is_lost() {
+                return;
+            }
+            let text = format!(
+                "{n} command(s) you sent while the userbot was not reading (the oldest {} ago) were not run: commands older than {} are not run after downtime. Send again what you still need.",
+                crate::command::info::fmt_duration(oldest),
+                crate::command::info::fmt_duration(limit)
+            );
+            if let Err(e) = client.send(chat, 0, &text, false).await {
+                tracing::warn!(chat, error = %e, "telegram: stale-command notice not sent");
+            }
+        }
     }
 
     /// Delivers queued notices ([`crate::notify`]), oldest first: each
@@ -570,8 +731,27 @@ impl Term<'_> {
                 continue;
             };
             let unreachable = crate::notify::unreachable_key(self.prefix(), &op.name);
-            match client.send_once(op.telegram_id, &n.text, n.random_id).await {
-                Ok(()) | Err(ChatError::Duplicate(_)) => {
+            // Split like a reply (Telegram refuses more than 4096 UTF-16
+            // units); each part has its own `random_id`, derived, so a
+            // retry after a partial delivery sends only what is missing.
+            let mut sent = Ok(());
+            for (i, part) in route::split(&n.text, route::MESSAGE_LIMIT)
+                .iter()
+                .enumerate()
+            {
+                match client
+                    .send_once(op.telegram_id, part, n.random_id.wrapping_add(i as i64))
+                    .await
+                {
+                    Ok(()) | Err(ChatError::Duplicate(_)) => {}
+                    Err(e) => {
+                        sent = Err(e);
+                        break;
+                    }
+                }
+            }
+            match sent {
+                Ok(()) => {
                     tracing::info!(to = %op.name, kind = %n.kind, "telegram: notice sent");
                     if !self.delete_guarded(&entry.key).await {
                         return Ok(());
@@ -582,7 +762,7 @@ impl Term<'_> {
                 Err(e) => {
                     tracing::warn!(to = %op.name, kind = %n.kind, error = %e, "telegram: notice not sent; retried later");
                     if matches!(&e, ChatError::Io(m) if m.contains("no access hash")) {
-                        self.put_guarded(&unreachable, b"1").await;
+                        let _ = self.put_guarded(&unreachable, b"1").await;
                     }
                     n.retry_later(now);
                     let value = serde_json::to_vec(&n).unwrap_or_default();
@@ -614,7 +794,11 @@ impl Term<'_> {
     }
 
     /// Deletes the messages whose time has come, oldest first; a record is
-    /// removed only after Telegram confirmed the deletion.
+    /// removed only after Telegram confirmed the deletion. A record that
+    /// names replies (`replies_to`) has them looked up first. One that
+    /// fails is kept for the next round and does not hold up the others;
+    /// one of another account (a login with another account since) cannot
+    /// be carried out here and is dropped, with a warning.
     async fn run_deletions(&self, client: &Client) {
         if self.term.is_lost() {
             return;
@@ -631,6 +815,7 @@ impl Term<'_> {
             }
         };
         let now = crate::etcd::unix_ms();
+        let me = client.me();
         for entry in due {
             let Ok(d) = serde_json::from_slice::<Deletion>(&entry.value) else {
                 continue;
@@ -638,11 +823,35 @@ impl Term<'_> {
             if d.due_ms > now || self.term.is_lost() {
                 break;
             }
-            match client.delete(d.chat, &d.ids).await {
+            if d.account != 0 && d.account != me {
+                tracing::warn!(
+                    chat = d.chat,
+                    account = d.account,
+                    "telegram: a deletion of another account's messages dropped (a login with another account since)"
+                );
+                let _ = self.delete_guarded(&entry.key).await;
+                continue;
+            }
+            let mut ids = d.ids.clone();
+            if let Some(r) = d.replies_to {
+                match client.find_replies(d.chat, r).await {
+                    Ok(found) => ids.extend(found.into_iter().filter(|i| !d.ids.contains(i))),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "telegram: replies to delete not looked up; retried later");
+                        continue;
+                    }
+                }
+            }
+            let deleted = if ids.is_empty() {
+                Ok(())
+            } else {
+                client.delete(d.chat, &ids).await
+            };
+            match deleted {
                 Ok(()) => {
                     tracing::info!(
                         chat = d.chat,
-                        count = d.ids.len(),
+                        count = ids.len(),
                         "telegram: messages deleted"
                     );
                     // Refused: fenced, stop; an etcd error: the record is
@@ -651,10 +860,26 @@ impl Term<'_> {
                         return;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "telegram: deletion failed; retried later");
+                Err(e @ ChatError::Unauthorized(_)) => {
+                    tracing::warn!(error = %e, "telegram: deletion failed");
                     return;
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "telegram: deletion failed; retried later");
+                }
+            }
+        }
+    }
+}
+
+/// Commits the state of the last handled update if its position is
+/// settled (everything up to it has been read and handled): never a
+/// position inside a batch whose rest still waits.
+async fn commit_settled(client: &Client, rx: &IntakeRx, handled: &mut Option<(u64, super::Mark)>) {
+    if let Some((n, _)) = handled {
+        if rx.settled(*n) {
+            if let Some((_, mark)) = handled.take() {
+                client.commit(mark).await;
             }
         }
     }
