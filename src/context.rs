@@ -269,6 +269,11 @@ pub struct Ctx<'a> {
     /// an admin with their own TOTP code (`dispatch.rs`), the way back
     /// that a stolen Telegram account alone cannot use.
     pub host_recovery: bool,
+    /// The suspension check's verdict, for a command that runs while it is
+    /// made (`dispatch.rs`, read-only commands): `Some(true)` cleared,
+    /// `Some(false)` refused or unknown, `None` not decided yet. A new
+    /// token is minted, and a reveal counted, only once cleared.
+    clearance: tokio::sync::watch::Receiver<Option<bool>>,
     vault: OnceCell<Arc<Vault>>,
 }
 
@@ -288,8 +293,19 @@ impl<'a> Ctx<'a> {
             request_id,
             line: "",
             host_recovery: false,
+            clearance: tokio::sync::watch::channel(Some(true)).1,
             vault: OnceCell::new(),
         }
+    }
+
+    /// A context whose suspension check is still being made: its verdict
+    /// comes through `clearance`.
+    pub fn pending_clearance(
+        mut self,
+        clearance: tokio::sync::watch::Receiver<Option<bool>>,
+    ) -> Ctx<'a> {
+        self.clearance = clearance;
+        self
     }
 
     /// Sets the command line this context runs.
@@ -316,12 +332,38 @@ impl Ctx<'_> {
         Ok(v.clone())
     }
 
+    /// Waits for the suspension check's verdict (at once when it was made
+    /// before the command ran); `Err` unless cleared.
+    pub async fn cleared(&self) -> Result<(), CommandError> {
+        let mut rx = self.clearance.clone();
+        let verdict = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| *v == Some(true))
+            .unwrap_or(false);
+        if verdict {
+            Ok(())
+        } else {
+            Err(CommandError::unavailable(format!(
+                "{} is not cleared by the suspension check",
+                self.op.name
+            )))
+        }
+    }
+
     /// The operator's child token; a freshly minted one is recorded in
     /// etcd first (so that a suspension revokes it from any replica) or,
     /// when that fails, revoked at once and not used: a token nobody could
     /// revoke must not exist. It is also checked against a suspension that
     /// raced with the mint.
     async fn mint(&self) -> Result<Arc<Vault>, CommandError> {
+        // A cached token serves at once (the overlap of a read with the
+        // suspension check); a new one only for a cleared operator, so that
+        // a suspended or unknown one never gets a token at all.
+        if let Some(v) = self.svc.tokens.cached(self.op).await {
+            return Ok(v);
+        }
+        self.cleared().await?;
         let (vault, minted) = self.svc.tokens.for_operator_tracked(self.op).await?;
         let Some((accessor, ttl)) = minted else {
             return Ok(vault);

@@ -190,10 +190,18 @@ impl App {
     /// undoing.
     async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
         if cmd.is_read_only() {
-            let (standing, result) = tokio::join!(
-                self.check_suspension(ctx, cmd),
-                self.authorize_and_run(ctx, cmd, true)
-            );
+            // The read runs while the check is made; it mints no token and
+            // counts no reveal until the check has cleared the operator.
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            let rctx = Ctx::new(ctx.svc, ctx.op, ctx.transport, ctx.request_id)
+                .with_line(ctx.line)
+                .pending_clearance(rx);
+            let check = async {
+                let s = self.check_suspension(ctx, cmd).await;
+                let _ = tx.send(Some(matches!(s, Ok(Standing::Active))));
+                s
+            };
+            let (standing, result) = tokio::join!(check, self.authorize_and_run(&rctx, cmd, true));
             standing?;
             return result;
         }
@@ -278,7 +286,12 @@ impl App {
         if !cmd.reply_is_secret() {
             return run.await;
         }
-        let budget = crate::metrics::time_stage("budget", self.check_budget(ctx));
+        let budget = crate::metrics::time_stage("budget", async {
+            // Counted only for a cleared operator (at once outside the
+            // overlap): one refused anyway costs no etcd write.
+            ctx.cleared().await?;
+            self.check_budget(ctx).await
+        });
         if overlap {
             let (counted, result) = tokio::join!(budget, run);
             counted?;

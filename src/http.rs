@@ -178,6 +178,16 @@ async fn readyz(State(s): State<Arc<Endpoints>>) -> Response {
     if confinement.as_ref().is_some_and(|c| c.blocks()) {
         failed.push("confinement");
     }
+    // A leader without a connected client serves nobody: not ready once
+    // that has lasted twice the start timeout (a restart in progress is).
+    let tg = s.app.runtime.telegram();
+    let bound = 2 * s.app.cfg.telegram.start_timeout_secs;
+    if tg
+        .down_since
+        .is_some_and(|t| crate::etcd::unix_secs().saturating_sub(t) > bound)
+    {
+        failed.push("telegram");
+    }
     let ready = failed.is_empty();
     // Status of this process, fresh on every probe (cheap, in memory).
     let leader = s.app.runtime.elector.get().map(|e| e.status());

@@ -24,6 +24,9 @@ pub struct TelegramStatus {
     pub last_update: Option<u64>,
     /// Why the client is not running, when it should.
     pub problem: Option<String>,
+    /// Unix seconds since when this node leads without a connected
+    /// client (`None`: connected, or not leading).
+    pub down_since: Option<u64>,
 }
 
 impl Runtime {

@@ -249,8 +249,17 @@ async fn health(ctx: &Ctx<'_>) -> Reply {
                     lead.node
                 )
             } else if lead.leading {
+                let down = tg
+                    .down_since
+                    .map(|t| {
+                        format!(
+                            " for {}",
+                            fmt_duration(crate::etcd::unix_secs().saturating_sub(t))
+                        )
+                    })
+                    .unwrap_or_default();
                 format!(
-                    "telegram: NOT connected on the leader ({})",
+                    "telegram: NOT connected on the leader{down} ({})",
                     tg.problem.as_deref().unwrap_or("starting")
                 )
             } else {

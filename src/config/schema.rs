@@ -186,6 +186,14 @@ pub struct TelegramConfig {
     /// Commands older than this (caught up after downtime) are not run:
     /// the operator is told, without an echo.
     pub max_command_age_secs: u64,
+    /// A client start (connect, key exchange, authorization check) that
+    /// takes longer fails; a leader whose client has not been connected
+    /// for twice this long is not ready (`/readyz`).
+    pub start_timeout_secs: u64,
+    /// Failed client starts in a row after which the leader hands
+    /// leadership over, so that another replica (perhaps with another
+    /// route to Telegram) can try.
+    pub max_failed_starts: u32,
 }
 
 /// `telegram.backend`.
@@ -215,6 +223,8 @@ impl Default for TelegramConfig {
             dedup_ttl_secs: 7 * 24 * 3600,
             ping_secs: 60,
             max_command_age_secs: 300,
+            start_timeout_secs: 30,
+            max_failed_starts: 3,
         }
     }
 }
@@ -237,6 +247,8 @@ impl fmt::Debug for TelegramConfig {
             .field("ping_secs", &self.ping_secs)
             .field("dedup_ttl_secs", &self.dedup_ttl_secs)
             .field("max_command_age_secs", &self.max_command_age_secs)
+            .field("start_timeout_secs", &self.start_timeout_secs)
+            .field("max_failed_starts", &self.max_failed_starts)
             .finish()
     }
 }

@@ -256,6 +256,12 @@ impl Config {
         }
         check_at_least("telegram.ping_secs", t.ping_secs, 1)?;
         check_at_least("telegram.max_command_age_secs", t.max_command_age_secs, 10)?;
+        check_at_least("telegram.start_timeout_secs", t.start_timeout_secs, 1)?;
+        check_at_least(
+            "telegram.max_failed_starts",
+            u64::from(t.max_failed_starts),
+            1,
+        )?;
         for (role, ttl) in &t.wrap_ttl {
             let key = format!("telegram.wrap_ttl.{role}");
             if role != "admin" && role != "agent" {

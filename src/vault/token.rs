@@ -87,6 +87,16 @@ impl OperatorTokens {
         Ok(self.for_operator_tracked(op).await?.0)
     }
 
+    /// `op`'s cached client, if it is still good (no Vault call).
+    pub async fn cached(&self, op: &Operator) -> Option<Arc<Vault>> {
+        let generation = self.broker.generation();
+        let cache = self.cache.lock().await;
+        cache
+            .get(&op.name)
+            .filter(|c| c.generation == generation && Instant::now() < c.refresh_after)
+            .map(|c| c.vault.clone())
+    }
+
     /// [`for_operator`](Self::for_operator), and when a token was minted
     /// for this call, its accessor and TTL (the caller records them, so a
     /// suspension can revoke the token from any replica).

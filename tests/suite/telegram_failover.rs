@@ -24,6 +24,10 @@ use crate::common::Env;
 pub const TESTS: &[(&str, TestFn)] = &[
     ("tcpproxy::forwards_and_cuts", forwards_and_cuts),
     (
+        "disruptive::telegram::a_leader_whose_client_cannot_start_hands_over",
+        hung_start_hands_over,
+    ),
+    (
         "disruptive::telegram::one_leader_then_failover_on_kill9",
         one_leader_then_failover_on_kill9,
     ),
@@ -223,6 +227,8 @@ struct Node {
     proc: Proc,
     pid: u32,
     config: PathBuf,
+    /// `[http] listen` port (`/readyz`).
+    http: u16,
 }
 
 impl Node {
@@ -306,7 +312,7 @@ impl Group {
     /// auth key and offset 0), over a config without proxies.
     fn login(&self, env: &Env) {
         let c = env.cluster();
-        let login_cfg = self.write_config("login", &c.etcd_endpoints());
+        let login_cfg = self.write_config("login", &c.etcd_endpoints(), 0);
         let out = Command::new(env!("CARGO_BIN_EXE_vaultgram"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
@@ -356,7 +362,7 @@ impl Group {
         self.env_root.join(format!("tg-{}-{tag}.sock", self.hex))
     }
 
-    fn write_config(&self, tag: &str, endpoints: &[String]) -> PathBuf {
+    fn write_config(&self, tag: &str, endpoints: &[String], http: u16) -> PathBuf {
         let root = self.env_root.display().to_string();
         let socket = format!("{root}/tg-{}-{tag}.sock", self.hex);
         let eps = endpoints
@@ -387,6 +393,12 @@ impl Group {
         assert_eq!(replaced, [true; 4], "harness config changed shape");
         let mut text = lines.join("\n");
         text.push('\n');
+        if http != 0 {
+            text = text.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{http}\""),
+            );
+        }
         let tg = format!(
             "backend = \"file\"\nfile_dir = \"{}\"\nsession_save_secs = 2\nsecret_reply_ttl_secs = 3\n",
             self.file_dir.display()
@@ -423,7 +435,8 @@ impl Group {
         } else {
             (c.etcd_endpoints(), Vec::new())
         };
-        let config = self.write_config(&tag, &endpoints);
+        let http = crate::common::process::free_port();
+        let config = self.write_config(&tag, &endpoints, http);
         let name = format!("tg-{}-{}-{tag}", self.name, self.hex);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vaultgram"));
         cmd.env_clear()
@@ -439,6 +452,7 @@ impl Group {
             proc,
             pid,
             config,
+            http,
         }));
         self.proxies.push(proxies);
         self.killed_at.push(None);
@@ -1568,4 +1582,77 @@ fn approvals_are_announced_once_across_failover(env: &Env) {
     );
     eprintln!("approvals: 4 requests announced to dave once each (one across a kill -9 mid-send, one across a crash after sending), approval/denial/expiry told to alice once each; dave 'not reachable' until he wrote");
     g.assert_no_overlap();
+}
+
+/// Issue 29, item 5: the leader's route to Telegram swallows everything
+/// (every client start of that process hangs, as a real start did for
+/// 3 min 11 s). Each start gives up after `telegram.start_timeout_secs`;
+/// the leader says so in `/health`, is not ready once it has been without
+/// a client for twice that long, and after `max_failed_starts` hands
+/// leadership over: the other replica starts its client and answers. On
+/// e84a6d6 the start hung for good, the leader kept its lease, `/readyz`
+/// stayed 200 and nobody else could take over.
+fn hung_start_hands_over(env: &Env) {
+    let me = vaultgram::transport::socket::user_name(unsafe { libc::getuid() }).unwrap();
+    let g = Group::start_with(env, "hang", 2, false, |t| {
+        // alice is our uid over the socket (ctl /health).
+        let t = t.replacen(
+            "role = \"admin\"\n",
+            &format!("role = \"admin\"\nunix_user = \"{me}\"\n"),
+            1,
+        );
+        format!("{t}\n[telegram]\nstart_timeout_secs = 3\nmax_failed_starts = 3\n")
+    });
+    let leader = g.wait_single_leader(Duration::from_secs(20));
+    let other = 1 - leader;
+    g.wait_client_started(leader, Duration::from_secs(15));
+    let pid = g.node(leader).pid;
+    std::fs::write(g.file_dir.join(format!("connect_hang_{pid}")), "").unwrap();
+    let mark = g.node(leader).events().len();
+    g.inbox_lines(&[json!({"control": "disconnect"})]);
+    let hung_at = Instant::now();
+    // /health on the leader says what is wrong.
+    let sock = g.socket(&format!("n{leader}"));
+    let last = std::cell::RefCell::new(Value::Null);
+    let health = wait_for(
+        Duration::from_secs(10),
+        "/health naming the missing client",
+        || {
+            let v = ctl_json(&sock, &["/health"]);
+            let t = v["text"].as_str().unwrap_or_default().to_string();
+            *last.borrow_mut() = v;
+            t.contains("NOT connected on the leader for").then_some(t)
+        },
+        || format!("last /health: {}\n{}", last.borrow(), g.dump()),
+    );
+    // Not ready after twice the start timeout (6 s).
+    let url = format!("http://127.0.0.1:{}/readyz", g.node(leader).http);
+    let ready = wait_for(
+        Duration::from_secs(15),
+        "/readyz 503 on the leader without a client",
+        || {
+            let r = reqwest::blocking::get(&url).ok()?;
+            (r.status().as_u16() == 503).then(|| r.text().unwrap_or_default())
+        },
+        || g.dump(),
+    );
+    let not_ready_after = hung_at.elapsed();
+    assert!(ready.contains("\"telegram\""), "{ready}");
+    g.wait_event(
+        leader,
+        "telegram: the client failed to start 3 times in a row; handing leadership over",
+        mark,
+        Duration::from_secs(30),
+    );
+    g.wait_client_started(other, Duration::from_secs(30));
+    let handed_after = hung_at.elapsed();
+    g.send(8101, g.alice, "/whoami");
+    let r = g.wait_reply(8101, Duration::from_secs(15));
+    assert_eq!(r["pid"].as_u64(), Some(g.node(other).pid as u64), "{r}");
+    g.assert_no_overlap();
+    eprintln!(
+        "hung start: /health said so ({health:.80}…); /readyz 503 after {} ms; the other replica answered {} ms after the route died",
+        not_ready_after.as_millis(),
+        handed_after.as_millis()
+    );
 }

@@ -66,7 +66,9 @@
 //! connection reset would), `"delete_error"` with `"chat"` (deletions in
 //! that chat fail from now on, as for a chat that is gone).
 //! A file `connect_delay_ms` in the dir makes the next client start hang
-//! that long (a connect without a timeout); the start consumes it.
+//! that long (a connect without a timeout); the start consumes it. A file
+//! `connect_hang_<pid>` makes every start of that process hang (a route
+//! to Telegram that swallows everything).
 //! Outbox lines: `{"op":"connect"|"start"|"send"|"delete"|"stop","pid":…,…}`
 //! (`connect`: every attempt; `start`: a client that is up).
 
@@ -332,6 +334,14 @@ impl FileChat {
             "outbox.jsonl",
             serde_json::json!({"op": "connect", "pid": std::process::id()}),
         )?;
+        // A route to Telegram that swallows everything, for this process
+        // only (a file `connect_hang_<pid>`): every start hangs.
+        if dir
+            .join(format!("connect_hang_{}", std::process::id()))
+            .exists()
+        {
+            std::future::pending::<()>().await;
+        }
         if dead_keys(dir).contains(&state.auth_key) {
             return Err(rpc_error(406, "AUTH_KEY_DUPLICATED", None));
         }

@@ -396,8 +396,14 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
     let unresolved = Mutex::new(std::collections::HashMap::new());
     // How often a refused or missing session is looked at again.
     let recheck = Duration::from_secs(app.cfg.telegram.session_save_secs.clamp(1, 30));
+    let max_failed = app.cfg.telegram.max_failed_starts;
     while let Some(term) = elector.campaign(&shutdown).await {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        // Leading without a client: not ready after a while (`/readyz`).
+        app.runtime
+            .set_telegram(|s| s.down_since = Some(crate::etcd::unix_secs()));
+        let mut failed_starts = 0u32;
+        let mut hand_over = false;
         loop {
             let lost = term.lost();
             let t = Term {
@@ -410,6 +416,7 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
                 unresolved: &unresolved,
                 me: Default::default(),
                 stale: Default::default(),
+                started: Default::default(),
             };
             // A panic in the runner (or a client library) is an error like
             // any other: the client is dropped (its connections with it)
@@ -425,9 +432,36 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
                     Err(ChatError::Io("the runner panicked".into()))
                 }
             };
+            let started = t.started.load(std::sync::atomic::Ordering::Relaxed);
             match result {
                 Ok(()) => break,
                 Err(e) => {
+                    failed_starts = if started { 0 } else { failed_starts + 1 };
+                    // Another replica may have another route to Telegram:
+                    // after N failed starts in a row, let it try. (Not for
+                    // a session that is missing or refused: every replica
+                    // has the same one.)
+                    if failed_starts >= max_failed
+                        && !matches!(
+                            e,
+                            ChatError::Session(_) | ChatError::Unauthorized(_) | ChatError::Refused
+                        )
+                    {
+                        tracing::error!(
+                            node = elector.node(),
+                            failed_starts,
+                            error = %e,
+                            "telegram: the client failed to start {failed_starts} times in a row; handing leadership over"
+                        );
+                        app.runtime.set_telegram(|s| {
+                            s.connected = false;
+                            s.problem = Some(format!(
+                                "{failed_starts} failed starts ({e}); leadership handed over"
+                            ));
+                        });
+                        hand_over = true;
+                        break;
+                    }
                     let wait = match e {
                         ChatError::Reload(_) => Duration::from_millis(100),
                         ChatError::Session(_) | ChatError::Unauthorized(_) | ChatError::Refused => {
@@ -453,8 +487,18 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
             }
         }
         elector.resign(term).await;
+        app.runtime.set_telegram(|s| s.down_since = None);
         if shutdown.is_cancelled() {
             break;
+        }
+        if hand_over {
+            // Stand aside for two lease terms, so that a replica that is
+            // campaigning wins first.
+            let pause = Duration::from_secs(2 * app.cfg.etcd.lease_ttl_secs.max(1));
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
         }
     }
 }

@@ -45,6 +45,9 @@ pub(super) struct Term<'a> {
     pub(super) me: std::sync::atomic::AtomicI64,
     /// Commands too old to run, per chat: (how many, the oldest's age).
     pub(super) stale: Mutex<std::collections::HashMap<i64, (u32, u64)>>,
+    /// The client started in this call of `serve` (a failure after that
+    /// is not a failed start).
+    pub(super) started: std::sync::atomic::AtomicBool,
 }
 
 impl Term<'_> {
@@ -66,6 +69,11 @@ impl Term<'_> {
         // while grammers is still connecting (no timeout there) drops the
         // half-started client at once.
         let stop = CancellationToken::new();
+        // Bounded: grammers' connect, key exchange and first requests have
+        // no timeout of their own (a real run waited over 3 minutes on an
+        // answer the server had lost). Dropping the start drops the
+        // half-built client and its connections.
+        let limit = Duration::from_secs(self.app.cfg.telegram.start_timeout_secs);
         let started = tokio::select! {
             biased;
             _ = lost.cancelled() => {
@@ -73,7 +81,12 @@ impl Term<'_> {
                 return Ok(());
             }
             _ = shutdown.cancelled() => return Ok(()),
-            r = start_client(self.app, &stored, &stop) => r,
+            r = tokio::time::timeout(limit, start_client(self.app, &stored, &stop)) => r.unwrap_or_else(|_| {
+                Err(ChatError::Io(format!(
+                    "the client did not start within {} s (telegram.start_timeout_secs)",
+                    limit.as_secs()
+                )))
+            }),
         };
         drop(stored);
         let (client, mut rx, intake) = match started {
@@ -87,10 +100,13 @@ impl Term<'_> {
             Client::File(_) => "file",
         };
         tracing::info!(node = self.node, backend, "telegram client started");
+        self.started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.app.runtime.set_telegram(|s| {
             s.connected = true;
             s.backend = Some(backend);
             s.problem = None;
+            s.down_since = None;
         });
         // Fencing does not wait for the loop below (a handler may be stuck
         // on a partitioned etcd): losing the lease stops the client at once.
@@ -263,6 +279,7 @@ impl Term<'_> {
         self.app.runtime.set_telegram(|s| {
             s.connected = false;
             s.problem = problem;
+            s.down_since.get_or_insert_with(crate::etcd::unix_secs);
         });
     }
 
