@@ -176,6 +176,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
     checks.extend(cert_checks(cfg, unix_now()));
     checks.push(leadership_check(cfg, etcd.as_ref()).await);
     checks.push(telegram_check(cfg).await);
+    checks.push(reachability_check(cfg, etcd.as_ref()).await);
     checks.push(confinement_check(cfg).await);
     checks.push(backup_check(&cfg.backup, SystemTime::now()));
     Report { checks }
@@ -821,6 +822,43 @@ async fn leadership_check(cfg: &Config, etcd: Option<&Etcd>) -> Check {
         Ok(Ok(None)) => Check::ok("leadership", "no leader (telegram disabled)"),
         Ok(Err(e)) => Check::warn("leadership", format!("{key}: {e}")),
         Err(_) => Check::warn("leadership", format!("{key}: timed out")),
+    }
+}
+
+/// Operators the Telegram leader cannot address (no access hash: they
+/// never wrote to the account, and no dialog names them): approval
+/// requests and alerts do not reach them until they write once.
+async fn reachability_check(cfg: &Config, etcd: Option<&Etcd>) -> Check {
+    const NAME: &str = "telegram reachability";
+    if !cfg.telegram.enabled {
+        return Check::ok(NAME, "telegram disabled");
+    }
+    let Some(etcd) = etcd else {
+        return Check::skipped(NAME, "no etcd connection");
+    };
+    let prefix = crate::notify::unreachable_key(&cfg.etcd.prefix, "");
+    match tokio::time::timeout(ETCD_TIMEOUT, etcd.list_prefix(&prefix, 0, false)).await {
+        Ok(Ok(entries)) => {
+            let names: Vec<String> = entries
+                .iter()
+                .filter_map(|e| e.key.strip_prefix(&prefix).map(str::to_string))
+                .collect();
+            let data = json!({ "unreachable": names });
+            if names.is_empty() {
+                Check::ok(NAME, "every operator can be told of requests and alerts").data(data)
+            } else {
+                Check::warn(
+                    NAME,
+                    format!(
+                        "not reachable in Telegram (never wrote to the userbot): {}; each should send it one message, e.g. /whoami",
+                        names.join(", ")
+                    ),
+                )
+                .data(data)
+            }
+        }
+        Ok(Err(e)) => Check::warn(NAME, format!("{prefix}: {e}")),
+        Err(_) => Check::warn(NAME, format!("{prefix}: timed out")),
     }
 }
 

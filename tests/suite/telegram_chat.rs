@@ -44,6 +44,14 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::telegram_chat::long_notices_are_split",
         long_notices_split,
     ),
+    (
+        "disruptive::telegram_chat::a_flood_wait_on_a_notice_stalls_nothing_else",
+        flood_wait_stalls_nothing,
+    ),
+    (
+        "disruptive::telegram_chat::after_a_fresh_login_admins_can_be_told",
+        fresh_login_reaches_admins,
+    ),
 ];
 
 /// One `telegram::run` in this process.
@@ -424,4 +432,166 @@ fn long_notices_split(env: &Env) {
     for p in &parts {
         assert!(p["text"].as_str().unwrap().encode_utf16().count() <= 4096);
     }
+}
+
+/// Item 6: Telegram answers a notice with FLOOD_WAIT 8 s. The notice waits
+/// (and goes out after the wait), while an operator's command sent
+/// meanwhile is answered at once. On e84a6d6 grammers slept through the
+/// wait inside the call (AutoSleep up to flood_wait_max_secs), and the
+/// whole runner loop with it: the command waited 8 s.
+fn flood_wait_stalls_nothing(env: &Env) {
+    let dir = file_dir(env, "flood-wait");
+    let cfg = tg_config(env, &dir);
+    let out = Outbox(dir.join("outbox.jsonl"));
+    let r = start(env, &cfg, true, "floodwait-1");
+    out.wait("client start", Duration::from_secs(15), |o| {
+        o.lines().iter().any(|v| v["op"] == "start")
+    });
+    inbox(
+        &dir,
+        json!({"id": 100, "chat": 111111, "sender": 111111, "users": true, "text": "/whoami"}),
+    );
+    out.wait("alice answered", Duration::from_secs(10), |o| {
+        !o.sends_to(100).is_empty()
+    });
+    inbox(
+        &dir,
+        json!({"control": "flood_wait", "seconds": 8, "method": "send_once"}),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let marker = format!("flooded-{}", random_hex(4));
+    let queued = Instant::now();
+    env.rt.block_on(async {
+        r.app
+            .notifier
+            .queue(
+                "test",
+                &["alice"],
+                &marker,
+                vaultgram::etcd::unix_secs() + 600,
+            )
+            .await
+            .unwrap();
+    });
+    // The notice is tried (and flooded) at the next tick; then a command.
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = Instant::now();
+    inbox(
+        &dir,
+        json!({"id": 101, "chat": 111111, "sender": 111111, "text": "/whoami"}),
+    );
+    out.wait(
+        "the command answered during the wait",
+        Duration::from_secs(4),
+        |o| !o.sends_to(101).is_empty(),
+    );
+    let answered = asked.elapsed();
+    out.wait("the notice after the wait", Duration::from_secs(20), |o| {
+        sends(o)
+            .iter()
+            .any(|v| v["text"].as_str().is_some_and(|t| t.contains(&marker)))
+    });
+    let noticed = queued.elapsed();
+    r.stop(env);
+    assert!(
+        noticed >= Duration::from_secs(8),
+        "the wait was not honoured: {noticed:?}"
+    );
+    eprintln!(
+        "flood wait: command answered in {} ms during an 8 s FLOOD_WAIT; the notice went out after {} ms",
+        answered.as_millis(),
+        noticed.as_millis()
+    );
+}
+
+/// The operators marked unreachable under `prefix` (`notify/unreachable/`).
+fn unreachable(env: &Env, app: &App) -> Vec<String> {
+    let prefix = vaultgram::notify::unreachable_key(&app.cfg.etcd.prefix, "");
+    env.rt.block_on(async {
+        app.etcd
+            .list_prefix(&prefix, 0, false)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| e.key.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    })
+}
+
+/// Item 7: after a fresh login the session has no access hash at all.
+/// dave chatted with the account before (a dialog): he is told of a
+/// request without writing again. carol has no chat with it: she is
+/// marked unreachable (as /pending and doctor show) until she writes —
+/// plain text counts — and then hears of the next one. On e84a6d6 no
+/// admin could be told anything until each had sent a command.
+fn fresh_login_reaches_admins(env: &Env) {
+    let dir = file_dir(env, "reach");
+    let cfg = tg_config(env, &dir);
+    let out = Outbox(dir.join("outbox.jsonl"));
+    std::fs::write(dir.join("dialogs.json"), "[444444]").unwrap();
+    let r = start(env, &cfg, true, "reach-1");
+    out.wait("client start", Duration::from_secs(15), |o| {
+        o.lines().iter().any(|v| v["op"] == "start")
+    });
+    let t = Instant::now();
+    let marked = loop {
+        let u = unreachable(env, &r.app);
+        if u.contains(&"carol".to_string()) || t.elapsed() > Duration::from_secs(10) {
+            break u;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(marked.contains(&"carol".to_string()), "{marked:?}");
+    assert!(!marked.contains(&"dave".to_string()), "{marked:?}");
+    let to_dave = format!("for-dave-{}", random_hex(4));
+    env.rt.block_on(async {
+        r.app
+            .notifier
+            .queue(
+                "test",
+                &["dave"],
+                &to_dave,
+                vaultgram::etcd::unix_secs() + 600,
+            )
+            .await
+            .unwrap();
+    });
+    out.wait("dave told", Duration::from_secs(10), |o| {
+        sends(o)
+            .iter()
+            .any(|v| v["chat"] == 444444 && v["text"] == to_dave.as_str())
+    });
+    // carol writes plain text (no user object: it is resolved).
+    inbox(
+        &dir,
+        json!({"id": 110, "chat": 333333, "sender": 333333, "text": "hello"}),
+    );
+    let t = Instant::now();
+    while unreachable(env, &r.app).contains(&"carol".to_string()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "carol still unreachable"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let to_carol = format!("for-carol-{}", random_hex(4));
+    env.rt.block_on(async {
+        r.app
+            .notifier
+            .queue(
+                "test",
+                &["carol"],
+                &to_carol,
+                vaultgram::etcd::unix_secs() + 600,
+            )
+            .await
+            .unwrap();
+    });
+    out.wait("carol told", Duration::from_secs(10), |o| {
+        sends(o)
+            .iter()
+            .any(|v| v["chat"] == 333333 && v["text"] == to_carol.as_str())
+    });
+    r.stop(env);
+    assert!(out.sends_to(110).is_empty(), "plain text was answered");
 }

@@ -35,7 +35,9 @@
 //!   user whose hash the session has not cached fails, as grammers has no
 //!   `InputPeer` for it. [`FileChat::resolve`] (grammers:
 //!   `get_messages_by_id`) learns the hash from the message. A fresh
-//!   login has an empty peer cache.
+//!   login has an empty peer cache; the account's earlier chats are the
+//!   user ids in `dialogs.json` ([`FileChat::learn_dialogs`], grammers:
+//!   `iter_dialogs`).
 //! - **Telegram's limits:** a text over 4096 UTF-16 units is refused with
 //!   `MESSAGE_TOO_LONG`; a `random_id` seen before is refused with
 //!   `RANDOM_ID_DUPLICATE`.
@@ -64,7 +66,11 @@
 //! its next `send_once` was delivered: a crash before the leader recorded
 //! it), `"resolve_fail"` with `"times"` (that many resolves fail as a
 //! connection reset would), `"delete_error"` with `"chat"` (deletions in
-//! that chat fail from now on, as for a chat that is gone).
+//! that chat fail from now on, as for a chat that is gone), `"flood_wait"`
+//! with `"seconds"` and `"method"` (`send`, `send_once`, `delete`: the next
+//! such call gets FLOOD_WAIT with that value — slept through inside the
+//! call when within the client's sleep threshold, as grammers'
+//! `AutoSleep` does, returned otherwise).
 //! A file `connect_delay_ms` in the dir makes the next client start hang
 //! that long (a connect without a timeout); the start consumes it. A file
 //! `connect_hang_<pid>` makes every start of that process hang (a route
@@ -134,13 +140,16 @@ pub fn new_session() -> Zeroizing<Vec<u8>> {
     )
 }
 
-/// Inbox control lines already acted on in this process (by line index):
-/// a reconnect that resumes before the line must not act on it again.
-static APPLIED: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+/// Inbox control lines already acted on in this process (by inbox and line
+/// index): a reconnect that resumes before the line must not act on it
+/// again. (Keyed by the inbox too: tests in one process each have their
+/// own, with control lines at the same indexes.)
+static APPLIED: Mutex<Option<HashSet<(PathBuf, usize)>>> = Mutex::new(None);
 
-fn first_time(line: usize) -> bool {
+fn first_time(dir: &Path, line: usize) -> bool {
     let mut g = APPLIED.lock().unwrap_or_else(|e| e.into_inner());
-    g.get_or_insert_with(HashSet::new).insert(line)
+    g.get_or_insert_with(HashSet::new)
+        .insert((dir.to_path_buf(), line))
 }
 
 #[derive(Deserialize)]
@@ -162,6 +171,12 @@ struct Control {
     /// `delete_error`: whose chat's deletions fail.
     #[serde(default)]
     chat: i64,
+    /// `flood_wait`: its value, and the call it hits (`send`, `send_once`,
+    /// `delete`).
+    #[serde(default)]
+    seconds: u64,
+    #[serde(default)]
+    method: String,
 }
 
 #[derive(Deserialize)]
@@ -248,11 +263,16 @@ struct Faults {
     resolve_fail: std::sync::atomic::AtomicU32,
     /// Deletions in this chat fail (the chat is gone, say).
     delete_fail_chat: Mutex<Option<i64>>,
+    /// The next call of a method gets FLOOD_WAIT of so many seconds.
+    flood: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 pub struct FileChat {
     dir: PathBuf,
     faults: Arc<Faults>,
+    /// grammers' `AutoSleep` threshold: a FLOOD_WAIT up to this long is
+    /// slept through inside the call; a longer one is returned.
+    flood_sleep: Duration,
     state: Arc<Mutex<State>>,
     /// The key the session was loaded with.
     loaded_key: String,
@@ -318,7 +338,11 @@ fn dead_keys(dir: &Path) -> HashSet<String> {
 }
 
 impl FileChat {
-    pub async fn start(dir: &Path, session: &[u8]) -> Result<(FileChat, FileUpdates), ChatError> {
+    pub async fn start(
+        dir: &Path,
+        session: &[u8],
+        flood_sleep: Duration,
+    ) -> Result<(FileChat, FileUpdates), ChatError> {
         let state: State = serde_json::from_slice(session)
             .map_err(|_| ChatError::Session("not a file-backend session".into()))?;
         // A connect that hangs (no timeout in grammers' connect path).
@@ -368,6 +392,7 @@ impl FileChat {
             FileChat {
                 dir: dir.to_path_buf(),
                 faults,
+                flood_sleep,
                 state,
                 loaded_key,
                 stop,
@@ -431,6 +456,26 @@ impl FileChat {
         Ok(())
     }
 
+    /// A FLOOD_WAIT injected for `method`: slept through inside the call
+    /// when it is within the sleep threshold (grammers' `AutoSleep`),
+    /// returned otherwise.
+    async fn flood(&self, method: &str) -> Result<(), ChatError> {
+        let wait = self
+            .faults
+            .flood
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(method);
+        match wait {
+            Some(s) if Duration::from_secs(s) <= self.flood_sleep => {
+                tokio::time::sleep(Duration::from_secs(s)).await;
+                Ok(())
+            }
+            Some(s) => Err(rpc_error(420, "FLOOD_WAIT", Some(s as u32))),
+            None => Ok(()),
+        }
+    }
+
     /// One message to a user; `monospace` as grammers' `pre` entity.
     pub async fn send(
         &self,
@@ -444,6 +489,7 @@ impl FileChat {
         }
         self.request().await?;
         too_long(text)?;
+        self.flood("send").await?;
         if !self.state().peers.contains(&format!("user:{user}")) {
             // grammers has no InputPeer without the access hash.
             return Err(ChatError::Io(format!(
@@ -490,6 +536,7 @@ impl FileChat {
     pub async fn send_once(&self, user: i64, text: &str, random_id: i64) -> Result<(), ChatError> {
         self.request().await?;
         too_long(text)?;
+        self.flood("send_once").await?;
         if !self.state().peers.contains(&format!("user:{user}")) {
             return Err(ChatError::Io(format!(
                 "no access hash for user {user} in the session"
@@ -531,6 +578,7 @@ impl FileChat {
 
     pub async fn delete(&self, user: i64, ids: &[i32]) -> Result<(), ChatError> {
         self.request().await?;
+        self.flood("delete").await?;
         if *self
             .faults
             .delete_fail_chat
@@ -571,6 +619,26 @@ impl FileChat {
         }
         self.state().peers.insert(format!("user:{user}"));
         Ok(())
+    }
+
+    /// grammers: `iter_dialogs`, which caches every user its dialogs name.
+    /// The stand-in's dialogs are the user ids in `dialogs.json` (chats the
+    /// account had before this session, never delivered as updates).
+    pub async fn learn_dialogs(&self, limit: usize) -> Result<usize, ChatError> {
+        self.request().await?;
+        let ids: Vec<i64> = std::fs::read_to_string(self.dir.join("dialogs.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let mut s = self.state();
+        for id in ids.iter().take(limit) {
+            s.peers.insert(format!("user:{id}"));
+        }
+        Ok(ids.len().min(limit))
+    }
+
+    pub async fn knows_user(&self, user: i64) -> bool {
+        self.state().peers.contains(&format!("user:{user}"))
     }
 
     /// Our messages in the chat with `user` that reply to `reply_to`
@@ -742,7 +810,7 @@ fn parse_line(
     if let Ok(c) = serde_json::from_str::<Control>(line) {
         // A fault hits the connection that is live when it is injected,
         // not a later client catching up past it.
-        if !live || !first_time(n) {
+        if !live || !first_time(path, n) {
             return Parsed::Skip;
         }
         match c.control.as_str() {
@@ -778,6 +846,13 @@ fn parse_line(
             "panic" => faults.panic_next.store(true, Ordering::SeqCst),
             "die_after_send" => faults.die_after_send.store(true, Ordering::SeqCst),
             "resolve_fail" => faults.resolve_fail.store(c.times, Ordering::SeqCst),
+            "flood_wait" => {
+                faults
+                    .flood
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(c.method.clone(), c.seconds);
+            }
             "delete_error" => {
                 *faults
                     .delete_fail_chat

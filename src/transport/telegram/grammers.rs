@@ -159,7 +159,8 @@ fn rpc(e: InvocationError) -> ChatError {
 }
 
 /// Connection settings: FLOOD_WAITs up to `flood_max` are slept through
-/// by grammers (then the error surfaces and is reported), I/O errors are
+/// by grammers (the runner passes zero: it honours waits itself, without
+/// stalling its loop; the login dialogue sleeps), I/O errors are
 /// retried as a 1 s flood, an optional SOCKS5 proxy (already resolved to an
 /// address by [`resolve_proxy`]).
 fn connect(
@@ -475,6 +476,27 @@ impl GrammersChat {
             .await
             .map_err(rpc)?;
         Ok(())
+    }
+
+    /// Walks the account's dialogs (up to `limit`): grammers caches every
+    /// user they name, so an operator who ever chatted with the account
+    /// can be told of requests before writing again (a fresh login starts
+    /// with an empty peer cache). How many dialogs were read.
+    pub async fn learn_dialogs(&self, limit: usize) -> Result<usize, ChatError> {
+        let mut dialogs = self.client.iter_dialogs();
+        let mut n = 0;
+        while n < limit {
+            match dialogs.next().await.map_err(rpc)? {
+                Some(_) => n += 1,
+                None => break,
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether the session can address `user` (has its access hash).
+    pub async fn knows_user(&self, user: i64) -> bool {
+        self.user(user).await.is_ok()
     }
 
     /// Our recent messages to `user` replying to `reply_to`.

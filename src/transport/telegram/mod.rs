@@ -204,6 +204,18 @@ impl Client {
             Client::File(c) => c.send_once(user, text, random_id).await,
         }
     }
+    async fn learn_dialogs(&self, limit: usize) -> Result<usize, ChatError> {
+        match self {
+            Client::Grammers(c) => c.learn_dialogs(limit).await,
+            Client::File(c) => c.learn_dialogs(limit).await,
+        }
+    }
+    async fn knows_user(&self, user: i64) -> bool {
+        match self {
+            Client::Grammers(c) => c.knows_user(user).await,
+            Client::File(c) => c.knows_user(user).await,
+        }
+    }
     async fn find_replies(&self, user: i64, reply_to: i32) -> Result<Vec<i32>, ChatError> {
         match self {
             Client::Grammers(c) => c.find_replies(user, reply_to).await,
@@ -269,6 +281,12 @@ async fn app_keys(app: &App) -> Result<(i32, SecretString), ChatError> {
     Ok((api_id, api_hash))
 }
 
+/// The runner's client never sleeps through a FLOOD_WAIT inside a call
+/// (grammers' `AutoSleep` would, up to its threshold, and the whole runner
+/// loop with it: commands, pings, deletions, notices): the error comes
+/// back and each caller honours the wait in its own way (`term.rs`).
+const NO_FLOOD_SLEEP: Duration = Duration::ZERO;
+
 /// What the intake does with a new message (before the runner, with no
 /// I/O): what concerns an operator — a command, a stale one to tell about,
 /// a secret to delete — is forwarded; the rest is state only.
@@ -305,7 +323,7 @@ async fn start_client(
                 .file_dir
                 .as_deref()
                 .ok_or_else(|| ChatError::Session("telegram.file_dir is not set".into()))?;
-            let (c, updates) = file::FileChat::start(dir, &stored.bytes).await?;
+            let (c, updates) = file::FileChat::start(dir, &stored.bytes, NO_FLOOD_SLEEP).await?;
             let h = tokio::spawn(intake::read(updates, tx, stop.clone(), sorter(app, c.me())));
             Ok((Client::File(c), rx, h))
         }
@@ -322,7 +340,7 @@ async fn start_client(
                 api_id,
                 &stored.bytes,
                 t.proxy.as_deref(),
-                Duration::from_secs(t.flood_wait_max_secs),
+                NO_FLOOD_SLEEP,
             )
             .await?;
             let h = tokio::spawn(intake::read(updates, tx, stop.clone(), sorter(app, c.me())));
@@ -417,6 +435,7 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
                 me: Default::default(),
                 stale: Default::default(),
                 started: Default::default(),
+                unreachable: Default::default(),
             };
             // A panic in the runner (or a client library) is an error like
             // any other: the client is dropped (its connections with it)

@@ -48,6 +48,9 @@ pub(super) struct Term<'a> {
     /// The client started in this call of `serve` (a failure after that
     /// is not a failed start).
     pub(super) started: std::sync::atomic::AtomicBool,
+    /// Operators this term marked unreachable (so that a command of one
+    /// clears the mark without an etcd call per command).
+    pub(super) unreachable: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Term<'_> {
@@ -123,6 +126,10 @@ impl Term<'_> {
                 tracing::warn!(node, "telegram client stopped");
             }
         }));
+        // Who can be told of requests: a fresh login has no access hashes;
+        // the account's dialogs bring those of everyone it ever chatted
+        // with, and /pending and doctor name the rest.
+        self.learn_reachability(&client).await;
         // A new leader first finishes what the previous one scheduled.
         self.run_deletions(&client).await;
         let tg = &self.app.cfg.telegram;
@@ -427,6 +434,10 @@ impl Term<'_> {
                 if secret {
                     self.delete_input(client, &msg).await;
                 }
+                // Any message from an operator makes them reachable.
+                if !msg.outgoing && client.resolve(msg.chat, msg.id).await.is_ok() {
+                    self.mark_reachable(op, true).await;
+                }
                 return Ok(());
             }
             Route::Stale {
@@ -461,6 +472,14 @@ impl Term<'_> {
         // the client without committing this update, so it is delivered
         // again after the restart rather than dropped.
         self.resolve(client, &msg).await?;
+        let marked = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&op.name);
+        if marked && !msg.outgoing {
+            self.mark_reachable(op, true).await;
+        }
         match self.claim(msg.chat, msg.id, "started").await {
             Ok(None) => {}
             Ok(Some(prev)) if prev == "started" => {
@@ -544,7 +563,21 @@ impl Term<'_> {
             if self.term.is_lost() {
                 break;
             }
-            match client.send(msg.chat, msg.id, chunk, secret).await {
+            let mut attempt = client.send(msg.chat, msg.id, chunk, secret).await;
+            // A reply is worth waiting for (up to telegram.flood_wait_max_
+            // secs, once): the operator is waiting for it.
+            if let Err(ChatError::FloodWait(d)) = &attempt {
+                if d.as_secs() <= cfg.telegram.flood_wait_max_secs && !self.term.is_lost() {
+                    tracing::warn!(
+                        msg_id = msg.id,
+                        wait_s = d.as_secs(),
+                        "telegram: FLOOD_WAIT on a reply; waiting it out"
+                    );
+                    tokio::time::sleep(*d).await;
+                    attempt = client.send(msg.chat, msg.id, chunk, secret).await;
+                }
+            }
+            match attempt {
                 Ok(id) if id != 0 => sent.push(id),
                 // Delivered without its id (a retried send that got
                 // RANDOM_ID_DUPLICATE, or id 0): found again by the
@@ -668,6 +701,45 @@ impl Term<'_> {
         )))
     }
 
+    /// Learns access hashes from the account's dialogs (bounded), then
+    /// marks every operator the session cannot address as unreachable
+    /// (`/pending`, `doctor`) and clears the others.
+    async fn learn_reachability(&self, client: &Client) {
+        match tokio::time::timeout(Duration::from_secs(20), client.learn_dialogs(500)).await {
+            Ok(Ok(n)) => tracing::info!(
+                dialogs = n,
+                "telegram: access hashes learnt from the dialogs"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "telegram: dialogs not read"),
+            Err(_) => tracing::warn!("telegram: dialogs not read within 20 s"),
+        }
+        for op in &self.app.cfg.operators {
+            if op.telegram_id == client.me() {
+                continue;
+            }
+            self.mark_reachable(op, client.knows_user(op.telegram_id).await)
+                .await;
+        }
+    }
+
+    /// Records whether `op` can be addressed (`notify/unreachable/<op>`).
+    async fn mark_reachable(&self, op: &crate::config::Operator, reachable: bool) {
+        let key = crate::notify::unreachable_key(self.prefix(), &op.name);
+        if reachable {
+            let _ = self.app.etcd.delete(&key).await;
+            self.unreachable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&op.name);
+        } else {
+            let _ = self.put_guarded(&key, b"1").await;
+            self.unreachable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(op.name.clone());
+        }
+    }
+
     /// One more command of `chat` that was too old to run.
     fn stale_note(&self, chat: i64, age_secs: u64) {
         let mut s = self.stale.lock().unwrap_or_else(|e| e.into_inner());
@@ -776,6 +848,22 @@ impl Term<'_> {
                     let _ = etcd.delete(&unreachable).await;
                 }
                 Err(e @ ChatError::Unauthorized(_)) => return Err(e),
+                // Telegram says when sending may go on: this notice, and
+                // the others of this round, wait for it (the loop does not:
+                // commands, replies and deletions keep going).
+                Err(ChatError::FloodWait(d)) => {
+                    tracing::warn!(to = %op.name, kind = %n.kind, wait_s = d.as_secs(), "telegram: FLOOD_WAIT on a notice; retried after it");
+                    n.attempts += 1;
+                    n.not_before_ms = now + d.as_millis() as u64;
+                    let value = serde_json::to_vec(&n).unwrap_or_default();
+                    if let Err(e) = etcd
+                        .put_guarded(&self.term.guard, &entry.key, &value, entry.lease)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "telegram: notice retry not recorded");
+                    }
+                    return Ok(());
+                }
                 Err(e) => {
                     tracing::warn!(to = %op.name, kind = %n.kind, error = %e, "telegram: notice not sent; retried later");
                     if matches!(&e, ChatError::Io(m) if m.contains("no access hash")) {
@@ -877,7 +965,8 @@ impl Term<'_> {
                         return;
                     }
                 }
-                Err(e @ ChatError::Unauthorized(_)) => {
+                Err(e @ (ChatError::Unauthorized(_) | ChatError::FloodWait(_))) => {
+                    // Refused, or told to wait: the records stay for later.
                     tracing::warn!(error = %e, "telegram: deletion failed");
                     return;
                 }
