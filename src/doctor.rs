@@ -177,6 +177,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
     checks.push(leadership_check(cfg, etcd.as_ref()).await);
     checks.push(telegram_check(cfg).await);
     checks.push(reachability_check(cfg, etcd.as_ref()).await);
+    checks.push(authorizations_check(cfg, etcd.as_ref()).await);
     checks.push(confinement_check(cfg).await);
     checks.push(backup_check(&cfg.backup, SystemTime::now()));
     Report { checks }
@@ -859,6 +860,62 @@ async fn reachability_check(cfg: &Config, etcd: Option<&Etcd>) -> Check {
         }
         Ok(Err(e)) => Check::warn(NAME, format!("{prefix}: {e}")),
         Err(_) => Check::warn(NAME, format!("{prefix}: timed out")),
+    }
+}
+
+/// The userbot account's active authorizations, as the Telegram leader
+/// last read them (`account.getAuthorizations`; doctor never uses the
+/// session itself: a second user of one key gets it revoked). More than
+/// the broker's own is worth a look: a stolen login shows up here.
+async fn authorizations_check(cfg: &Config, etcd: Option<&Etcd>) -> Check {
+    const NAME: &str = "telegram authorizations";
+    if !cfg.telegram.enabled {
+        return Check::ok(NAME, "telegram disabled");
+    }
+    let Some(etcd) = etcd else {
+        return Check::skipped(NAME, "no etcd connection");
+    };
+    let key = format!("{}tg/authorizations", cfg.etcd.prefix);
+    let v: Value = match tokio::time::timeout(ETCD_TIMEOUT, etcd.get(&key)).await {
+        Ok(Ok(Some(v))) => serde_json::from_slice(&v).unwrap_or(Value::Null),
+        Ok(Ok(None)) => {
+            return Check::warn(
+                NAME,
+                "not read yet (no Telegram leader has started a client)",
+            )
+        }
+        Ok(Err(e)) => return Check::warn(NAME, format!("{key}: {e}")),
+        Err(_) => return Check::warn(NAME, format!("{key}: timed out")),
+    };
+    let all = v["authorizations"].as_array().cloned().unwrap_or_default();
+    let fetched = v["fetched_at"].as_i64().unwrap_or(0);
+    let list = all
+        .iter()
+        .map(|a| {
+            format!(
+                "{} ({}){}, active {}",
+                a["device"].as_str().unwrap_or("?"),
+                a["app"].as_str().unwrap_or("?"),
+                if a["current"] == true {
+                    " [the broker]"
+                } else {
+                    ""
+                },
+                rfc3339(a["active"].as_i64().unwrap_or(0))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let detail = format!("{} active (read {}): {list}", all.len(), rfc3339(fetched));
+    let data = json!({"authorizations": all, "fetched_at": fetched});
+    if all.len() > 1 {
+        Check::warn(
+            NAME,
+            format!("{detail} — more than the broker's own: end those you do not know in Telegram → Settings → Devices"),
+        )
+        .data(data)
+    } else {
+        Check::ok(NAME, detail).data(data)
     }
 }
 

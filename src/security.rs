@@ -73,6 +73,9 @@ pub enum Event {
     AutoSuspend,
     BudgetExceeded,
     UnlockFailed,
+    /// Telegram reports a login (or a login code) for the userbot's own
+    /// account, or the account can no longer be used.
+    TelegramAccount,
 }
 
 impl Event {
@@ -83,6 +86,7 @@ impl Event {
             Event::AutoSuspend => "auto_suspend",
             Event::BudgetExceeded => "budget_exceeded",
             Event::UnlockFailed => "unlock_failed",
+            Event::TelegramAccount => "telegram_account",
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The userbot's Telegram session record at `telegram.session_path`:
 //! `session` (the client's exported bytes, transit ciphertext — KV never
 //! sees them in clear), `format` (what wrote them: `grammers-0.11`, or
-//! `file-v1` for the test stand-in), `saved_by` (the node) and `saved_at`.
+//! `file-v1` for the test stand-in), `saved_by` (the node), `saved_at`,
+//! `written_by` (`login` or `runner`) and `auth` (the authorization's hash,
+//! so that the next login can end this one).
 //! The store that encrypts, reads and writes it is
 //! `transport/telegram/session.rs`.
 
@@ -13,8 +15,26 @@ use crate::vault::kv::KvData;
 /// The default of `telegram.session_path`, below the KV mount.
 pub const DEFAULT_PATH: &str = "vaultgram/telegram-session";
 
-/// The record holding `ciphertext`, written by `node` now.
-pub fn record(ciphertext: String, format: &str, node: &str) -> KvData {
+/// Who wrote a version of the record.
+pub const WRITTEN_BY_LOGIN: &str = "login";
+pub const WRITTEN_BY_RUNNER: &str = "runner";
+
+/// What a record says about itself, besides the ciphertext (no secret:
+/// `auth` is the hash Telegram names the authorization by — with it an
+/// account can end the session, never use it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// `login` (a new authorization) or `runner` (a leader's save); empty
+    /// in records of older brokers.
+    pub written_by: String,
+    pub saved_at: String,
+    /// The authorization's hash (`account.getAuthorizations`), when known.
+    pub auth: Option<String>,
+}
+
+/// The record holding `ciphertext`, written by `node` now, as `meta`
+/// says (its `saved_at` is now).
+pub fn record(ciphertext: String, format: &str, node: &str, meta: &Meta) -> KvData {
     let mut data = KvData::new();
     data.insert("session".to_string(), SecretString::from(ciphertext));
     data.insert("format".to_string(), SecretString::from(format.to_string()));
@@ -23,7 +43,24 @@ pub fn record(ciphertext: String, format: &str, node: &str) -> KvData {
         "saved_at".to_string(),
         SecretString::from(super::audit::now_rfc3339()),
     );
+    data.insert(
+        "written_by".to_string(),
+        SecretString::from(meta.written_by.clone()),
+    );
+    if let Some(a) = &meta.auth {
+        data.insert("auth".to_string(), SecretString::from(a.clone()));
+    }
     data
+}
+
+/// The plain fields of a record.
+pub fn meta(data: &KvData) -> Meta {
+    let field = |k: &str| data.get(k).map(|v| v.expose_secret().to_string());
+    Meta {
+        written_by: field("written_by").unwrap_or_default(),
+        saved_at: field("saved_at").unwrap_or_default(),
+        auth: field("auth").filter(|a| !a.is_empty()),
+    }
 }
 
 /// The ciphertext and the format of a stored record (an old record
@@ -45,9 +82,20 @@ mod tests {
 
     #[test]
     fn a_record_reads_back() {
-        let rec = record("vault:v1:abc".into(), "file-v1", "node-0");
+        let m = Meta {
+            written_by: WRITTEN_BY_LOGIN.into(),
+            saved_at: String::new(),
+            auth: Some("-42".into()),
+        };
+        let rec = record("vault:v1:abc".into(), "file-v1", "node-0", &m);
         let (ciphertext, format) = parse(&rec).unwrap();
         assert_eq!((ciphertext, format.as_str()), ("vault:v1:abc", "file-v1"));
+        let back = meta(&rec);
+        assert_eq!(
+            (back.written_by.as_str(), back.auth.as_deref()),
+            ("login", Some("-42"))
+        );
+        assert!(back.saved_at.ends_with('Z'));
         assert!(parse(&KvData::new()).is_err());
     }
 }

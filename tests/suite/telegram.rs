@@ -153,6 +153,7 @@ fn session_store_round_trip_is_ciphertext_everywhere(env: &Env) {
                     bytes: Zeroizing::new(bytes.clone()),
                 },
                 "test-node",
+                &vaultgram::records::session::Meta::default(),
             )
             .await
             .unwrap();

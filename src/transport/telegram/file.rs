@@ -38,6 +38,11 @@
 //!   login has an empty peer cache; the account's earlier chats are the
 //!   user ids in `dialogs.json` ([`FileChat::learn_dialogs`], grammers:
 //!   `iter_dialogs`).
+//! - **The account:** `vaultgram login` stores a new authorization whose
+//!   hash is its key; the next login ends the previous one
+//!   ([`reset_authorization`]: its key gets 401 from then on); the
+//!   account's other authorizations are `authorizations.json`. Telegram's
+//!   service account (777000) is an ordinary sender id in the inbox.
 //! - **Telegram's limits:** a text over 4096 UTF-16 units is refused with
 //!   `MESSAGE_TOO_LONG`; a `random_id` seen before is refused with
 //!   `RANDOM_ID_DUPLICATE`.
@@ -66,7 +71,9 @@
 //! its next `send_once` was delivered: a crash before the leader recorded
 //! it), `"resolve_fail"` with `"times"` (that many resolves fail as a
 //! connection reset would), `"delete_error"` with `"chat"` (deletions in
-//! that chat fail from now on, as for a chat that is gone), `"flood_wait"`
+//! that chat fail from now on, as for a chat that is gone), `"migrate"`
+//! (the account's home data centre moved: every request with this key
+//! gets 303 `USER_MIGRATE_2` from now on), `"flood_wait"`
 //! with `"seconds"` and `"method"` (`send`, `send_once`, `delete`: the next
 //! such call gets FLOOD_WAIT with that value — slept through inside the
 //! call when within the client's sleep threshold, as grammers'
@@ -137,6 +144,30 @@ pub fn new_session() -> Zeroizing<Vec<u8>> {
             peers: BTreeSet::new(),
         })
         .unwrap_or_default(),
+    )
+}
+
+/// The authorization hash of a stand-in session (Telegram's
+/// `authorization.hash`): its auth key stands for it here.
+pub fn session_auth(session: &[u8]) -> Option<String> {
+    serde_json::from_slice::<State>(session)
+        .ok()
+        .map(|s| s.auth_key)
+}
+
+/// grammers: `account.resetAuthorization`: the authorization `hash` (an
+/// earlier login's) is ended; its key is refused with 401 from then on.
+pub fn reset_authorization(dir: &Path, hash: &str) -> Result<(), ChatError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("revoked_keys"))
+        .and_then(|mut f| f.write_all(format!("{hash}\n").as_bytes()))
+        .map_err(|e| ChatError::Io(format!("revoked_keys: {e}")))?;
+    append(
+        dir,
+        "outbox.jsonl",
+        serde_json::json!({"op": "reset_authorization", "pid": std::process::id(), "hash": hash}),
     )
 }
 
@@ -330,11 +361,30 @@ fn too_long(text: &str) -> Result<(), ChatError> {
 }
 
 fn dead_keys(dir: &Path) -> HashSet<String> {
-    std::fs::read_to_string(dir.join("dead_keys"))
+    keys_in(dir, "dead_keys")
+}
+
+fn keys_in(dir: &Path, file: &str) -> HashSet<String> {
+    std::fs::read_to_string(dir.join(file))
         .unwrap_or_default()
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// Why Telegram refuses key `key` now, if it does: 406 for a key used
+/// from two places, 401 for an authorization that was ended.
+fn refusal(dir: &Path, key: &str) -> Option<ChatError> {
+    if dead_keys(dir).contains(key) {
+        return Some(rpc_error(406, "AUTH_KEY_DUPLICATED", None));
+    }
+    if keys_in(dir, "revoked_keys").contains(key) {
+        return Some(rpc_error(401, "AUTH_KEY_UNREGISTERED", None));
+    }
+    if keys_in(dir, "migrated_keys").contains(key) {
+        return Some(rpc_error(303, "USER_MIGRATE", Some(2)));
+    }
+    None
 }
 
 impl FileChat {
@@ -366,8 +416,8 @@ impl FileChat {
         {
             std::future::pending::<()>().await;
         }
-        if dead_keys(dir).contains(&state.auth_key) {
-            return Err(rpc_error(406, "AUTH_KEY_DUPLICATED", None));
+        if let Some(e) = refusal(dir, &state.auth_key) {
+            return Err(e);
         }
         let faults: Arc<Faults> = Arc::default();
         let stop = CancellationToken::new();
@@ -450,8 +500,9 @@ impl FileChat {
         if let Some((code, name)) = refused {
             return Err(rpc_error(code, &name, None));
         }
-        if dead_keys(&self.dir).contains(&self.state().auth_key) {
-            return Err(rpc_error(406, "AUTH_KEY_DUPLICATED", None));
+        let key = self.state().auth_key.clone();
+        if let Some(e) = refusal(&self.dir, &key) {
+            return Err(e);
         }
         Ok(())
     }
@@ -619,6 +670,41 @@ impl FileChat {
         }
         self.state().peers.insert(format!("user:{user}"));
         Ok(())
+    }
+
+    /// grammers: `account.getAuthorizations`: this session (current) and
+    /// the others of `authorizations.json` in the dir (`[{"hash":…,
+    /// "device":…,"app":…,"created":…,"active":…}]`).
+    pub async fn authorizations(&self) -> Result<Vec<super::Authorization>, ChatError> {
+        self.request().await?;
+        let mut all: Vec<super::Authorization> =
+            std::fs::read_to_string(self.dir.join("authorizations.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+        all.insert(
+            0,
+            super::Authorization {
+                hash: self.loaded_key.clone(),
+                device: "vaultgram".into(),
+                app: "file stand-in".into(),
+                created: 0,
+                active: crate::etcd::unix_secs() as i64,
+                current: true,
+            },
+        );
+        Ok(all)
+    }
+
+    /// grammers: `delete_dialog` (`channels.leaveChannel` or
+    /// `messages.deleteChatUser`): the account leaves a group or channel.
+    pub async fn leave(&self, chat: i64, channel: bool) -> Result<(), ChatError> {
+        self.request().await?;
+        append(
+            &self.dir,
+            "outbox.jsonl",
+            serde_json::json!({"op": "leave", "pid": std::process::id(), "chat": chat, "channel": channel}),
+        )
     }
 
     /// grammers: `iter_dialogs`, which caches every user its dialogs name.
@@ -846,6 +932,20 @@ fn parse_line(
             "panic" => faults.panic_next.store(true, Ordering::SeqCst),
             "die_after_send" => faults.die_after_send.store(true, Ordering::SeqCst),
             "resolve_fail" => faults.resolve_fail.store(c.times, Ordering::SeqCst),
+            // The account's home data centre moved: every request with
+            // this key is told so (303 USER_MIGRATE_2), restarts included.
+            "migrate" => {
+                let key = state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .auth_key
+                    .clone();
+                let _ = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path.join("migrated_keys"))
+                    .and_then(|mut f| f.write_all(format!("{key}\n").as_bytes()));
+            }
             "flood_wait" => {
                 faults
                     .flood
@@ -885,6 +985,7 @@ fn parse_line(
         chat: m.chat,
         sender: m.sender,
         private: m.kind == "user",
+        channel: m.kind == "channel",
         outgoing: m.outgoing,
         reply_to: m.reply_to,
         text: Zeroizing::new(m.text),

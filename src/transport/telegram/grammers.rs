@@ -23,8 +23,7 @@ use grammers_mtsender::{
     UpdatesConfiguration,
 };
 use grammers_session::types::{
-    ChannelState, DcOption, PeerAuth, PeerId, PeerInfo, PeerKind, PeerRef, UpdateState,
-    UpdatesState,
+    DcOption, PeerAuth, PeerId, PeerInfo, PeerKind, PeerRef, UpdateState, UpdatesState,
 };
 use grammers_session::updates::{MessageBox, State};
 use grammers_session::{BoxFuture, Session, SessionData};
@@ -65,8 +64,10 @@ impl MemSession {
     }
 
     fn load(bytes: &[u8]) -> Result<MemSession, ChatError> {
-        let d: Data = serde_json::from_slice(bytes)
+        let mut d: Data = serde_json::from_slice(bytes)
             .map_err(|_| ChatError::Session("not a grammers session".into()))?;
+        // Stored by an older broker: no channel is caught up at start.
+        d.updates.channels.clear();
         Ok(MemSession(Mutex::new(d)))
     }
 
@@ -134,19 +135,24 @@ impl Session for MemSession {
     }
     fn set_update_state(&self, update: UpdateState) -> BoxFuture<'_, Result<(), Never>> {
         let mut d = self.data();
+        // Channel state is never kept: the broker serves private chats
+        // only, and every channel in the stored state would have its
+        // difference fetched at each start (strangers can add the account
+        // to groups). `pts`/`qts` of the account are all it needs.
         match update {
-            UpdateState::All(s) => d.updates = s,
+            UpdateState::All(mut s) => {
+                s.channels.clear();
+                d.updates = s
+            }
             UpdateState::Primary { pts, date, seq } => {
                 d.updates.pts = pts;
                 d.updates.date = date;
                 d.updates.seq = seq;
             }
             UpdateState::Secondary { qts } => d.updates.qts = qts,
-            UpdateState::Channel { id, pts } => {
-                d.updates.channels.retain(|c| c.id != id);
-                d.updates.channels.push(ChannelState { id, pts });
-            }
+            UpdateState::Channel { .. } => {}
         }
+        d.updates.channels.clear();
         Box::pin(async { Ok(()) })
     }
 }
@@ -293,6 +299,7 @@ impl GrammersUpdates {
             // our id.
             sender: m.sender_id().map(|s| bare_id(s, self.me)),
             private: chat.kind() == PeerKind::User,
+            channel: chat.kind() == PeerKind::Channel,
             outgoing,
             reply_to: m.reply_to_message_id(),
             text: Zeroizing::new(m.text().to_string()),
@@ -308,6 +315,32 @@ impl GrammersUpdates {
             mark,
         })
     }
+}
+
+/// `account.getAuthorizations`, as the broker shows them.
+async fn authorizations(client: &Client) -> Result<Vec<super::Authorization>, ChatError> {
+    let tl::enums::account::Authorizations::Authorizations(all) = client
+        .invoke(&tl::functions::account::GetAuthorizations {})
+        .await
+        .map_err(rpc)?;
+    Ok(all
+        .authorizations
+        .into_iter()
+        .map(
+            |tl::enums::Authorization::Authorization(a)| super::Authorization {
+                hash: a.hash.to_string(),
+                device: format!("{} {}", a.device_model, a.platform)
+                    .trim()
+                    .to_string(),
+                app: format!("{} {}", a.app_name, a.app_version)
+                    .trim()
+                    .to_string(),
+                created: i64::from(a.date_created),
+                active: i64::from(a.date_active),
+                current: a.current,
+            },
+        )
+        .collect())
 }
 
 /// A user's peer from the session cache, looked up by its typed id: a
@@ -478,6 +511,33 @@ impl GrammersChat {
         Ok(())
     }
 
+    /// Leaves a group or channel the account was added to.
+    pub async fn leave(&self, chat: i64, channel: bool) -> Result<(), ChatError> {
+        let id = if channel {
+            PeerId::channel(chat)
+        } else {
+            PeerId::chat(chat)
+        }
+        .ok_or_else(|| ChatError::Io(format!("{chat} is not a group id")))?;
+        let auth = self
+            .session
+            .peer(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.auth())
+            .unwrap_or_default();
+        self.client
+            .delete_dialog(PeerRef { id, auth })
+            .await
+            .map_err(rpc)
+    }
+
+    /// The account's authorizations (`account.getAuthorizations`).
+    pub async fn authorizations(&self) -> Result<Vec<super::Authorization>, ChatError> {
+        authorizations(&self.client).await
+    }
+
     /// Walks the account's dialogs (up to `limit`): grammers caches every
     /// user they name, so an operator who ever chatted with the account
     /// can be told of requests before writing again (a fresh login starts
@@ -589,6 +649,28 @@ impl LoggedIn {
         self.session.export()
     }
 
+    /// The hash of this login's authorization (`account.getAuthorizations`,
+    /// the entry marked current).
+    pub async fn current_authorization(&self) -> Result<Option<String>, ChatError> {
+        Ok(authorizations(&self.client)
+            .await?
+            .into_iter()
+            .find(|a| a.current)
+            .map(|a| a.hash))
+    }
+
+    /// Ends authorization `hash` (an earlier login's).
+    pub async fn reset_authorization(&self, hash: &str) -> Result<(), ChatError> {
+        let hash: i64 = hash
+            .parse()
+            .map_err(|_| ChatError::Session(format!("not an authorization hash: {hash}")))?;
+        self.client
+            .invoke(&tl::functions::account::ResetAuthorization { hash })
+            .await
+            .map_err(rpc)?;
+        Ok(())
+    }
+
     /// Ends the new authorization (used when it could not be stored).
     pub async fn sign_out(self) -> Result<(), ChatError> {
         let r = self.client.sign_out().await.map(|_| ()).map_err(rpc);
@@ -684,6 +766,7 @@ fn sign_in_error(e: &SignInError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use grammers_session::types::ChannelState;
 
     #[test]
     fn the_self_user_sentinel_is_this_account_not_a_bare_id() {
@@ -692,6 +775,31 @@ mod tests {
         assert_eq!(bare_id(PeerId::self_user(), 4242), 4242);
         assert_eq!(bare_id(PeerId::user(77).unwrap(), 4242), 77);
         assert_eq!(bare_id(PeerId::chat(77).unwrap(), 4242), 77);
+    }
+
+    /// Issue 29, item 10: no channel state is kept, loaded or exported
+    /// (each one's difference would be fetched at every start; strangers
+    /// can add the account to groups). On e84a6d6 every channel ever seen
+    /// stayed in the stored state.
+    #[tokio::test]
+    async fn channel_state_is_never_kept() {
+        let s = MemSession::fresh();
+        let _ = s
+            .set_update_state(UpdateState::Channel { id: 42, pts: 7 })
+            .await;
+        let mut all = s.updates_state().await.unwrap();
+        assert!(all.channels.is_empty());
+        all.channels.push(ChannelState { id: 43, pts: 8 });
+        all.pts = 100;
+        let _ = s.set_update_state(UpdateState::All(all)).await;
+        let kept = s.updates_state().await.unwrap();
+        assert!(kept.channels.is_empty());
+        assert_eq!(kept.pts, 100);
+        // A session stored by an older broker, with channels: dropped.
+        let mut d: serde_json::Value = serde_json::from_slice(&s.export()).unwrap();
+        d["updates"]["channels"] = serde_json::json!([{"id": 44, "pts": 9}]);
+        let loaded = MemSession::load(&serde_json::to_vec(&d).unwrap()).unwrap();
+        assert!(loaded.updates_state().await.unwrap().channels.is_empty());
     }
 
     /// A group (and a channel) sharing an operator's bare id is cached

@@ -316,6 +316,7 @@ mod tests {
             chat: sender,
             sender: Some(sender),
             private: true,
+            channel: false,
             outgoing: false,
             reply_to: None,
             text: Zeroizing::new(if sender == 1 { "/whoami" } else { "hi" }.into()),

@@ -84,11 +84,33 @@ pub(crate) fn rpc_error(code: i32, name: &str, value: Option<u32>) -> ChatError 
                 .into(),
         ),
         (401, n) => ChatError::Unauthorized(format!("{n}: run `vaultgram login`")),
+        // The account's home data centre moved (after a login elsewhere):
+        // reconnecting with this session only meets the same answer.
+        (303, n) if n.ends_with("_MIGRATE") => ChatError::Unauthorized(format!(
+            "{n}: the account's home data centre moved; run `vaultgram login`"
+        )),
         (_, "RANDOM_ID_DUPLICATE") => ChatError::Duplicate(
             "RANDOM_ID_DUPLICATE: the message was delivered by an earlier attempt".into(),
         ),
         (c, n) => ChatError::Io(format!("RPC error {c} {n}")),
     }
+}
+
+/// One authorization of the account (`account.getAuthorizations`): what
+/// `doctor` shows. No secret: the hash ends a session, never uses it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Authorization {
+    pub hash: String,
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub app: String,
+    #[serde(default)]
+    pub created: i64,
+    #[serde(default)]
+    pub active: i64,
+    #[serde(default)]
+    pub current: bool,
 }
 
 /// Where `vaultgram login` gets the phone number, the code and the 2FA
@@ -204,6 +226,18 @@ impl Client {
             Client::File(c) => c.send_once(user, text, random_id).await,
         }
     }
+    async fn leave(&self, chat: i64, channel: bool) -> Result<(), ChatError> {
+        match self {
+            Client::Grammers(c) => c.leave(chat, channel).await,
+            Client::File(c) => c.leave(chat, channel).await,
+        }
+    }
+    async fn authorizations(&self) -> Result<Vec<Authorization>, ChatError> {
+        match self {
+            Client::Grammers(c) => c.authorizations().await,
+            Client::File(c) => c.authorizations().await,
+        }
+    }
     async fn learn_dialogs(&self, limit: usize) -> Result<usize, ChatError> {
         match self {
             Client::Grammers(c) => c.learn_dialogs(limit).await,
@@ -293,11 +327,22 @@ const NO_FLOOD_SLEEP: Duration = Duration::ZERO;
 fn sorter(app: &App, me: i64) -> impl Fn(&Incoming) -> intake::Sort + Send + 'static {
     let operators = app.cfg.operators.clone();
     let max_age = app.cfg.telegram.max_command_age_secs;
+    // Groups already handed to the runner (to leave): once each.
+    let groups = Mutex::new(std::collections::HashSet::new());
     move |m: &Incoming| {
         let now = crate::etcd::unix_secs() as i64;
         match route::route(m, &operators, me, now, max_age) {
+            route::Route::Group { chat, .. } => {
+                let mut g = groups.lock().unwrap_or_else(|e| e.into_inner());
+                if g.len() < 1000 && g.insert(chat) {
+                    intake::Sort::Forward
+                } else {
+                    intake::Sort::Drop { stranger: None }
+                }
+            }
             route::Route::Command(_)
             | route::Route::Stale { .. }
+            | route::Route::TelegramService
             | route::Route::NotRun { secret: true, .. } => intake::Sort::Forward,
             route::Route::Unknown(sender) => intake::Sort::Drop {
                 stranger: Some(sender),
@@ -354,27 +399,64 @@ async fn start_client(
 /// fails the new authorization is signed out, so no live session is left
 /// that nobody holds.
 pub async fn login(app: &App, prompt: &mut dyn LoginPrompt) -> Result<u64, ChatError> {
+    use crate::records::session::{Meta, WRITTEN_BY_LOGIN};
     let store = SessionStore::new(&app.cfg)?;
     let node = crate::leader::node_id();
     let vault = app.broker.current();
+    // The authorization this login replaces: ended once the new one is
+    // stored, so that no older version of the record holds a live session.
+    let previous = store.meta(&vault, None).await?.and_then(|m| m.auth);
     match app.cfg.telegram.backend {
         TelegramBackend::File => {
+            let bytes = file::new_session();
+            let auth = file::session_auth(&bytes);
             let s = StoredSession {
                 format: file::FORMAT.into(),
-                bytes: file::new_session(),
+                bytes,
             };
-            Ok(store.save(&vault, &s, &node).await?)
+            let meta = Meta {
+                written_by: WRITTEN_BY_LOGIN.into(),
+                saved_at: String::new(),
+                auth: auth.clone(),
+            };
+            let v = store.save(&vault, &s, &node, &meta).await?;
+            if let (Some(old), Some(dir)) = (previous, app.cfg.telegram.file_dir.as_deref()) {
+                if Some(&old) != auth.as_ref() {
+                    file::reset_authorization(dir, &old)?;
+                }
+            }
+            Ok(v)
         }
         TelegramBackend::Grammers => {
             let (api_id, api_hash) = app_keys(app).await?;
             let t = &app.cfg.telegram;
             let done = grammers::login(api_id, &api_hash, t.proxy.as_deref(), prompt).await?;
+            let auth = match done.current_authorization().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "login: the new authorization's hash is unknown; the next login cannot end it by itself");
+                    None
+                }
+            };
             let s = StoredSession {
                 format: grammers::FORMAT.into(),
                 bytes: done.export_session(),
             };
-            match store.save(&vault, &s, &node).await {
+            let meta = Meta {
+                written_by: WRITTEN_BY_LOGIN.into(),
+                saved_at: String::new(),
+                auth: auth.clone(),
+            };
+            match store.save(&vault, &s, &node, &meta).await {
                 Ok(v) => {
+                    if let Some(old) = previous.filter(|o| Some(o) != auth.as_ref()) {
+                        match done.reset_authorization(&old).await {
+                            Ok(()) => tracing::info!("login: the previous authorization was ended"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "login: the previous authorization was not ended; end it in Telegram → Settings → Devices")
+                            }
+                        }
+                    }
                     done.close().await;
                     Ok(v)
                 }
@@ -436,6 +518,8 @@ pub async fn run(app: Arc<App>, elector: Arc<Elector>, shutdown: CancellationTok
                 stale: Default::default(),
                 started: Default::default(),
                 unreachable: Default::default(),
+                auth: Default::default(),
+                left: Default::default(),
             };
             // A panic in the runner (or a client library) is an error like
             // any other: the client is dropped (its connections with it)
@@ -545,5 +629,9 @@ mod tests {
             ChatError::FloodWait(d) if d == Duration::from_secs(30)
         ));
         assert!(matches!(rpc_error(500, "INTERNAL", None), ChatError::Io(_)));
+        assert!(matches!(
+            rpc_error(303, "USER_MIGRATE", Some(2)),
+            ChatError::Unauthorized(m) if m.contains("vaultgram login")
+        ));
     }
 }

@@ -9,6 +9,10 @@ use zeroize::Zeroizing;
 use crate::command::Command;
 use crate::config::Operator;
 
+/// The user id of Telegram's service notifications (login codes, new-login
+/// notices).
+pub const TELEGRAM_SERVICE: i64 = 777_000;
+
 /// Telegram's limit for one text message, in UTF-16 code units.
 pub const MESSAGE_LIMIT: usize = 4096;
 
@@ -22,6 +26,8 @@ pub struct Incoming {
     pub sender: Option<i64>,
     /// A one-to-one chat with a user (Saved Messages included).
     pub private: bool,
+    /// Not private: a channel or supergroup (else a basic group).
+    pub channel: bool,
     /// Sent by this account.
     pub outgoing: bool,
     /// The message this one replies to (our replies carry the command's
@@ -84,12 +90,18 @@ impl std::fmt::Debug for Incoming {
 /// What to do with an [`Incoming`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
-    /// Not for us (groups, channels, our own replies): no reply, no audit
-    /// record, nothing written.
+    /// Not for us (our own replies elsewhere, an operator's notes): no
+    /// reply, no audit record, nothing written.
     Ignore(&'static str),
+    /// A group or channel the account is in (someone added it): the
+    /// broker serves private chats only, and leaves.
+    Group { chat: i64, channel: bool },
     /// A private message from someone not in `[[operators]]`: no reply;
     /// counted for the audit summary.
     Unknown(i64),
+    /// Telegram's own service account (777000): login notices and codes
+    /// for the userbot's account.
+    TelegramService,
     /// An operator's message that does not run: not typed here (`why`:
     /// forwarded, via a bot, …) or not a command. `secret`: it carries
     /// secret input, and is deleted all the same.
@@ -122,7 +134,10 @@ pub fn route<'a>(
     max_age_secs: u64,
 ) -> Route<'a> {
     if !msg.private {
-        return Route::Ignore("not a private chat");
+        return Route::Group {
+            chat: msg.chat,
+            channel: msg.channel,
+        };
     }
     let text = msg.text.trim_start();
     let command = text.starts_with('/');
@@ -147,6 +162,7 @@ pub fn route<'a>(
         }
         match operators.iter().find(|o| o.telegram_id == sender) {
             Some(op) => op,
+            None if sender == TELEGRAM_SERVICE => return Route::TelegramService,
             None => return Route::Unknown(sender),
         }
     };
@@ -330,6 +346,7 @@ mod tests {
             chat,
             sender,
             private,
+            channel: false,
             outgoing,
             reply_to: None,
             text: Zeroizing::new(text.into()),
@@ -359,10 +376,14 @@ mod tests {
             r(&msg(333, Some(333), true, false, "/get_keys"), &ops, 999),
             Route::Unknown(333)
         );
-        // An operator writing in a group is ignored (not private).
+        // An operator writing in a group: not served (the account
+        // leaves the group).
         assert_eq!(
             r(&msg(-100, Some(111), false, false, "/get_keys"), &ops, 999),
-            Route::Ignore("not a private chat")
+            Route::Group {
+                chat: -100,
+                channel: false
+            }
         );
         // An operator's plain text: not run, deleted (it may be a secret
         // pasted without its command).

@@ -90,8 +90,23 @@ impl SessionStore {
         vault: &Vault,
         session: &StoredSession,
         node: &str,
+        meta: &records::session::Meta,
     ) -> Result<u64, VaultError> {
-        self.save_cas(vault, session, node, None).await
+        self.save_cas(vault, session, node, None, meta).await
+    }
+
+    /// The plain fields of version `version` (the latest with `None`);
+    /// `None` when there is no such version.
+    pub async fn meta(
+        &self,
+        vault: &Vault,
+        version: Option<u64>,
+    ) -> Result<Option<records::session::Meta>, VaultError> {
+        match vault.kv_get(&self.path, version).await {
+            Ok(s) => Ok(Some(records::session::meta(&s.data))),
+            Err(VaultError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// [`save`](Self::save) only if the latest version is still `cas`:
@@ -103,11 +118,12 @@ impl SessionStore {
         session: &StoredSession,
         node: &str,
         cas: Option<u64>,
+        meta: &records::session::Meta,
     ) -> Result<u64, VaultError> {
         let ciphertext = vault
             .transit_encrypt_bytes(&self.transit_mount, &self.transit_key, &session.bytes)
             .await?;
-        let data = records::session::record(ciphertext, &session.format, node);
+        let data = records::session::record(ciphertext, &session.format, node, meta);
         vault.kv_put_unguarded(&self.path, &data, cas).await
     }
 }

@@ -51,6 +51,10 @@ pub(super) struct Term<'a> {
     /// Operators this term marked unreachable (so that a command of one
     /// clears the mark without an etcd call per command).
     pub(super) unreachable: Mutex<std::collections::HashSet<String>>,
+    /// The loaded record's authorization hash, carried into every save.
+    pub(super) auth: Mutex<Option<String>>,
+    /// Groups this term has left.
+    pub(super) left: Mutex<std::collections::HashSet<i64>>,
 }
 
 impl Term<'_> {
@@ -68,6 +72,12 @@ impl Term<'_> {
         if *self.refused.lock().unwrap_or_else(|e| e.into_inner()) == Some(version) {
             return Err(ChatError::Refused);
         }
+        let meta = self
+            .store
+            .meta(&vault, Some(version))
+            .await?
+            .unwrap_or_default();
+        *self.auth.lock().unwrap_or_else(|e| e.into_inner()) = meta.auth.clone();
         // The fence is armed before the client exists: losing the lease
         // while grammers is still connecting (no timeout there) drops the
         // half-started client at once.
@@ -94,7 +104,7 @@ impl Term<'_> {
         drop(stored);
         let (client, mut rx, intake) = match started {
             Ok((c, rx, intake)) => (c, rx, AbortOnDropHandle::new(intake)),
-            Err(e) => return Err(self.refuse(version, e)),
+            Err(e) => return Err(self.refuse(version, e).await),
         };
         self.me
             .store(client.me(), std::sync::atomic::Ordering::Relaxed);
@@ -130,6 +140,11 @@ impl Term<'_> {
         // the account's dialogs bring those of everyone it ever chatted
         // with, and /pending and doctor name the rest.
         self.learn_reachability(&client).await;
+        // A session a login has just replaced started from the current
+        // update state: what operators sent while the old one was dead
+        // was never seen. They are told, once.
+        self.tell_after_relogin(version, &meta).await;
+        self.publish_authorizations(&client).await;
         // A new leader first finishes what the previous one scheduled.
         self.run_deletions(&client).await;
         let tg = &self.app.cfg.telegram;
@@ -224,7 +239,7 @@ impl Term<'_> {
                 }
                 client.quit(false).await;
                 tracing::warn!(node = self.node, "telegram client stopped");
-                Err(self.refuse(version, e))
+                Err(self.refuse(version, e).await)
             }
         }
     }
@@ -268,15 +283,35 @@ impl Term<'_> {
 
     /// An `Unauthorized` error marks this session version as refused, said
     /// once and loudly; the client is not started again with it.
-    fn refuse(&self, version: u64, e: ChatError) -> ChatError {
+    async fn refuse(&self, version: u64, e: ChatError) -> ChatError {
         if let ChatError::Unauthorized(why) = &e {
-            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+            let first = self
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(version)
+                != Some(version);
             tracing::error!(
                 node = self.node,
                 session_version = version,
                 reason = %why,
                 "telegram: Telegram refused the stored session; the client stays stopped until `vaultgram login` stores a new one"
             );
+            // The userbot is down until someone logs in again: every admin
+            // hears of it (once per session version and node).
+            if first {
+                self.app
+                    .alert(
+                        crate::security::Event::TelegramAccount,
+                        "telegram",
+                        Transport::Telegram,
+                        "-",
+                        &format!(
+                            "Telegram refused the userbot's session ({why}); Telegram commands stop until `vaultgram login` stores a new one"
+                        ),
+                    )
+                    .await;
+            }
         }
         e
     }
@@ -306,9 +341,14 @@ impl Term<'_> {
         }
         let s = client.export();
         let vault = self.app.broker.current();
+        let meta = crate::records::session::Meta {
+            written_by: crate::records::session::WRITTEN_BY_RUNNER.into(),
+            saved_at: String::new(),
+            auth: self.auth.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        };
         match self
             .store
-            .save_cas(&vault, &s, self.node, Some(*version))
+            .save_cas(&vault, &s, self.node, Some(*version), &meta)
             .await
         {
             Ok(v) => {
@@ -427,6 +467,32 @@ impl Term<'_> {
             }
             Route::Unknown(_) => {
                 tracing::debug!(msg_id = msg.id, "telegram: a stranger's message ignored");
+                return Ok(());
+            }
+            Route::TelegramService => {
+                self.telegram_service(&msg).await;
+                return Ok(());
+            }
+            // Someone added the account to a group or channel: only private
+            // chats are served, so it leaves (once per term).
+            Route::Group { chat, channel } => {
+                let first = self
+                    .left
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(chat);
+                if first && !self.term.is_lost() {
+                    match client.leave(chat, channel).await {
+                        Ok(()) => tracing::info!(
+                            chat,
+                            channel,
+                            "telegram: left a group the account was added to"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(chat, error = %e, "telegram: could not leave a group")
+                        }
+                    }
+                }
                 return Ok(());
             }
             Route::NotRun { op, why, secret } => {
@@ -738,6 +804,124 @@ impl Term<'_> {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(op.name.clone());
         }
+    }
+
+    /// After a re-login: every operator is told once (per session version)
+    /// that messages sent between the old session's last save and the
+    /// login were not seen — without echoing any.
+    async fn tell_after_relogin(&self, version: u64, meta: &crate::records::session::Meta) {
+        if meta.written_by != crate::records::session::WRITTEN_BY_LOGIN || version < 2 {
+            return;
+        }
+        let vault = self.app.broker.current();
+        let Ok(Some(before)) = self.store.meta(&vault, Some(version - 1)).await else {
+            return;
+        };
+        if before.saved_at.is_empty() {
+            return;
+        }
+        let key = format!("{}tg/relogin/{version}", self.prefix());
+        let Ok(lease) = self.dedup.get(&self.app.etcd).await else {
+            return;
+        };
+        match self
+            .app
+            .etcd
+            .claim_guarded(&self.term.guard, &key, b"1", lease)
+            .await
+        {
+            Ok(crate::etcd::Claim::Claimed) => {}
+            _ => return,
+        }
+        tracing::info!(
+            version,
+            node = self.node,
+            "telegram: a re-login's session starts; the operators are told"
+        );
+        let text = format!(
+            "The userbot's Telegram session was replaced by a new login at {}. Messages sent to it after {} (the old session's last save) may not have been seen and did not run. Check /audit, and send again what you still need.",
+            meta.saved_at, before.saved_at
+        );
+        let names: Vec<&str> = self
+            .app
+            .cfg
+            .operators
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect();
+        if let Err(e) = self
+            .app
+            .notifier
+            .queue(
+                "relogin",
+                &names,
+                &text,
+                crate::etcd::unix_secs() + 24 * 3600,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "telegram: the re-login notice was not queued");
+        }
+    }
+
+    /// The account's authorizations, for `doctor` (`tg/authorizations`):
+    /// devices and apps, never a secret.
+    async fn publish_authorizations(&self, client: &Client) {
+        match tokio::time::timeout(Duration::from_secs(10), client.authorizations()).await {
+            Ok(Ok(all)) => {
+                let value = serde_json::json!({
+                    "fetched_at": crate::etcd::unix_secs(),
+                    "authorizations": all,
+                })
+                .to_string();
+                let key = format!("{}tg/authorizations", self.prefix());
+                let _ = self.put_guarded(&key, value.as_bytes()).await;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "telegram: authorizations not read"),
+            Err(_) => tracing::warn!("telegram: authorizations not read within 10 s"),
+        }
+    }
+
+    /// A message from Telegram's service account (777000): a login or a
+    /// login code for the userbot's own account is a security event —
+    /// every admin is alerted at once (never with the text: it may hold
+    /// the code). Audited as Telegram's, not as an unknown sender's.
+    async fn telegram_service(&self, msg: &Incoming) {
+        let t = msg.text.to_lowercase();
+        let login = ["login", "log in", "logged in", "new device", "code"]
+            .iter()
+            .any(|w| t.contains(w));
+        // Once per message, across failovers.
+        if !matches!(self.claim(msg.chat, msg.id, "service").await, Ok(None)) {
+            return;
+        }
+        self.app
+            .audit
+            .record(crate::records::audit::AuditRecord::new(
+                "-",
+                "telegram:777000",
+                Transport::Telegram,
+                "telegram service",
+                None,
+                if login { "alerted" } else { "noted" },
+            ))
+            .await;
+        if !login {
+            return;
+        }
+        let when = crate::records::audit::rfc3339(Duration::from_secs(msg.date.max(0) as u64));
+        self.app
+            .svc
+            .alert(
+                crate::security::Event::TelegramAccount,
+                "telegram:777000",
+                Transport::Telegram,
+                "-",
+                &format!(
+                    "Telegram told the userbot's account of a new login or a login code ({when}). If it was not `vaultgram login`, end that session in Telegram → Settings → Devices now; `vaultgram doctor` lists the account's sessions."
+                ),
+            )
+            .await;
     }
 
     /// One more command of `chat` that was too old to run.
