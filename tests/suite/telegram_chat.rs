@@ -68,6 +68,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::telegram_chat::a_migrated_account_is_refused_with_an_alert_not_retried",
         migrated_is_refused,
     ),
+    (
+        "disruptive::telegram_chat::claims_belong_to_the_account",
+        claims_per_account,
+    ),
 ];
 
 /// One `telegram::run` in this process.
@@ -880,4 +884,39 @@ fn migrated_is_refused(env: &Env) {
         after <= before + 1,
         "restarted in a loop: {before} -> {after} connects in 6 s"
     );
+}
+
+/// Item 13: message ids are the account's own. After a login with another
+/// account, alice's message 150 to it is a new message and runs, though
+/// the first account's message 150 was handled. On e84a6d6 the claim
+/// (`tg/handled/<chat>/<id>`, no account) made it a duplicate, skipped.
+fn claims_per_account(env: &Env) {
+    let dir = file_dir(env, "accounts");
+    let cfg = tg_config(env, &dir);
+    let out = Outbox(dir.join("outbox.jsonl"));
+    let r = start(env, &cfg, true, "accounts-1");
+    out.wait("client start", Duration::from_secs(15), |o| {
+        o.lines().iter().any(|v| v["op"] == "start")
+    });
+    inbox(
+        &dir,
+        json!({"id": 150, "chat": 111111, "sender": 111111, "users": true, "text": "/whoami"}),
+    );
+    out.wait("answered on account 100", Duration::from_secs(10), |o| {
+        o.sends_to(150).len() == 1
+    });
+    r.stop(env);
+    std::fs::write(dir.join("account_id"), "200").unwrap();
+    let r = start(env, &cfg, true, "accounts-2");
+    out.wait("client start", Duration::from_secs(15), |o| {
+        o.lines().iter().filter(|v| v["op"] == "start").count() >= 2
+    });
+    inbox(
+        &dir,
+        json!({"id": 150, "chat": 111111, "sender": 111111, "users": true, "text": "/whoami"}),
+    );
+    out.wait("answered on account 200", Duration::from_secs(10), |o| {
+        o.sends_to(150).len() == 2
+    });
+    r.stop(env);
 }

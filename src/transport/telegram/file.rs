@@ -44,8 +44,9 @@
 //!   account's other authorizations are `authorizations.json`. Telegram's
 //!   service account (777000) is an ordinary sender id in the inbox.
 //! - **Telegram's limits:** a text over 4096 UTF-16 units is refused with
-//!   `MESSAGE_TOO_LONG`; a `random_id` seen before is refused with
-//!   `RANDOM_ID_DUPLICATE`.
+//!   `MESSAGE_TOO_LONG`; a `random_id` seen within a day (a file
+//!   `random_id_window_ms` sets the window) is refused with
+//!   `RANDOM_ID_DUPLICATE`, an older one is sent again.
 //! - **Errors**, injected by control lines: see below.
 //!
 //! Not modelled (checked by hand against a real server, see
@@ -55,6 +56,7 @@
 //!
 //! Session: `{"file_backend":1,"offset":N,"me":ID,"auth_key":"…",
 //! "peers":["user:1",…]}`. A new leader resumes from the saved `offset`.
+//! A login is account 100 unless a file `account_id` names another.
 //!
 //! Inbox line: `{"id":42,"chat":111111,"sender":111111,"text":"/whoami"}`
 //! with the optional fields above, `"outgoing"`, `"users":true`,
@@ -103,6 +105,10 @@ use super::{rpc_error, ChatError, Delivery, Mark};
 pub const FORMAT: &str = "file-v1";
 /// This account's own user id in the stand-in (Saved Messages).
 pub const DEFAULT_ME: i64 = 100;
+/// How long Telegram remembers a `random_id` to refuse it as a duplicate
+/// (not documented; its deduplication is meant for retries, not for
+/// days): a day here.
+pub const RANDOM_ID_WINDOW_MS: u64 = 24 * 3600 * 1000;
 /// grammers' default `updates_channel_capacity`.
 pub const UPDATES_CAPACITY: usize = 100;
 
@@ -134,12 +140,17 @@ fn random_key() -> String {
 
 /// A fresh session, as `vaultgram login` stores it for this backend: a
 /// new auth key each time, like a new authorization.
-pub fn new_session() -> Zeroizing<Vec<u8>> {
+pub fn new_session(dir: Option<&Path>) -> Zeroizing<Vec<u8>> {
+    // A login with another account: its id in a file `account_id`.
+    let me = dir
+        .and_then(|d| std::fs::read_to_string(d.join("account_id")).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(DEFAULT_ME);
     Zeroizing::new(
         serde_json::to_vec(&State {
             file_backend: 1,
             offset: 0,
-            me: DEFAULT_ME,
+            me,
             auth_key: random_key(),
             peers: BTreeSet::new(),
         })
@@ -582,8 +593,10 @@ impl FileChat {
     }
 
     /// grammers: a raw `messages.sendMessage` with our `random_id`;
-    /// Telegram answers `RANDOM_ID_DUPLICATE` for an id it has seen (the
-    /// outbox is the stand-in's memory of them).
+    /// Telegram answers `RANDOM_ID_DUPLICATE` for an id it has seen
+    /// recently — within [`RANDOM_ID_WINDOW_MS`] (a file
+    /// `random_id_window_ms` in the dir sets another); an older one is sent
+    /// again (the outbox, with each send's time, is the stand-in's memory).
     pub async fn send_once(&self, user: i64, text: &str, random_id: i64) -> Result<(), ChatError> {
         self.request().await?;
         too_long(text)?;
@@ -594,9 +607,18 @@ impl FileChat {
             )));
         }
         let outbox = std::fs::read_to_string(self.dir.join("outbox.jsonl")).unwrap_or_default();
+        let window = std::fs::read_to_string(self.dir.join("random_id_window_ms"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(RANDOM_ID_WINDOW_MS);
+        let now = crate::etcd::unix_ms();
         let seen = outbox.lines().any(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .is_ok_and(|v| v["random_id"].as_i64() == Some(random_id))
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["random_id"].as_i64() == Some(random_id)
+                    && v["at_ms"]
+                        .as_u64()
+                        .is_none_or(|at| now.saturating_sub(at) <= window)
+            })
         });
         if seen {
             return Err(rpc_error(400, "RANDOM_ID_DUPLICATE", None));
@@ -608,6 +630,7 @@ impl FileChat {
             serde_json::json!({
                 "op": "send", "pid": std::process::id(), "chat": user, "peer": "user",
                 "id": id, "reply_to": 0, "random_id": random_id, "text": text, "monospace": false,
+                "at_ms": now,
             }),
         )?;
         append(

@@ -408,7 +408,7 @@ pub async fn login(app: &App, prompt: &mut dyn LoginPrompt) -> Result<u64, ChatE
     let previous = store.meta(&vault, None).await?.and_then(|m| m.auth);
     match app.cfg.telegram.backend {
         TelegramBackend::File => {
-            let bytes = file::new_session();
+            let bytes = file::new_session(app.cfg.telegram.file_dir.as_deref());
             let auth = file::session_auth(&bytes);
             let s = StoredSession {
                 format: file::FORMAT.into(),
