@@ -4,7 +4,8 @@
 # dispatcher or the approval gate; KV paths of the broker's records are
 # spelt only in `records/`; no import cycle in the command core, and the
 # leaf `context.rs` imports none of it (scripts/import-graph.py). Comment
-# lines are ignored; paths through our own module (`crate::kube::`,
+# lines and string literals (a tracing target names a crate, it imports
+# nothing) are ignored; paths through our own module (`crate::kube::`,
 # `vaultgram::kube::`) are ours.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,10 +22,10 @@ check() { # crate-regex allowed-path-regex what
     fail=1
   fi
 }
-check '(^|[^A-Za-z0-9_:])(::)?(vaultrs|rustify)::' 'src/vault/' 'vaultrs/rustify'
-check '(^|[^A-Za-z0-9_:])(::)?etcd_client::' 'src/etcd\.rs:' 'etcd_client'
-check '(^|[^A-Za-z0-9_:])(::)?grammers_[a-z_]+::' 'src/transport/telegram/grammers\.rs:' 'grammers_*'
-check '(^|[^A-Za-z0-9_:])(::)?(kube|k8s_openapi)::' 'src/kube\.rs:' 'kube/k8s-openapi'
+check '(^|[^A-Za-z0-9_:"])(::)?(vaultrs|rustify)::' 'src/vault/' 'vaultrs/rustify'
+check '(^|[^A-Za-z0-9_:"])(::)?etcd_client::' 'src/etcd\.rs:' 'etcd_client'
+check '(^|[^A-Za-z0-9_:"])(::)?grammers_[a-z_]+::' 'src/transport/telegram/grammers\.rs:' 'grammers_*'
+check '(^|[^A-Za-z0-9_:"])(::)?(kube|k8s_openapi)::' 'src/kube\.rs:' 'kube/k8s-openapi'
 # A string literal naming a record folder (`"vaultgram/agents…"`, …).
 records='"[^"]*(vaultgram/(agents|panels|mtproto|mtproxy|telegram-session)|panels-by-agent)'
 check "$records" 'src/records/' 'a KV path of the broker'"'"'s records'
@@ -32,6 +33,15 @@ hits=$(grep -rnE '(crate|super)::(dispatch|approvals)\b' src/command --include='
   grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)
 if [[ -n $hits ]]; then
   echo "check-imports: command/ imports the dispatcher or the approval gate:" >&2
+  echo "$hits" >&2
+  fail=1
+fi
+# The Telegram leader writes etcd only through the Guard (a fenced term
+# must not undo what its successor recorded): no plain put/delete there.
+hits=$(grep -rnE '\betcd\.(put|delete|put_with_lease|txn)\(' src/transport/telegram --include='*.rs' |
+  grep -vE '^[^:]+:[0-9]+:[[:space:]]*//' || true)
+if [[ -n $hits ]]; then
+  echo "check-imports: an unguarded etcd write in the Telegram leader:" >&2
   echo "$hits" >&2
   fail=1
 fi

@@ -42,6 +42,9 @@ pub enum EtcdError {
     /// A lease that expired or was revoked (gRPC NotFound).
     #[error("etcd: not found: {0}")]
     NotFound(String),
+    /// A guarded write refused: the leadership it depended on is gone.
+    #[error("etcd: refused, this process no longer leads")]
+    NotLeader,
 }
 
 impl EtcdError {
@@ -50,7 +53,9 @@ impl EtcdError {
             EtcdError::Denied(_) => ErrorKind::Denied,
             EtcdError::Invalid(_) => ErrorKind::Invalid,
             EtcdError::NotFound(_) => ErrorKind::NotFound,
-            EtcdError::ReadFile { .. } | EtcdError::Unavailable(_) => ErrorKind::Unavailable,
+            EtcdError::ReadFile { .. } | EtcdError::Unavailable(_) | EtcdError::NotLeader => {
+                ErrorKind::Unavailable
+            }
         }
     }
 }
@@ -856,6 +861,17 @@ impl SharedLease {
 
     /// The lease to attach a new key to.
     pub async fn get(&self, etcd: &Etcd) -> Result<i64, EtcdError> {
+        self.get_with(etcd, None).await
+    }
+
+    /// Like [`SharedLease::get`] for the leader: a fresh lease is recorded
+    /// only while `guard` holds, so a fenced term writes nothing
+    /// (ARCHITECTURE.md: no leader write without the Guard).
+    pub async fn get_guarded(&self, etcd: &Etcd, guard: &Guard) -> Result<i64, EtcdError> {
+        self.get_with(etcd, Some(guard)).await
+    }
+
+    async fn get_with(&self, etcd: &Etcd, guard: Option<&Guard>) -> Result<i64, EtcdError> {
         if let Some((id, at)) = *self.cached.lock().unwrap_or_else(|e| e.into_inner()) {
             if at.elapsed() < self.reuse_for {
                 return Ok(id);
@@ -880,8 +896,19 @@ impl SharedLease {
             }
         }
         let id = etcd.lease_grant(self.ttl.as_secs()).await?;
-        etcd.put_leased(&self.meta_key, format!("{id} {now}"), id)
-            .await?;
+        let meta = format!("{id} {now}");
+        match guard {
+            None => etcd.put_leased(&self.meta_key, meta, id).await?,
+            Some(guard) => {
+                if !etcd
+                    .put_guarded(guard, &self.meta_key, meta.as_bytes(), id)
+                    .await?
+                {
+                    let _ = etcd.lease_revoke(id).await;
+                    return Err(EtcdError::NotLeader);
+                }
+            }
+        }
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((id, Instant::now()));
         Ok(id)
     }

@@ -264,6 +264,24 @@ fn deposed_leaders_guarded_writes_fail(env: &Env) {
             etcd.get(&k1).await.unwrap().is_some(),
             "deposed delete landed"
         );
+        // Nor does it record a fresh shared lease (`tg/lease`): the new
+        // lease is revoked, the record left as B's term has it.
+        let meta = format!("{prefix}tg/lease");
+        let shared = vaultgram::etcd::SharedLease::new(
+            meta.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(30),
+        );
+        assert!(matches!(
+            shared.get_guarded(&etcd, &term_a.guard).await,
+            Err(vaultgram::etcd::EtcdError::NotLeader)
+        ));
+        assert!(
+            etcd.get(&meta).await.unwrap().is_none(),
+            "deposed leader recorded a shared lease"
+        );
+        let id = shared.get_guarded(&etcd, &term_b.guard).await.unwrap();
+        assert!(etcd.get(&meta).await.unwrap().is_some(), "B's lease {id}");
         // B's writes work.
         assert_eq!(
             etcd.claim_guarded(&term_b.guard, &k2, b"x", 0)

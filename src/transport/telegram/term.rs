@@ -389,7 +389,7 @@ impl Term<'_> {
     async fn claim(&self, chat: i64, id: i32, state: &str) -> Result<Option<String>, String> {
         let etcd = &self.app.etcd;
         let key = self.handled_key(chat, id);
-        let lease = self.dedup.get(etcd).await.map_err(|e| e.to_string())?;
+        let lease = self.lease().await.map_err(|e| e.to_string())?;
         match etcd
             .claim_guarded(&self.term.guard, &key, &self.record(state), lease)
             .await
@@ -418,10 +418,23 @@ impl Term<'_> {
         }
     }
 
+    /// The shared lease for the leader's keys; a fresh one is recorded
+    /// only while this term's Guard holds (a refusal fences the term).
+    async fn lease(&self) -> Result<i64, crate::etcd::EtcdError> {
+        let r = self
+            .dedup
+            .get_guarded(&self.app.etcd, &self.term.guard)
+            .await;
+        if matches!(r, Err(crate::etcd::EtcdError::NotLeader)) {
+            self.term.fence("a guarded write was refused");
+        }
+        r
+    }
+
     /// A guarded write by the leader; `false` when it did not happen.
     async fn put_guarded(&self, key: &str, value: &[u8]) -> bool {
         let etcd = &self.app.etcd;
-        let lease = match self.dedup.get(etcd).await {
+        let lease = match self.lease().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "telegram: etcd write skipped");
@@ -792,7 +805,9 @@ impl Term<'_> {
     async fn mark_reachable(&self, op: &crate::config::Operator, reachable: bool) {
         let key = crate::notify::unreachable_key(self.prefix(), &op.name);
         if reachable {
-            let _ = self.app.etcd.delete(&key).await;
+            // Guarded like every write of the leader: a fenced term must
+            // not undo what its successor recorded.
+            self.delete_guarded(&key).await;
             self.unreachable
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -821,7 +836,7 @@ impl Term<'_> {
             return;
         }
         let key = format!("{}tg/relogin/{version}", self.prefix());
-        let Ok(lease) = self.dedup.get(&self.app.etcd).await else {
+        let Ok(lease) = self.lease().await else {
             return;
         };
         match self
@@ -1029,7 +1044,7 @@ impl Term<'_> {
                     if !self.delete_guarded(&entry.key).await {
                         return Ok(());
                     }
-                    let _ = etcd.delete(&unreachable).await;
+                    self.delete_guarded(&unreachable).await;
                 }
                 Err(e @ ChatError::Unauthorized(_)) => return Err(e),
                 // Telegram says when sending may go on: this notice, and
