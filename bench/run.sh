@@ -61,7 +61,7 @@ if [[ ${BENCH_SKIP_BUILD:-} == 1 ]]; then
   say "BENCH_SKIP_BUILD=1: using the existing release build"
 else
   say "building (release)"
-  cargo build --release --locked --quiet --bin vaultgram --example kv_get --example kv_throughput
+  cargo build --release --locked --quiet --features telegram-standin --bin vaultgram --example kv_get --example kv_throughput
 fi
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}/release
 BIN=$TARGET/vaultgram

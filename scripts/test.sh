@@ -19,9 +19,11 @@ unset VAULT_ADDR BAO_ADDR VAULT_TOKEN VAULT_CACERT VAULTGRAM_CONFIG \
 # Kubernetes tests start a real kube-apiserver (built once, too).
 KUBE_BIN_DIR=$(kube_binaries)
 export KUBE_BIN_DIR
-cargo test --locked --all-targets "$@"
+# The tests drive Telegram through the stand-in client, compiled only with
+# `telegram-standin` (scripts/check-standin.sh: a build without it has none).
+cargo test --locked --all-targets --features telegram-standin "$@"
 VAULT_BINARY=$(vault_binary) VAULTGRAM_IT_SERVER=vault \
-  cargo test --locked --test integration "$@"
+  cargo test --locked --test integration --features telegram-standin "$@"
 # Policy semantics in depth (140 checks) against a throw-away OpenBao.
 vault-policies/selftest.sh
 # Deployment as code: Kubernetes manifests (kubernetes-validate, checkov,

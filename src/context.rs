@@ -21,7 +21,7 @@ use crate::records::audit::AuditRecord;
 use crate::records::RecordError;
 use crate::runtime::Runtime;
 use crate::security::{Event, Security};
-use crate::transport::Transport;
+use crate::transport_kind::Transport;
 use crate::vault::auth::TokenManager;
 use crate::vault::token::OperatorTokens;
 use crate::vault::{Vault, VaultError};
@@ -153,8 +153,14 @@ impl From<RecordError> for CommandError {
     fn from(e: RecordError) -> Self {
         match e {
             RecordError::Invalid(m) => CommandError::invalid(m),
-            RecordError::Random => CommandError::unavailable(e.to_string()),
+            RecordError::Random(_) => CommandError::unavailable(e.to_string()),
         }
+    }
+}
+
+impl From<crate::ids::RandomError> for CommandError {
+    fn from(e: crate::ids::RandomError) -> Self {
+        CommandError::unavailable(e.to_string())
     }
 }
 
@@ -238,7 +244,7 @@ impl Services {
                 "security",
                 &admins,
                 &format!("security: {text}"),
-                crate::etcd::unix_secs() + ALERT_TTL,
+                crate::clock::unix_secs() + ALERT_TTL,
             )
             .await
         {

@@ -18,7 +18,7 @@ use crate::error::ErrorKind;
 use crate::etcd::{Etcd, EtcdError};
 use crate::records::audit::AuditRecord;
 use crate::runtime::Runtime;
-use crate::transport::Transport;
+use crate::transport_kind::Transport;
 use crate::vault::auth::TokenManager;
 use crate::vault::token::OperatorTokens;
 use crate::vault::VaultError;
@@ -236,7 +236,7 @@ impl App {
             Ok(Some(s)) => Err(CommandError::denied(format!(
                 "{} is suspended (since {} by {}); an admin can /operator resume {}{}",
                 ctx.op.name,
-                crate::records::audit::rfc3339(std::time::Duration::from_secs(s.since)),
+                crate::clock::rfc3339_millis(std::time::Duration::from_secs(s.since)),
                 crate::text::escape_line(&s.by),
                 ctx.op.name,
                 if ctx.op.role == crate::config::Role::Admin {

@@ -274,10 +274,11 @@ async fn confinement_check(cfg: &Config) -> Check {
             "findings": r.findings,
         })
     });
+    use crate::kube::Confinement as C;
     let check = match s.state {
-        "ok" | "not_in_pod" => Check::ok(NAME, s.detail),
-        "warn" => Check::warn(NAME, s.detail),
-        _ => Check::fail(NAME, s.detail),
+        C::Ok | C::NotInPod => Check::ok(NAME, s.detail),
+        C::Warn => Check::warn(NAME, s.detail),
+        C::Fail | C::Error => Check::fail(NAME, s.detail),
     };
     match data {
         Some(d) => check.data(d),

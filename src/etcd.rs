@@ -877,7 +877,7 @@ impl SharedLease {
                 return Ok(id);
             }
         }
-        let now = unix_secs();
+        let now = crate::clock::unix_secs();
         // Another process's lease, if it is young enough.
         if let Some(e) = etcd.get_entry(&self.meta_key).await? {
             let text = String::from_utf8_lossy(&e.value).into_owned();
@@ -943,20 +943,4 @@ impl SharedLease {
             other => other,
         }
     }
-}
-
-/// Seconds since the Unix epoch.
-/// Unix milliseconds now (keys that sort by time, due times).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
 }

@@ -184,7 +184,7 @@ async fn readyz(State(s): State<Arc<Endpoints>>) -> Response {
     let bound = 2 * s.app.cfg.telegram.start_timeout_secs;
     if tg
         .down_since
-        .is_some_and(|t| crate::etcd::unix_secs().saturating_sub(t) > bound)
+        .is_some_and(|t| crate::clock::unix_secs().saturating_sub(t) > bound)
     {
         failed.push("telegram");
     }

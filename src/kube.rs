@@ -197,9 +197,7 @@ impl Report {
 /// `doctor` prints.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
-    /// `ok`, `warn`, `fail`, `error` (the API could not be read) or
-    /// `not_in_pod`.
-    pub state: &'static str,
+    pub state: Confinement,
     pub detail: String,
     /// `kubernetes.require_confinement`.
     pub required: bool,
@@ -207,12 +205,52 @@ pub struct Status {
     pub report: Option<Report>,
 }
 
-pub const STATES: [&str; 5] = ["ok", "warn", "fail", "error", "not_in_pod"];
+/// The confinement state: a [`Verdict`], or why there is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confinement {
+    Ok,
+    Warn,
+    Fail,
+    /// The API could not be read.
+    Error,
+    NotInPod,
+}
+
+impl Confinement {
+    pub const ALL: [Confinement; 5] = [
+        Confinement::Ok,
+        Confinement::Warn,
+        Confinement::Fail,
+        Confinement::Error,
+        Confinement::NotInPod,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confinement::Ok => "ok",
+            Confinement::Warn => "warn",
+            Confinement::Fail => "fail",
+            Confinement::Error => "error",
+            Confinement::NotInPod => "not_in_pod",
+        }
+    }
+}
+
+impl From<Verdict> for Confinement {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Ok => Confinement::Ok,
+            Verdict::Warn => Confinement::Warn,
+            Verdict::Fail => Confinement::Fail,
+        }
+    }
+}
 
 impl Status {
     /// Whether `run` must refuse to start (and `/readyz` fail).
     pub fn blocks(&self) -> bool {
-        self.required && matches!(self.state, "fail" | "error")
+        self.required && matches!(self.state, Confinement::Fail | Confinement::Error)
     }
 }
 
@@ -223,7 +261,7 @@ pub async fn status(cfg: &Config) -> Status {
         Ok(Some(id)) => id,
         Ok(None) => {
             return Status {
-                state: "not_in_pod",
+                state: Confinement::NotInPod,
                 detail: "not in a pod (no KUBERNETES_SERVICE_HOST): nothing to check".into(),
                 required,
                 report: None,
@@ -231,7 +269,7 @@ pub async fn status(cfg: &Config) -> Status {
         }
         Err(e) => {
             return Status {
-                state: "error",
+                state: Confinement::Error,
                 detail: e.to_string(),
                 required,
                 report: None,
@@ -241,19 +279,19 @@ pub async fn status(cfg: &Config) -> Status {
     let needs = Needs::from_config(cfg, Some(&id));
     match tokio::time::timeout(std::time::Duration::from_secs(15), check(&id, &needs)).await {
         Ok(Ok(r)) => Status {
-            state: r.verdict.as_str(),
+            state: r.verdict.into(),
             detail: r.summary(),
             required,
             report: Some(r),
         },
         Ok(Err(e)) => Status {
-            state: "error",
+            state: Confinement::Error,
             detail: e.to_string(),
             required,
             report: None,
         },
         Err(_) => Status {
-            state: "error",
+            state: Confinement::Error,
             detail: format!("kubernetes: no answer from {} within 15 s", id.api),
             required,
             report: None,

@@ -239,7 +239,7 @@ impl Elector {
             .map_err(timed("lease grant"))??;
         let record = LeaderRecord {
             node: self.node.clone(),
-            since: crate::etcd::unix_secs(),
+            since: crate::clock::unix_secs(),
         };
         let won = tokio::time::timeout(
             step,
@@ -272,7 +272,7 @@ impl Elector {
         self.set_status(|s| {
             s.leading = true;
             s.leader = Some(self.node.clone());
-            s.since = Some(crate::etcd::unix_secs());
+            s.since = Some(crate::clock::unix_secs());
             s.terms += 1;
         });
         let keeper = tokio::spawn(keep_lease(KeepLease {

@@ -54,6 +54,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod context;
@@ -63,10 +64,12 @@ pub mod effect;
 pub mod error;
 pub mod etcd;
 pub mod http;
+pub mod ids;
 pub mod kube;
 pub mod leader;
 pub mod metrics;
 pub mod migrate;
+pub mod names;
 pub mod notify;
 pub mod records;
 pub mod runtime;
@@ -75,4 +78,5 @@ pub mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod transport;
+pub mod transport_kind;
 pub mod vault;

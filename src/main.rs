@@ -424,7 +424,7 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
     let app = vaultgram::dispatch::App::start(cfg).await?;
     // Long-lived: reveals are reserved in blocks (security::count_reveal).
     app.security.reserve_ahead();
-    let in_pod = confinement.state != "not_in_pod";
+    let in_pod = confinement.state != vaultgram::kube::Confinement::NotInPod;
     app.runtime.set_confinement(confinement);
     let shutdown = CancellationToken::new();
     // Policies change under a running pod: check again, show it on /readyz.
@@ -478,7 +478,7 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {
                         app.approvals
-                            .sweep_expired(app.audit.as_ref(), vaultgram::transport::Transport::Socket)
+                            .sweep_expired(app.audit.as_ref(), vaultgram::transport_kind::Transport::Socket)
                             .await;
                     }
                 }
@@ -528,15 +528,14 @@ async fn run_service(cfg: Config) -> anyhow::Result<()> {
 }
 
 fn log_confinement(c: &vaultgram::kube::Status) {
+    use vaultgram::kube::Confinement as C;
+    let state = c.state.as_str();
     match c.state {
-        "ok" | "not_in_pod" => tracing::info!(state = c.state, "confinement: {}", c.detail),
-        "warn" => tracing::warn!(state = c.state, "confinement: {}", c.detail),
-        _ => tracing::error!(
-            state = c.state,
-            required = c.required,
-            "confinement: {}",
-            c.detail
-        ),
+        C::Ok | C::NotInPod => tracing::info!(state, "confinement: {}", c.detail),
+        C::Warn => tracing::warn!(state, "confinement: {}", c.detail),
+        C::Fail | C::Error => {
+            tracing::error!(state, required = c.required, "confinement: {}", c.detail)
+        }
     }
 }
 

@@ -217,9 +217,10 @@ pub fn strangers_ignored(n: u64, transport: &'static str) {
         .inc_by(n);
 }
 
-/// Sets `vaultgram_confinement{state}`: 1 for `state`, 0 for the others.
-pub fn confinement(state: &'static str) {
-    for s in crate::kube::STATES {
+/// Sets `vaultgram_confinement{state}`: 1 for `state`, 0 for the others
+/// of `all` (the states are `kube`'s; this leaf does not import it).
+pub fn confinement(state: &'static str, all: &[&'static str]) {
+    for &s in all {
         get()
             .confinement
             .get_or_create(&StateLabels { state: s })

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::etcd::{unix_secs, Etcd, EtcdError, SharedLease};
+use crate::clock::unix_secs;
+use crate::etcd::{Etcd, EtcdError, SharedLease};
 
 /// One message for one operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -114,7 +115,7 @@ impl Notifier {
                     attempts: 0,
                     not_before_ms: 0,
                 };
-                let key = format!("{q}{:015}-{:016x}", crate::etcd::unix_ms(), random_u64());
+                let key = format!("{q}{:015}-{:016x}", crate::clock::unix_ms(), random_u64());
                 (key, serde_json::to_vec(&n).unwrap_or_default())
             })
             .collect()

@@ -38,7 +38,10 @@ impl Runtime {
     }
 
     pub fn set_confinement(&self, status: crate::kube::Status) {
-        crate::metrics::confinement(status.state);
+        crate::metrics::confinement(
+            status.state.as_str(),
+            &crate::kube::Confinement::ALL.map(|c| c.as_str()),
+        );
         *self.confinement.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
     }
 

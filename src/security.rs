@@ -34,9 +34,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::unix_secs;
 use crate::config::{SecurityConfig, StepUp, UnlockScope};
-use crate::etcd::{unix_secs, Entry, Etcd, EtcdError};
-use crate::transport::Transport;
+use crate::etcd::{Entry, Etcd, EtcdError};
+use crate::transport_kind::Transport;
 
 /// Why and since when an operator is suspended.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -6,6 +6,11 @@
 //! can stop the cluster after the last test and then *check* that nothing
 //! it started is left running — a leftover fails the run.
 
+// The Telegram tests drive the broker through the stand-in client, which
+// only a build with this feature contains (scripts/test.sh passes it).
+#[cfg(not(feature = "telegram-standin"))]
+compile_error!("the integration tests need `--features telegram-standin` (the Telegram stand-in); run scripts/test.sh");
+
 mod common;
 mod suite;
 

@@ -36,14 +36,16 @@
 
 mod store;
 
+use crate::clock::now_rfc3339_millis as now_rfc3339;
+use crate::clock::unix_secs;
 use crate::command::Command;
 use crate::config::{Config, Operator, Role};
 use crate::context::{AuditTrail, CommandError, CommandResult, Ctx, Reply};
 use crate::error::ErrorKind;
-use crate::etcd::{unix_secs, Entry, Etcd};
-use crate::records::audit::{now_rfc3339, AuditRecord};
+use crate::etcd::{Entry, Etcd};
+use crate::records::audit::AuditRecord;
 use crate::text::escape_line;
-use crate::transport::Transport;
+use crate::transport_kind::Transport;
 
 pub use store::Request;
 use store::{new_id, Grant, LogEntry, Lookup, Notice, Store};

@@ -27,11 +27,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_rfc3339_millis as now_rfc3339;
+use crate::clock::unix_secs;
 use crate::config::Config;
 use crate::context::CommandError;
-use crate::etcd::{unix_secs, Entry, Etcd, EtcdError, SharedLease};
+use crate::etcd::{Entry, Etcd, EtcdError, SharedLease};
 use crate::notify::Notifier;
-use crate::records::audit::now_rfc3339;
 
 /// How long the approvals log remembers a request.
 const LOG_RETENTION: Duration = Duration::from_secs(7 * 86_400);

@@ -9,13 +9,13 @@ use secrecy::SecretString;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::info::{wrap_ttl, wrapped_reply};
-use super::WrapArg;
+use super::args::{kv_path, op_agent, quote, wrap_ttl, ListArgs, WrapArg};
+use super::reply::{headed, list_or_empty, wrapped_reply};
+use crate::clock::now_rfc3339;
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::records::agent::{self, check_id as check_agent_id, token_record};
-use crate::records::{self, field, now_rfc3339, sha256_hex};
-use crate::vault::kv::KvPath;
+use crate::records::{field, sha256_hex};
 use crate::vault::VaultError;
 
 #[derive(Debug, Clone, Subcommand)]
@@ -32,7 +32,7 @@ pub enum AgentCommand {
     },
     /// List agents, 100 per page (an agent sees itself; PREFIX: ids starting with it).
     #[command(override_usage = "/agent list [-page=N] [PREFIX]")]
-    List(#[command(flatten)] super::ListArgs),
+    List(#[command(flatten)] ListArgs),
     /// Revoke an agent's token (needs approval).
     #[command(override_usage = "/agent revoke ID")]
     Revoke { id: String },
@@ -140,7 +140,7 @@ impl AgentCommand {
                     )));
                 }
                 let wrap = match &wrap.wrap_ttl {
-                    Some(t) => format!(" {}", super::quote(&format!("-wrap-ttl={t}"))),
+                    Some(t) => format!(" {}", quote(&format!("-wrap-ttl={t}"))),
                     None => String::new(),
                 };
                 Ok(format!("/agent token{wrap} {id}"))
@@ -156,7 +156,7 @@ impl AgentCommand {
 /// A new API token: 32 random bytes, urlsafe base64 without padding (43
 /// characters, as Python's `secrets.token_urlsafe(32)`).
 fn new_token() -> Result<Zeroizing<String>, CommandError> {
-    let bytes = records::random::<32>()?;
+    let bytes = crate::ids::random::<32>()?;
     Ok(Zeroizing::new(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..]),
     ))
@@ -271,7 +271,7 @@ async fn rotate(ctx: &Ctx<'_>, wrap: &WrapArg, id: &str) -> CommandResult {
 
 /// Admins: every agent id. An agent: its own record, as the first 12 hex
 /// characters of the token's SHA-256 (never the token).
-async fn list(ctx: &Ctx<'_>, args: &super::ListArgs) -> CommandResult {
+async fn list(ctx: &Ctx<'_>, args: &ListArgs) -> CommandResult {
     let vault = ctx.vault().await?;
     if ctx.op.role == Role::Admin {
         let dir = kv_path(ctx, &format!("{}/", agent::DIR))?;
@@ -342,45 +342,6 @@ async fn revoke(ctx: &Ctx<'_>, id: &str) -> CommandResult {
         "agent {id}: API token revoked ({versions} version(s) deleted for good)"
     ))
     .with_data(json!({"agent": id, "versions_deleted": versions})))
-}
-
-// ---------------------------------------------------------------------------
-// Shared by the agent, panel and mtproto groups
-// ---------------------------------------------------------------------------
-
-/// `vaultgram/...` under the configured KV mount.
-pub(super) fn kv_path(ctx: &Ctx<'_>, path: &str) -> Result<KvPath, CommandError> {
-    KvPath::new(&ctx.cfg().vault.kv_mount, path).map_err(|e| CommandError::invalid(e.to_string()))
-}
-
-/// A `kv list` that found nothing is an empty list.
-pub(super) fn list_or_empty(
-    r: Result<Vec<String>, VaultError>,
-) -> Result<Vec<String>, CommandError> {
-    match r {
-        Ok(keys) => Ok(keys),
-        Err(VaultError::NotFound(_)) => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The agent an agent operator acts for.
-pub(super) fn op_agent<'a>(ctx: &'a Ctx<'_>) -> Result<&'a str, CommandError> {
-    ctx.op
-        .agent
-        .as_deref()
-        .ok_or_else(|| CommandError::denied("this operator has no agent id in the config"))
-}
-
-/// A (wrapped) reply with a first line saying what it is.
-pub(super) fn headed(headline: &str, mut r: Reply) -> Reply {
-    let data = std::mem::take(&mut r.data);
-    let text = format!("{headline}\n{}", r.as_str());
-    if r.secret {
-        Reply::secret(text).with_data(data)
-    } else {
-        Reply::text(text).with_data(data)
-    }
 }
 
 #[cfg(test)]

@@ -1,44 +1,22 @@
-//! `/help`, `/whoami`, `/get_keys`, `/health`: who you are and how things stand.
-//!
-//! Also the reply helpers the command groups share ([`table`],
-//! [`fmt_duration`], [`wrap_ttl`], [`wrapped_reply`]): replies are modelled
-//! on the Vault CLI's output, and every reply that carries a secret can be
-//! a single-use response-wrapping token instead (`-wrap-ttl`, or
-//! `telegram.wrap_ttl` for the operator's role).
+//! `/help`, `/whoami`, `/get_keys`, `/health`, `/audit`: who you are and
+//! how things stand.
 
 use secrecy::ExposeSecret;
-use serde_json::{json, Value};
-use zeroize::Zeroizing;
+use serde_json::json;
 
-use super::{Command, WrapArg};
+use super::args::{path_error, wrap_ttl, ListArgs, WrapArg};
+use super::reply::{fmt_duration, wrapped_reply};
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
-use crate::vault::kv::{KvPath, KvPathError};
-use crate::vault::wrap::{WrapTtl, Wrapped};
-use crate::vault::VaultError;
-
-/// Runs `/help`, `/whoami`, `/get_keys`, `/health` and `/audit`.
-pub async fn execute(ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
-    match cmd {
-        Command::Help => Ok(help(ctx)),
-        Command::Whoami => Ok(whoami(ctx).await),
-        Command::GetKeys(wrap) => get_keys(ctx, wrap).await,
-        Command::Health => Ok(health(ctx).await),
-        // The audit trail's own module reads it (admins only, by role).
-        Command::Audit { n, page } => audit(ctx, *n, *page).await,
-        other => Err(CommandError::invalid(format!(
-            "/{} is not handled here",
-            other.name()
-        ))),
-    }
-}
+use crate::vault::kv::KvPath;
 
 // ---------------------------------------------------------------------------
 // /help
 // ---------------------------------------------------------------------------
 
-fn help(ctx: &Ctx<'_>) -> Reply {
-    let text = super::help(ctx.op.role);
+/// `/help`: `text` is the table's help for the operator's role (the table
+/// renders it; this file does not import the table).
+pub fn help(ctx: &Ctx<'_>, text: String) -> Reply {
     let usages: Vec<&str> = text
         .lines()
         .map(|l| l.split(" — ").next().unwrap_or(l))
@@ -51,7 +29,7 @@ fn help(ctx: &Ctx<'_>) -> Reply {
 // /whoami
 // ---------------------------------------------------------------------------
 
-async fn whoami(ctx: &Ctx<'_>) -> Reply {
+pub async fn whoami(ctx: &Ctx<'_>) -> Reply {
     let op = ctx.op;
     let mut lines = vec![
         format!("operator: {}", op.name),
@@ -124,7 +102,7 @@ async fn whoami(ctx: &Ctx<'_>) -> Reply {
 // /get_keys
 // ---------------------------------------------------------------------------
 
-async fn get_keys(ctx: &Ctx<'_>, wrap: &WrapArg) -> CommandResult {
+pub async fn get_keys(ctx: &Ctx<'_>, wrap: &WrapArg) -> CommandResult {
     let cfg = ctx.cfg();
     let path = KvPath::new(&cfg.vault.kv_mount, &cfg.telegram.app_path).map_err(path_error)?;
     let ttl = wrap_ttl(ctx, wrap)?;
@@ -159,7 +137,7 @@ async fn get_keys(ctx: &Ctx<'_>, wrap: &WrapArg) -> CommandResult {
 // /health
 // ---------------------------------------------------------------------------
 
-async fn health(ctx: &Ctx<'_>) -> Reply {
+pub async fn health(ctx: &Ctx<'_>) -> Reply {
     let vault_client = ctx.svc.broker.current();
     let (vault, etcd) = tokio::join!(vault_client.health(), ctx.svc.etcd.status());
     let b = ctx.svc.broker.status();
@@ -242,7 +220,7 @@ async fn health(ctx: &Ctx<'_>) -> Reply {
             let line = if lead.leading && tg.connected {
                 let last = tg
                     .last_update
-                    .map(|t| format!("{} s ago", crate::etcd::unix_secs().saturating_sub(t)))
+                    .map(|t| format!("{} s ago", crate::clock::unix_secs().saturating_sub(t)))
                     .unwrap_or_else(|| "none yet".into());
                 format!(
                     "telegram: connected on this node (leader {}), last update {last}",
@@ -254,7 +232,7 @@ async fn health(ctx: &Ctx<'_>) -> Reply {
                     .map(|t| {
                         format!(
                             " for {}",
-                            fmt_duration(crate::etcd::unix_secs().saturating_sub(t))
+                            fmt_duration(crate::clock::unix_secs().saturating_sub(t))
                         )
                     })
                     .unwrap_or_default();
@@ -288,139 +266,6 @@ async fn health(ctx: &Ctx<'_>) -> Reply {
     }))
 }
 
-// ---------------------------------------------------------------------------
-// Shared reply helpers
-// ---------------------------------------------------------------------------
-
-/// A refused KV path as a command error (`invalid`).
-pub fn path_error(e: KvPathError) -> CommandError {
-    CommandError::from(VaultError::from(e))
-}
-
-/// The response-wrapping TTL for a reply that carries a secret: the
-/// operator's `-wrap-ttl`, else `telegram.wrap_ttl` for their role (which
-/// makes wrapping the default for that role; a configured TTL above the
-/// 24 h a wrapping token may live is capped at 24 h), else none.
-pub fn wrap_ttl(ctx: &Ctx<'_>, arg: &WrapArg) -> Result<Option<WrapTtl>, CommandError> {
-    if let Some(s) = &arg.wrap_ttl {
-        return WrapTtl::parse(s)
-            .map(Some)
-            .map_err(|e| CommandError::invalid(e.to_string()));
-    }
-    match ctx.cfg().telegram.wrap_ttl_for(ctx.op.role) {
-        None => Ok(None),
-        Some(d) => {
-            let secs = d.as_secs().clamp(WrapTtl::MIN_SECS, WrapTtl::MAX_SECS);
-            WrapTtl::from_secs(secs).map(Some).map_err(|_| {
-                CommandError::invalid(format!(
-                    "config key `telegram.wrap_ttl.{}`: not a usable wrap TTL",
-                    ctx.op.role
-                ))
-            })
-        }
-    }
-}
-
-/// The reply for a wrapped secret, as `vault … -wrap-ttl` prints it. It is
-/// still a secret reply (the token is a bearer credential for the value);
-/// `data` gets the TTL, accessor and creation path, never the token.
-pub fn wrapped_reply(w: &Wrapped, data: Value) -> Reply {
-    let token = w.token.expose_secret();
-    let ttl = fmt_duration(w.ttl_secs);
-    let rows = [
-        ("wrapping_token: ", token),
-        ("wrapping_token_ttl: ", ttl.as_str()),
-        ("wrapping_token_creation_time: ", w.creation_time.as_str()),
-        ("wrapping_token_creation_path: ", w.creation_path.as_str()),
-        ("wrapping_accessor: ", w.accessor.as_str()),
-        ("unwrap with: vault unwrap ", token),
-    ];
-    let len: usize = rows.iter().map(|(k, v)| k.len() + v.len() + 1).sum();
-    let mut text = String::with_capacity(len);
-    for (i, (k, v)) in rows.iter().enumerate() {
-        if i > 0 {
-            text.push('\n');
-        }
-        text.push_str(k);
-        text.push_str(v);
-    }
-    let mut data = match data {
-        Value::Object(m) => Value::Object(m),
-        _ => json!({}),
-    };
-    data["wrapped"] = json!(true);
-    data["wrapping_token_ttl"] = json!(w.ttl_secs);
-    data["wrapping_token_creation_path"] = json!(w.creation_path);
-    data["wrapping_accessor"] = json!(w.accessor);
-    Reply::secret(text).with_data(data)
-}
-
-/// A two-column table as the Vault CLI prints it:
-///
-/// ```text
-/// Key         Value
-/// ---         -----
-/// api_hash    …
-/// ```
-///
-/// Built into one buffer of the exact size (no reallocation leaves a copy
-/// of a value behind) that is zeroed when dropped.
-pub fn table(rows: &[(&str, &str)]) -> Zeroizing<String> {
-    let width = rows
-        .iter()
-        .map(|(k, _)| k.chars().count())
-        .max()
-        .unwrap_or(0)
-        .max(3)
-        + 4;
-    let pad = |k: &str| width - k.chars().count().min(width);
-    let header = [("Key", "Value"), ("---", "-----")];
-    let all = header.iter().chain(rows.iter());
-    // Every line ends with '\n' but the last (the header is always there).
-    let len: usize = all
-        .clone()
-        .map(|(k, v)| k.len() + pad(k) + v.len() + 1)
-        .sum::<usize>()
-        - 1;
-    let mut out = Zeroizing::new(String::with_capacity(len));
-    for (i, (k, v)) in all.enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        out.push_str(k);
-        out.extend(std::iter::repeat_n(' ', pad(k)));
-        out.push_str(v);
-    }
-    out
-}
-
-/// Moves the text out of a zeroizing buffer (no copy) into a [`Reply`],
-/// which zeroes it in turn.
-pub fn take(mut text: Zeroizing<String>) -> String {
-    std::mem::take(&mut *text)
-}
-
-/// Concatenates parts into one exactly-sized buffer (see [`table`]).
-pub fn concat(parts: &[&str]) -> String {
-    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    for p in parts {
-        out.push_str(p);
-    }
-    out
-}
-
-/// A duration as Go (and so the Vault CLI) prints it: `45s`, `4m59s`, `1h0m0s`.
-pub fn fmt_duration(secs: u64) -> String {
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    if h > 0 {
-        format!("{h}h{m}m{s}s")
-    } else if m > 0 {
-        format!("{m}m{s}s")
-    } else {
-        format!("{s}s")
-    }
-}
-
 /// `/audit` without N.
 const AUDIT_DEFAULT_N: u16 = 20;
 /// `/audit N` upper bound.
@@ -430,7 +275,7 @@ const AUDIT_PAGE: usize = 20;
 
 /// `/audit [N]` (admins): the last N records (default 20, at most 1000), one page of 20 shown,
 /// oldest first, one line each.
-async fn audit(ctx: &Ctx<'_>, n: Option<u16>, page: Option<u32>) -> CommandResult {
+pub async fn audit(ctx: &Ctx<'_>, n: Option<u16>, page: Option<u32>) -> CommandResult {
     if ctx.op.role != Role::Admin {
         return Err(CommandError::denied("/audit is for admins"));
     }
@@ -438,7 +283,7 @@ async fn audit(ctx: &Ctx<'_>, n: Option<u16>, page: Option<u32>) -> CommandResul
     let records = ctx.svc.audit.last(n).await?;
     // The text shows one page (page 1: the newest), oldest first within
     // it; `data` keeps all N for scripts.
-    let paging = super::ListArgs { page, prefix: None };
+    let paging = ListArgs { page, prefix: None };
     let mut shown = paging.paginate((0..records.len()).rev().collect(), AUDIT_PAGE)?;
     shown.items.reverse();
     let text = if records.is_empty() {
@@ -457,53 +302,4 @@ async fn audit(ctx: &Ctx<'_>, n: Option<u16>, page: Option<u32>) -> CommandResul
         "records",
         serde_json::json!(records),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_print_like_go() {
-        assert_eq!(fmt_duration(0), "0s");
-        assert_eq!(fmt_duration(45), "45s");
-        assert_eq!(fmt_duration(299), "4m59s");
-        assert_eq!(fmt_duration(3600), "1h0m0s");
-        assert_eq!(fmt_duration(86399), "23h59m59s");
-    }
-
-    #[test]
-    fn tables_align_like_the_vault_cli() {
-        let t = table(&[("api_hash", "abc"), ("id", "1")]);
-        assert_eq!(
-            t.as_str(),
-            "Key         Value\n---         -----\napi_hash    abc\nid          1"
-        );
-        assert_eq!(t.len(), t.capacity(), "exactly sized");
-        assert_eq!(table(&[]).as_str(), "Key    Value\n---    -----");
-        let u = table(&[("ü", "x")]);
-        assert_eq!(u.as_str(), "Key    Value\n---    -----\nü      x");
-    }
-
-    #[test]
-    fn wrapped_reply_is_secret_and_data_has_no_token() {
-        let w = Wrapped {
-            token: secrecy::SecretString::from("hvs.TESTTOKEN"),
-            accessor: "acc".into(),
-            ttl_secs: 300,
-            creation_time: "2026-01-01T00:00:00Z".into(),
-            creation_path: "secret/data/x".into(),
-        };
-        let r = wrapped_reply(&w, json!({"path": "secret/x"}));
-        assert!(r.secret);
-        assert!(r.as_str().starts_with("wrapping_token: hvs.TESTTOKEN\n"));
-        assert!(r.as_str().contains("\nwrapping_token_ttl: 5m0s\n"));
-        assert!(r
-            .as_str()
-            .ends_with("\nunwrap with: vault unwrap hvs.TESTTOKEN"));
-        assert!(!r.data.to_string().contains("TESTTOKEN"));
-        assert_eq!(r.data["path"], "secret/x");
-        assert_eq!(r.data["wrapping_token_ttl"], 300);
-        assert!(!format!("{r:?}").contains("TESTTOKEN"));
-    }
 }

@@ -6,8 +6,8 @@ use clap::Subcommand;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use super::info::{concat, path_error, table, wrap_ttl, wrapped_reply};
-use super::{Pair, WrapArg};
+use super::args::{path_error, quote, wrap_ttl, Pair, WrapArg};
+use super::reply::{concat, table, wrapped_reply};
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::vault::kv::{KvData, KvMetadata, KvPath};
 use crate::vault::wrap::WrapTtl;
@@ -138,7 +138,7 @@ impl KvCommand {
     pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
         let path = self.path();
         path.secret().map_err(path_error)?;
-        let shown = super::quote(&path.to_string());
+        let shown = quote(&path.to_string());
         match self {
             KvCommand::Destroy { versions, .. } => {
                 let meta = ctx.vault().await?.kv_metadata_get(path).await?;

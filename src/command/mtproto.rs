@@ -8,14 +8,15 @@ use secrecy::SecretString;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::agent::{headed, kv_path, list_or_empty, op_agent};
-use super::info::{wrap_ttl, wrapped_reply};
-use super::{ListArgs, WrapArg};
+use super::args::{kv_path, op_agent, wrap_ttl, ListArgs, WrapArg};
+use super::reply::{headed, list_or_empty, wrapped_reply};
+use crate::clock::now_rfc3339;
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
+use crate::ids::{hex, random};
 use crate::records::agent::{check_id as check_agent_id, RESERVED_OWNER};
+use crate::records::field;
 use crate::records::mtproto::{self, fingerprint};
-use crate::records::{field, hex, now_rfc3339, random};
 use crate::vault::kv::KvData;
 use crate::vault::{Vault, VaultError};
 

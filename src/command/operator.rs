@@ -4,7 +4,7 @@
 use clap::Subcommand;
 use secrecy::ExposeSecret;
 
-use super::{Command, SecretArg};
+use super::args::SecretArg;
 use crate::config::{Operator, Role, UnlockScope};
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::security::{Attempt, Event, RECOVERY_ATTEMPTS};
@@ -82,28 +82,30 @@ fn operator<'a>(ctx: &'a Ctx<'_>, name: &str) -> Result<&'a Operator, CommandErr
 }
 
 fn when(unix: u64) -> String {
-    crate::records::audit::rfc3339(std::time::Duration::from_secs(unix))
+    crate::clock::rfc3339_millis(std::time::Duration::from_secs(unix))
 }
 
-pub async fn execute(ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
-    match cmd {
-        Command::Unlock { code } => unlock(ctx, code).await,
-        Command::Lock => {
-            let was = ctx.svc.security.lock(&ctx.op.name, ctx.transport).await?;
-            Ok(Reply::text(if was {
-                "locked: commands that need step-up are refused until /unlock CODE"
-            } else {
-                "not unlocked here; nothing to lock"
-            })
-            .with_data(serde_json::json!({"unlocked": false})))
+impl OperatorCommand {
+    pub async fn execute(&self, ctx: &Ctx<'_>) -> CommandResult {
+        match self {
+            OperatorCommand::Suspend { name, reason } => {
+                suspend(ctx, name, &reason.join(" ")).await
+            }
+            OperatorCommand::Resume { name } => resume(ctx, name).await,
+            OperatorCommand::List => list(ctx).await,
         }
-        Command::Operator(OperatorCommand::Suspend { name, reason }) => {
-            suspend(ctx, name, &reason.join(" ")).await
-        }
-        Command::Operator(OperatorCommand::Resume { name }) => resume(ctx, name).await,
-        Command::Operator(OperatorCommand::List) => list(ctx).await,
-        _ => Err(CommandError::invalid("not an operator command")),
     }
+}
+
+/// `/lock`: the step-up window closes now.
+pub async fn lock(ctx: &Ctx<'_>) -> CommandResult {
+    let was = ctx.svc.security.lock(&ctx.op.name, ctx.transport).await?;
+    Ok(Reply::text(if was {
+        "locked: commands that need step-up are refused until /unlock CODE"
+    } else {
+        "not unlocked here; nothing to lock"
+    })
+    .with_data(serde_json::json!({"unlocked": false})))
 }
 
 /// Where an unlock applies, in words (the `/unlock` reply says it).
@@ -220,7 +222,7 @@ pub async fn code_failed(ctx: &Ctx<'_>, n: u32, what: &str) -> CommandError {
     CommandError::denied(format!("wrong code ({n} of {max} before suspension)"))
 }
 
-async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
+pub async fn unlock(ctx: &Ctx<'_>, code: &SecretArg) -> CommandResult {
     let sec = &ctx.svc.security;
     let Some(key) = ctx.op.totp_key.as_deref() else {
         return Err(CommandError::invalid(format!(

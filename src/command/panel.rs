@@ -6,9 +6,8 @@ use clap::{Subcommand, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::agent::{headed, kv_path, list_or_empty, op_agent};
-use super::info::{wrap_ttl, wrapped_reply};
-use super::{SecretArg, WrapArg};
+use super::args::{kv_path, op_agent, quote, wrap_ttl, SecretArg, WrapArg};
+use super::reply::{headed, list_or_empty, wrapped_reply};
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::records::agent::{self, check_id as check_agent_id};
@@ -176,7 +175,7 @@ impl PanelCommand {
                         other => other.into(),
                     })?;
                 let wrap = match &wrap.wrap_ttl {
-                    Some(t) => format!(" {}", super::quote(&format!("-wrap-ttl={t}"))),
+                    Some(t) => format!(" {}", quote(&format!("-wrap-ttl={t}"))),
                     None => String::new(),
                 };
                 Ok(format!("/panel show --reveal{wrap} {name}"))

@@ -2,6 +2,7 @@
 //! and errors that never quote a value.
 
 use super::*;
+use crate::command::{mtproto, ListArgs};
 use crate::config::Role;
 
 fn parse(s: &str) -> Command {
@@ -245,8 +246,12 @@ fn quote_round_trips_through_the_lexer() {
         "",
         "secret/x y/z",
     ] {
-        let line = format!("x {}", super::quote(w));
-        assert_eq!(super::lexer::split(&line).unwrap(), ["x", w], "{line}");
+        let line = format!("x {}", crate::command::args::quote(w));
+        assert_eq!(
+            crate::command::lexer::split(&line).unwrap(),
+            ["x", w],
+            "{line}"
+        );
     }
 }
 

@@ -5,8 +5,8 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::info::{concat, table, take, wrap_ttl, wrapped_reply};
-use super::{SecretArg, WrapArg};
+use super::args::{quote, wrap_ttl, SecretArg, WrapArg};
+use super::reply::{concat, table, take, wrapped_reply};
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 
 #[derive(Debug, Clone, Subcommand)]
@@ -88,7 +88,7 @@ impl TransitCommand {
             TransitCommand::Rotate { key } => {
                 let mount = ctx.cfg().vault.transit_mount.as_str();
                 ctx.vault().await?.transit_key_info(mount, key).await?;
-                Ok(format!("/transit rotate {}", super::quote(key)))
+                Ok(format!("/transit rotate {}", quote(key)))
             }
             _ => Err(CommandError::invalid(format!(
                 "/transit {} cannot wait for approval",

@@ -1,7 +1,19 @@
 //! The standard Vault variables (`VAULT_ADDR`/`BAO_ADDR`, `VAULT_CACERT`,
 //! `VAULT_TOKEN`) over the file.
 
-use super::*;
+use std::path::Path;
+
+use secrecy::SecretString;
+use zeroize::Zeroizing;
+
+use super::paths::absolute;
+use super::schema::*;
+
+/// The process environment as the `env` closure of [`Config::load`]
+/// expects it: unset and empty variables are both `None`.
+pub fn process_env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
 
 impl Config {
     /// The standard Vault variables override the file. Blank values count
@@ -31,6 +43,7 @@ impl Config {
 mod tests {
     use super::*;
     use crate::config::testutil::*;
+    use crate::config::{resolve_path, DEFAULT_PATH};
     use secrecy::ExposeSecret;
 
     #[test]

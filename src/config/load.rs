@@ -1,7 +1,15 @@
 //! Reading and parsing the file, resolving paths, filling defaults and
 //! reading the token file.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::error::{invalid, ConfigError};
+use super::paths::{absolute, resolve};
+use super::schema::*;
 
 impl Config {
     /// Read, parse, apply the environment and validate (file-existence
@@ -259,58 +267,13 @@ pub(super) fn key_path_at(text: &str, offset: usize) -> Option<String> {
     in_table(doc.get_ref(), offset, "")
 }
 
-pub(super) fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.as_os_str().is_empty() {
-        // Left empty so that validation reports "must not be empty"
-        // instead of silently meaning the config directory.
-        return PathBuf::new();
-    }
-    clean(&base.join(path))
-}
-
-/// Make `path` absolute against the working directory (lexically).
-pub(super) fn absolute(path: &Path) -> PathBuf {
-    let path = if path.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        path
-    };
-    clean(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
-}
-
-/// Drop `.` components (`/etc/vaultgram/./ca.pem` → `/etc/vaultgram/ca.pem`)
-/// so messages show the path an operator would type. `..` is kept:
-/// removing it lexically is wrong across symlinks.
-pub(super) fn clean(path: &Path) -> PathBuf {
-    path.components()
-        .filter(|c| !matches!(c, Component::CurDir))
-        .collect()
-}
-
-/// `30s`, `5m`, `1h`: digits followed by one unit, greater than zero.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let unit = match text.chars().last()? {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        _ => return None,
-    };
-    let digits = &text[..text.len() - 1];
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    if n == 0 {
-        return None;
-    }
-    n.checked_mul(unit).map(Duration::from_secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_duration;
     use crate::config::testutil::*;
     use secrecy::ExposeSecret;
+    use std::time::Duration;
 
     // --- loading, defaults, env --------------------------------------------
 
@@ -355,10 +318,7 @@ mod tests {
         assert_eq!(c.etcd.connect_timeout_secs, 5);
         assert_eq!(c.etcd.request_timeout_secs, 5);
         assert_eq!(c.telegram.app_path, "telegram");
-        assert_eq!(
-            c.telegram.session_path,
-            crate::records::session::DEFAULT_PATH
-        );
+        assert_eq!(c.telegram.session_path, super::DEFAULT_SESSION_PATH);
         assert_eq!(c.telegram.secret_reply_ttl_secs, 60);
         assert_eq!(c.telegram.mtproto_proxy_host, "proxy.example.com");
         assert_eq!(c.telegram.mtproto_proxy_port, 443);

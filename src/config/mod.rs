@@ -27,103 +27,27 @@
 //! [`Config::redacted_toml`] mask it.
 //!
 //! The module is split by concern: `schema` (the types and defaults),
-//! `load` (reading, parsing, paths, the token file), `env` (the Vault
-//! variables), `validate` (every rule, first failure wins) and `print`
-//! (the redacted rendering); each file's tests sit beside it.
-
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
-
-use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
-use url::Url;
-use zeroize::Zeroizing;
+//! `load` (reading, parsing, the token file), `paths` (where the file is,
+//! paths resolved against it), `env` (the Vault variables), `validate`
+//! (every rule, first failure wins), `values` (durations, proxy URLs),
+//! `print` (the redacted rendering) and `error`; each file's tests sit
+//! beside it. This file only declares and re-exports (no file of the
+//! module imports it back), and nothing here imports the rest of the
+//! crate except the leaf `names`: the config is the ground floor.
 
 mod env;
+mod error;
 mod load;
+mod paths;
 mod print;
 mod schema;
 #[cfg(test)]
 mod testutil;
 mod validate;
+mod values;
 
-pub use load::parse_duration;
-#[allow(unused_imports)]
-use load::*;
-pub use print::proxy_with_address;
-#[allow(unused_imports)]
-use print::*;
+pub use env::process_env;
+pub use error::ConfigError;
+pub use paths::{resolve_path, DEFAULT_PATH};
 pub use schema::*;
-#[allow(unused_imports)]
-use validate::*;
-
-/// Where the config is looked for when neither `--config` nor
-/// `$VAULTGRAM_CONFIG` is given.
-pub const DEFAULT_PATH: &str = "/etc/vaultgram/vaultgram.toml";
-
-/// The commands that may be listed under `approvals.required` (and are by
-/// default): the destructive or secret-revealing ones of `SPEC.md`.
-pub const APPROVABLE_COMMANDS: [&str; 7] = [
-    "kv destroy",
-    "kv metadata delete",
-    "transit rotate",
-    "agent revoke",
-    "mtproto revoke",
-    "panel show --reveal",
-    "operator resume",
-];
-
-/// The pattern operator and agent names must match. They end up in Vault
-/// policy names, token display names and metadata, so they are kept to a
-/// conservative alphabet.
-pub const NAME_PATTERN: &str = "[a-z0-9][a-z0-9_-]{0,62}";
-
-/// What the redacted rendering shows in place of a secret.
-const REDACTED: &str = "<redacted>";
-
-/// Unix `sun_path` is 108 bytes including the terminating NUL.
-const MAX_SOCKET_PATH_BYTES: usize = 107;
-
-/// A configuration problem. The `Display` text is what the operator sees.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// TOML syntax or type error; `message` starts with the key path
-    /// (`` `operators[1].telegram_id`: ``) whenever it can be recovered.
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config key `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
-}
-
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
-}
-
-/// Where the config comes from: explicit `--config`, else
-/// `$VAULTGRAM_CONFIG`, else [`DEFAULT_PATH`].
-pub fn resolve_path(cli: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-    if let Some(path) = cli {
-        return path.to_path_buf();
-    }
-    match env("VAULTGRAM_CONFIG").filter(|v| !v.trim().is_empty()) {
-        Some(path) => PathBuf::from(path),
-        None => PathBuf::from(DEFAULT_PATH),
-    }
-}
-
-/// The process environment as the `env` closure of [`Config::load`]
-/// expects it: unset and empty variables are both `None`.
-pub fn process_env(key: &str) -> Option<String> {
-    std::env::var(key).ok().filter(|v| !v.is_empty())
-}
+pub use values::{parse_duration, proxy_with_address};

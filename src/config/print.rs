@@ -1,6 +1,7 @@
 //! The effective configuration as text, secrets redacted.
 
-use super::*;
+use super::schema::*;
+use super::values::{redact_url_password, REDACTED};
 
 impl Config {
     /// The effective configuration as TOML, for `--print-config`-style
@@ -31,35 +32,6 @@ impl Config {
             }
         }
         out
-    }
-}
-
-/// `proxy` with its host replaced by `ip` (a name resolved by the client).
-pub fn proxy_with_address(proxy: &str, ip: std::net::IpAddr) -> String {
-    match Url::parse(proxy) {
-        Ok(mut url) => {
-            if url.set_ip_host(ip).is_err() {
-                return proxy.to_string();
-            }
-            url.to_string().trim_end_matches('/').to_string()
-        }
-        Err(_) => proxy.to_string(),
-    }
-}
-
-/// Replace the password of a URL (`socks5://u:p@h`) by `<redacted>`.
-pub(super) fn redact_url_password(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(url) if url.password().is_some() => {
-            let user = url.username();
-            let rest = &url[url::Position::BeforeHost..];
-            format!("{}://{user}:{REDACTED}@{rest}", url.scheme())
-        }
-        Ok(_) => raw.to_string(),
-        // Unparsable: it might still hold credentials, so show none of it
-        // if it looks like it does.
-        Err(_) if raw.contains('@') => REDACTED.to_string(),
-        Err(_) => raw.to_string(),
     }
 }
 

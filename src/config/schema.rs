@@ -1,7 +1,40 @@
 //! The configuration's types, as the TOML file spells them, and their
 //! defaults.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::values::{parse_duration, redact_url_password};
+
+/// The default of `telegram.session_path`, below the KV mount: the one
+/// record path spelt outside `records/` (the ground floor cannot import
+/// it; `records::session::DEFAULT_PATH` is this constant).
+pub const DEFAULT_SESSION_PATH: &str = "vaultgram/telegram-session";
+
+/// The commands that may be listed under `approvals.required` (and are by
+/// default): the destructive or secret-revealing ones of `SPEC.md`.
+pub const APPROVABLE_COMMANDS: [&str; 7] = [
+    "kv destroy",
+    "kv metadata delete",
+    "transit rotate",
+    "agent revoke",
+    "mtproto revoke",
+    "panel show --reveal",
+    "operator resume",
+];
+
+/// The pattern operator and agent names must match. They end up in Vault
+/// policy names, token display names and metadata, so they are kept to a
+/// conservative alphabet.
+pub const NAME_PATTERN: &str = "[a-z0-9][a-z0-9_-]{0,62}";
+
+/// Unix `sun_path` is 108 bytes including the terminating NUL.
+pub(super) const MAX_SOCKET_PATH_BYTES: usize = 107;
 
 /// The whole configuration. After [`Config::load`] every file path in it is
 /// absolute and every rule of the module docs holds.
@@ -209,7 +242,7 @@ impl Default for TelegramConfig {
     fn default() -> Self {
         TelegramConfig {
             app_path: "telegram".into(),
-            session_path: crate::records::session::DEFAULT_PATH.into(),
+            session_path: DEFAULT_SESSION_PATH.into(),
             secret_reply_ttl_secs: 60,
             mtproto_proxy_host: "proxy.example.com".into(),
             mtproto_proxy_port: 443,

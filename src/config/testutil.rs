@@ -3,6 +3,9 @@
 
 use tempfile::TempDir;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
 use super::*;
 
 /// A temporary directory holding every file the base config refers to,

@@ -1,6 +1,13 @@
 //! Every rule of the module docs, in file order; the first failure wins.
 
-use super::*;
+use std::collections::HashMap;
+use std::path::Path;
+
+use url::Url;
+
+use super::error::{invalid, ConfigError};
+use super::schema::*;
+use super::values::parse_duration;
 
 /// `telegram.proxy`: what grammers 0.11 can use. It speaks `socks5` only
 /// (no `socks5h`), takes user and password from the URL as written
@@ -229,6 +236,14 @@ impl Config {
         check_at_least("telegram.secret_reply_ttl_secs", t.secret_reply_ttl_secs, 1)?;
         check_at_least("telegram.session_save_secs", t.session_save_secs, 1)?;
         check_at_least("telegram.dedup_ttl_secs", t.dedup_ttl_secs, 60)?;
+        // The stand-in is compiled only into test builds: a production
+        // binary must not quietly run a broker that talks to files.
+        if t.backend == TelegramBackend::File && !cfg!(feature = "telegram-standin") {
+            return Err(invalid(
+                "telegram.backend",
+                "\"file\" is the tests' stand-in for Telegram, and this build does not contain it (built without the `telegram-standin` feature); use \"grammers\"",
+            ));
+        }
         if t.backend == TelegramBackend::File && t.file_dir.is_none() {
             return Err(invalid(
                 "telegram.file_dir",
@@ -505,9 +520,9 @@ pub(super) fn check_at_least(key: &str, value: u64, min: u64) -> Result<(), Conf
 }
 
 /// [`NAME_PATTERN`]: names become Vault policy names (the rule of agent
-/// ids, `records::is_name`).
+/// ids, `names::is_name`).
 pub(super) fn check_name_pattern(key: &str, value: &str) -> Result<(), ConfigError> {
-    if crate::records::is_name(value, false) {
+    if crate::names::is_name(value, false) {
         Ok(())
     } else {
         Err(invalid(key, format!("must match {NAME_PATTERN}")))
@@ -525,7 +540,7 @@ pub(super) fn is_unix_user_name(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::config::proxy_with_address;
     use crate::config::testutil::*;
 
     // --- vault -------------------------------------------------------------

@@ -24,8 +24,9 @@ use super::{
     is_hex, parse_json, read_input, same_secret, store, ImportOptions, MigrateError, Reporter,
     RowOutcome, Session, Summary,
 };
+use crate::clock::now_rfc3339;
 use crate::records::agent::{self, check_id as check_agent_id, token_record};
-use crate::records::{now_rfc3339, sha256_hex};
+use crate::records::sha256_hex;
 
 /// `created_by` of imported agent tokens.
 pub const CREATED_BY: &str = "import:valhalla";

@@ -40,10 +40,12 @@ use super::{
     is_hex, parse_json, read_input, same_field, same_secret, store, ImportOptions, MigrateError,
     Reporter, RowOutcome, Session, Summary,
 };
+use crate::clock::now_rfc3339;
+use crate::ids::{hex, random};
 use crate::records::agent::RESERVED_OWNER;
+use crate::records::field;
 use crate::records::mtproto::{self, fingerprint};
 use crate::records::mtproxy::{PLACEHOLDER_PATH, STATE_PATH};
-use crate::records::{field, hex, now_rfc3339, random};
 use crate::vault::kv::KvData;
 use crate::vault::VaultError;
 

@@ -4,7 +4,8 @@
 
 use secrecy::SecretString;
 
-use super::{is_name, sha256_hex, RecordError};
+use super::common::{sha256_hex, RecordError};
+use crate::names::is_name;
 use crate::vault::kv::KvData;
 
 /// Where agent records live, below the KV mount.

@@ -1,11 +1,9 @@
 //! One audit record: the JSON the audit trail keeps in etcd (under
 //! `<prefix>audit/`) and writes to the log. The store is `crate::audit`.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
-use crate::transport::Transport;
+use crate::transport_kind::Transport;
 
 /// One audit record.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -43,7 +41,7 @@ impl AuditRecord {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         AuditRecord {
-            time: rfc3339(now),
+            time: crate::clock::rfc3339_millis(now),
             at_nanos: now.as_nanos(),
             request_id: request_id.to_string(),
             operator: operator.to_string(),
@@ -86,29 +84,5 @@ impl AuditRecord {
             line.push_str(&format!(" (by {})", e(a)));
         }
         line
-    }
-}
-
-/// Now as RFC 3339 (UTC, milliseconds).
-pub fn now_rfc3339() -> String {
-    rfc3339(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
-}
-
-/// A time since the epoch as RFC 3339 (UTC, milliseconds).
-pub fn rfc3339(since_epoch: Duration) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + since_epoch).to_string()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_shape() {
-        let t = super::now_rfc3339();
-        assert_eq!(t.len(), 24, "{t}");
-        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T');
     }
 }

@@ -2,7 +2,7 @@
 //! `vaultgram/mtproto/OWNER/USER`; OWNER is the issuing agent or `admin`
 //! ([`super::agent::RESERVED_OWNER`]).
 
-use super::sha256_hex;
+use super::common::sha256_hex;
 
 /// Where MTProto records live, below the KV mount.
 pub const DIR: &str = "vaultgram/mtproto";

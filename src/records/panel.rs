@@ -6,7 +6,9 @@
 
 use std::collections::BTreeSet;
 
-use super::{agent, is_name, RecordError};
+use super::agent;
+use super::common::RecordError;
+use crate::names::is_name;
 use crate::vault::kv::KvData;
 
 /// Canonical records (admin-only).

@@ -9,11 +9,12 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::RecordError;
+use super::common::RecordError;
 use crate::vault::kv::KvData;
 
-/// The default of `telegram.session_path`, below the KV mount.
-pub const DEFAULT_PATH: &str = "vaultgram/telegram-session";
+/// The default of `telegram.session_path`, below the KV mount (the
+/// config owns its defaults; this is the same constant).
+pub const DEFAULT_PATH: &str = crate::config::DEFAULT_SESSION_PATH;
 
 /// Who wrote a version of the record.
 pub const WRITTEN_BY_LOGIN: &str = "login";
@@ -41,7 +42,7 @@ pub fn record(ciphertext: String, format: &str, node: &str, meta: &Meta) -> KvDa
     data.insert("saved_by".to_string(), SecretString::from(node.to_string()));
     data.insert(
         "saved_at".to_string(),
-        SecretString::from(super::audit::now_rfc3339()),
+        SecretString::from(crate::clock::now_rfc3339_millis()),
     );
     data.insert(
         "written_by".to_string(),

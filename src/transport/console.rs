@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::config::Operator;
 use crate::context::CommandResult;
 use crate::dispatch::App;
-use crate::transport::Transport;
+use crate::transport_kind::Transport;
 
 /// Renders one result as `console --json` prints it (SPEC.md):
 /// `{"ok":true,"text":…,"secret":…,"data":{…}}` or

@@ -29,7 +29,7 @@ use super::console::render_json;
 use crate::command::lexer::MAX_LINE_BYTES;
 use crate::context::CommandError;
 use crate::dispatch::App;
-use crate::transport::Transport;
+use crate::transport_kind::Transport;
 
 /// Failures of the socket transport.
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +216,7 @@ async fn dispatch_line(
 pub fn join_words(words: &[String]) -> String {
     words
         .iter()
-        .map(|w| crate::command::quote(w))
+        .map(|w| crate::command::args::quote(w))
         .collect::<Vec<_>>()
         .join(" ")
 }

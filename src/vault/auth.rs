@@ -21,7 +21,8 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 use vaultrs::api::AuthInfo;
 
-use super::{Vault, VaultError};
+use super::client::Vault;
+use super::error::VaultError;
 use crate::config::{AuthMethod, VaultConfig};
 
 /// Default AppRole role name (SPEC.md: the `approle` role `vaultgram`).

@@ -28,8 +28,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use vaultrs::client::Client as _;
 use zeroize::Zeroizing;
 
-use super::wrap::{RawWrapInfo, WrapTtl};
-use super::{Vault, VaultError};
+use super::client::Vault;
+use super::error::VaultError;
+use super::wrap_ttl::WrapTtl;
 
 /// One Vault API call. `path` is relative to `/v1/` (the vaultrs middleware
 /// prefixes it) and split into URL segments, each percent-encoded.
@@ -293,6 +294,19 @@ fn transport_text(e: &rustify::errors::ClientError) -> String {
 }
 
 /// The envelope of every Vault answer. Only what we read is declared, so
+/// `wrap_info` of a wrapped answer.
+#[derive(Deserialize)]
+pub(super) struct RawWrapInfo {
+    pub(super) token: SecretString,
+    #[serde(default)]
+    pub(super) accessor: String,
+    pub(super) ttl: u64,
+    #[serde(default)]
+    pub(super) creation_time: String,
+    #[serde(default)]
+    pub(super) creation_path: String,
+}
+
 /// fields one server sends and another does not cannot break parsing.
 #[derive(Deserialize)]
 pub(super) struct Envelope<T> {

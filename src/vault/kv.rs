@@ -15,8 +15,9 @@ use rustify::enums::RequestMethod;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use super::client::Vault;
+use super::error::VaultError;
 use super::http::{check_fields, parse_data, parse_envelope, ExposedMap, Req, SecretMap};
-use super::{Vault, VaultError};
 // Refused anywhere in a path: controls and the invisible characters that
 // make a path look like another in a chat.
 use crate::text::forbidden_char;
@@ -746,8 +747,7 @@ fn is_at_or_before(ts: &str, now_unix: u64) -> bool {
 /// `YYYY-MM-DDTHH:MM:SS` (UTC) for a Unix time: the prefix every Vault
 /// timestamp shares, so string comparison orders them.
 fn rfc3339_seconds(unix: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
-    let mut s = humantime::format_rfc3339_seconds(t).to_string();
+    let mut s = crate::clock::rfc3339_secs(unix);
     s.pop(); // the trailing 'Z'
     s
 }

@@ -41,8 +41,25 @@ pub struct HealthResponse {
 
 use rustify::enums::RequestMethod;
 
+use super::client::{Health, Vault};
+use super::error::VaultError;
 use super::http::{parse_envelope, Req};
-use super::{Vault, VaultError};
+
+impl Vault {
+    /// `sys/health`: whether the server is initialised, sealed, standby.
+    pub async fn health(&self) -> Result<Health, VaultError> {
+        let r = crate::metrics::time_vault(
+            "sys_health",
+            vaultrs::api::exec_with_no_result(&self.client, HealthRequest::always_ok()),
+        )
+        .await?;
+        Ok(Health {
+            initialized: r.initialized,
+            sealed: r.sealed,
+            standby: r.standby,
+        })
+    }
+}
 
 /// `sys/leader` (unauthenticated): HA mode and the active node.
 #[derive(Debug, Clone, Deserialize, Serialize)]

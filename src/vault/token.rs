@@ -21,7 +21,8 @@ use tokio::time::Instant;
 use vaultrs::api::token::requests::CreateRoleTokenRequestBuilder;
 
 use super::auth::{operator_meta, TokenManager};
-use super::{Vault, VaultError};
+use super::client::Vault;
+use super::error::VaultError;
 use crate::config::{Operator, Role};
 
 /// How long a child token lives. Short: it is re-minted on demand.

@@ -6,8 +6,9 @@
 use rustify::enums::RequestMethod;
 use serde::{Deserialize, Serialize};
 
+use super::client::Vault;
+use super::error::VaultError;
 use super::http::{check_mount, check_name, parse_data, Req};
-use super::{Vault, VaultError};
 
 /// The Vault TOTP mount that checks approval codes (`apply.sh` enables it).
 pub const MOUNT: &str = "totp";

@@ -13,8 +13,9 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::client::Vault;
+use super::error::VaultError;
 use super::http::{check_mount, check_name, parse_data, parse_envelope, Req};
-use super::{Vault, VaultError};
 
 /// A transit key as `vault read transit/keys/KEY` shows it (no key material).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -591,7 +591,7 @@ fn wait_etcd_healthy(env: &Env) {
 /// authenticate to etcd without a quorum.
 fn etcd_outage_fails_no_command_through_audit(env: &Env) {
     use vaultgram::dispatch::App;
-    use vaultgram::transport::Transport;
+    use vaultgram::transport_kind::Transport;
     let c = env.cluster();
     // The key exists, so the request is valid and only etcd is missing.
     create_transit_key(env, "it-approve-outage");

@@ -14,7 +14,7 @@ use vaultgram::config::{AuthMethod, Config};
 use vaultgram::dispatch::App;
 use vaultgram::error::ErrorKind;
 use vaultgram::leader::Elector;
-use vaultgram::transport::Transport;
+use vaultgram::transport_kind::Transport;
 
 use super::TestFn;
 use crate::common::cluster::{random_hex, Cluster};

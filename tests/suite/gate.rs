@@ -320,7 +320,7 @@ fn pending_and_audit_escaped(env: &Env) {
         "id": id, "requester": "alice\u{1b}[1A", "command": "kv metadata delete",
         "target": "secret/x/\rimportant", "line": evil_line, "request_id": "r1",
         "transport": "console", "created_at": "2026-01-01T00:00:00Z",
-        "expires_at": vaultgram::etcd::unix_secs() + 600, "ttl_secs": 600,
+        "expires_at": vaultgram::clock::unix_secs() + 600, "ttl_secs": 600,
     });
     let key = format!("/vaultgram/approvals/pending/{id}");
     let out = c.etcdctl(&["put", &key, &req.to_string()], true);
@@ -534,7 +534,7 @@ fn agent_cancels_own_request(env: &Env) {
 fn denials_do_not_churn_tokens(env: &Env) {
     use std::sync::Arc;
     use vaultgram::dispatch::App;
-    use vaultgram::transport::Transport;
+    use vaultgram::transport_kind::Transport;
     let cfg = env.config();
     let bob = crate::common::operator(&cfg, "bob");
     let send = |app: &Arc<App>, line: &'static str| {

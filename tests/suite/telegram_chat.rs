@@ -430,7 +430,7 @@ fn long_notices_split(env: &Env) {
                 "test",
                 &["alice"],
                 &text,
-                vaultgram::etcd::unix_secs() + 600,
+                vaultgram::clock::unix_secs() + 600,
             )
             .await
             .unwrap();
@@ -488,7 +488,7 @@ fn flood_wait_stalls_nothing(env: &Env) {
                 "test",
                 &["alice"],
                 &marker,
-                vaultgram::etcd::unix_secs() + 600,
+                vaultgram::clock::unix_secs() + 600,
             )
             .await
             .unwrap();
@@ -571,7 +571,7 @@ fn fresh_login_reaches_admins(env: &Env) {
                 "test",
                 &["dave"],
                 &to_dave,
-                vaultgram::etcd::unix_secs() + 600,
+                vaultgram::clock::unix_secs() + 600,
             )
             .await
             .unwrap();
@@ -602,7 +602,7 @@ fn fresh_login_reaches_admins(env: &Env) {
                 "test",
                 &["carol"],
                 &to_carol,
-                vaultgram::etcd::unix_secs() + 600,
+                vaultgram::clock::unix_secs() + 600,
             )
             .await
             .unwrap();

@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::json;
 use vaultgram::dispatch::App;
 use vaultgram::error::ErrorKind;
-use vaultgram::transport::Transport;
+use vaultgram::transport_kind::Transport;
 
 use super::TestFn;
 use crate::common::cluster::{random_hex, vault_etcd_config, Cluster};

@@ -99,8 +99,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use super::chat::{rpc_error, Authorization, ChatError};
 use super::route::{Incoming, Origin};
-use super::{rpc_error, ChatError, Delivery, Mark};
 
 pub const FORMAT: &str = "file-v1";
 /// This account's own user id in the stand-in (Saved Messages).
@@ -335,13 +335,11 @@ pub struct FileUpdates {
 }
 
 impl FileUpdates {
-    pub async fn next(&mut self) -> Result<Delivery, ChatError> {
+    /// The next update and the inbox position after it.
+    pub async fn next(&mut self) -> Result<(Option<Incoming>, usize), ChatError> {
         loop {
             if let Some((line, msg)) = self.buffer.pop_front() {
-                return Ok(Delivery {
-                    msg,
-                    mark: Mark::File(line),
-                });
+                return Ok((msg, line));
             }
             match self.rx.recv().await {
                 Some(packet) => self.buffer.extend(packet),
@@ -433,6 +431,13 @@ impl FileChat {
         let faults: Arc<Faults> = Arc::default();
         let stop = CancellationToken::new();
         let (tx, rx) = mpsc::channel(UPDATES_CAPACITY);
+        // What is in the inbox now is the catch-up; fixed before `start` is
+        // announced, so a line a test writes after seeing `start` is live
+        // however late the network task first runs (it once raced: a live
+        // `latency` control counted as catch-up and was ignored).
+        let catch_up = std::fs::read_to_string(dir.join("inbox.jsonl"))
+            .map(|t| t.rfind('\n').map(|i| t[..=i].lines().count()).unwrap_or(0))
+            .unwrap_or(0);
         append(
             dir,
             "outbox.jsonl",
@@ -444,6 +449,7 @@ impl FileChat {
         let network = tokio::spawn(network(
             dir.to_path_buf(),
             offset,
+            catch_up,
             tx,
             faults.clone(),
             state.clone(),
@@ -611,7 +617,7 @@ impl FileChat {
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             .unwrap_or(RANDOM_ID_WINDOW_MS);
-        let now = crate::etcd::unix_ms();
+        let now = crate::clock::unix_ms();
         let seen = outbox.lines().any(|l| {
             serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
                 v["random_id"].as_i64() == Some(random_id)
@@ -698,21 +704,21 @@ impl FileChat {
     /// grammers: `account.getAuthorizations`: this session (current) and
     /// the others of `authorizations.json` in the dir (`[{"hash":…,
     /// "device":…,"app":…,"created":…,"active":…}]`).
-    pub async fn authorizations(&self) -> Result<Vec<super::Authorization>, ChatError> {
+    pub async fn authorizations(&self) -> Result<Vec<Authorization>, ChatError> {
         self.request().await?;
-        let mut all: Vec<super::Authorization> =
+        let mut all: Vec<Authorization> =
             std::fs::read_to_string(self.dir.join("authorizations.json"))
                 .ok()
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
         all.insert(
             0,
-            super::Authorization {
+            Authorization {
                 hash: self.loaded_key.clone(),
                 device: "vaultgram".into(),
                 app: "file stand-in".into(),
                 created: 0,
-                active: crate::etcd::unix_secs() as i64,
+                active: crate::clock::unix_secs() as i64,
                 current: true,
             },
         );
@@ -822,6 +828,7 @@ const DIFFERENCE_BATCH: usize = 100;
 async fn network(
     path: PathBuf,
     mut received: usize,
+    catch_up: usize,
     tx: mpsc::Sender<Packet>,
     faults: Arc<Faults>,
     state: Arc<Mutex<State>>,
@@ -829,9 +836,6 @@ async fn network(
 ) {
     let inbox = path.join("inbox.jsonl");
     let mut dropped = 0usize;
-    let catch_up = std::fs::read_to_string(&inbox)
-        .map(|t| t.rfind('\n').map(|i| t[..=i].lines().count()).unwrap_or(0))
-        .unwrap_or(0);
     let batch_size = std::fs::read_to_string(path.join("difference_batch"))
         .ok()
         .and_then(|t| t.trim().parse::<usize>().ok())

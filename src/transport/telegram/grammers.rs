@@ -33,9 +33,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
+use super::chat::{rpc_error, Authorization, ChatError, LoginPrompt};
 use super::login::{self, Check, LoginSteps, SignIn};
 use super::route::{Incoming, Origin};
-use super::{rpc_error, ChatError, Delivery, LoginPrompt, Mark};
 
 pub const FORMAT: &str = "grammers-0.11";
 
@@ -267,15 +267,16 @@ pub struct GrammersUpdates {
 }
 
 impl GrammersUpdates {
-    pub async fn next(&mut self) -> Result<Delivery, ChatError> {
+    /// The next update and its state.
+    pub async fn next(&mut self) -> Result<(Option<Incoming>, UpdateMark), ChatError> {
         let update = self.stream.next().await.map_err(rpc)?;
-        let mark = Mark::Grammers(UpdateMark(update.state().clone()));
+        let mark = UpdateMark(update.state().clone());
         let (m, edited) = match update {
             Update::NewMessage(m) => (m, false),
             // An edit is shown to the runner too: never run, but a secret
             // edited into an operator's message is still deleted.
             Update::MessageEdited(m) => (m, true),
-            _ => return Ok(Delivery { msg: None, mark }),
+            _ => return Ok((None, mark)),
         };
         let chat = m.peer_id();
         let outgoing = m.outgoing();
@@ -310,15 +311,12 @@ impl GrammersUpdates {
             },
             origin,
         };
-        Ok(Delivery {
-            msg: Some(msg),
-            mark,
-        })
+        Ok((Some(msg), mark))
     }
 }
 
 /// `account.getAuthorizations`, as the broker shows them.
-async fn authorizations(client: &Client) -> Result<Vec<super::Authorization>, ChatError> {
+async fn authorizations(client: &Client) -> Result<Vec<Authorization>, ChatError> {
     let tl::enums::account::Authorizations::Authorizations(all) = client
         .invoke(&tl::functions::account::GetAuthorizations {})
         .await
@@ -326,20 +324,18 @@ async fn authorizations(client: &Client) -> Result<Vec<super::Authorization>, Ch
     Ok(all
         .authorizations
         .into_iter()
-        .map(
-            |tl::enums::Authorization::Authorization(a)| super::Authorization {
-                hash: a.hash.to_string(),
-                device: format!("{} {}", a.device_model, a.platform)
-                    .trim()
-                    .to_string(),
-                app: format!("{} {}", a.app_name, a.app_version)
-                    .trim()
-                    .to_string(),
-                created: i64::from(a.date_created),
-                active: i64::from(a.date_active),
-                current: a.current,
-            },
-        )
+        .map(|tl::enums::Authorization::Authorization(a)| Authorization {
+            hash: a.hash.to_string(),
+            device: format!("{} {}", a.device_model, a.platform)
+                .trim()
+                .to_string(),
+            app: format!("{} {}", a.app_name, a.app_version)
+                .trim()
+                .to_string(),
+            created: i64::from(a.date_created),
+            active: i64::from(a.date_active),
+            current: a.current,
+        })
         .collect())
 }
 
@@ -534,7 +530,7 @@ impl GrammersChat {
     }
 
     /// The account's authorizations (`account.getAuthorizations`).
-    pub async fn authorizations(&self) -> Result<Vec<super::Authorization>, ChatError> {
+    pub async fn authorizations(&self) -> Result<Vec<Authorization>, ChatError> {
         authorizations(&self.client).await
     }
 

@@ -31,8 +31,46 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::chat::ChatError;
+use super::grammers::UpdateMark;
 use super::route::Incoming;
-use super::{Delivery, Source};
+
+/// An update's own state, persisted only after the runner finished with
+/// it (so a failover neither skips nor refetches).
+pub(crate) enum Mark {
+    Grammers(UpdateMark),
+    /// An inbox position (the stand-in's line after the update).
+    #[cfg_attr(not(feature = "telegram-standin"), allow(dead_code))]
+    Position(usize),
+}
+
+impl Mark {
+    /// Folds the state of a `later` update into this one when it belongs
+    /// to the same message box (committing the later state alone says all
+    /// that committing both would), or gives it back.
+    pub(crate) fn absorb(&mut self, later: Mark) -> Result<(), Mark> {
+        match (self, later) {
+            (Mark::Position(a), Mark::Position(b)) => {
+                *a = (*a).max(b);
+                Ok(())
+            }
+            (Mark::Grammers(a), Mark::Grammers(b)) => a.absorb(b).map_err(Mark::Grammers),
+            (_, later) => Err(later),
+        }
+    }
+}
+
+/// One update as the client library hands it over: a new message, or
+/// anything else (`msg: None`), with its state.
+pub(crate) struct Delivery {
+    pub msg: Option<Incoming>,
+    pub mark: Mark,
+}
+
+/// An update stream (grammers' `UpdateStream`, or the stand-in's).
+pub(crate) trait Source: Send + 'static {
+    fn next(&mut self) -> impl Future<Output = Result<Delivery, ChatError>> + Send;
+}
 
 /// Operator commands waiting for the runner, at most; past this the
 /// reader waits (state-only updates never take a place).
@@ -298,7 +336,8 @@ mod tests {
 
     use zeroize::Zeroizing;
 
-    use super::super::{ChatError, Mark};
+    use super::super::chat::ChatError;
+    use super::Mark;
     use super::*;
 
     /// A source that always has another update at once, like a busy
@@ -341,7 +380,7 @@ mod tests {
                 }
                 Ok(Delivery {
                     msg,
-                    mark: Mark::File(n),
+                    mark: Mark::Position(n),
                 })
             }
         }
@@ -386,7 +425,7 @@ mod tests {
         let mut got = Vec::new();
         while rx.len() > 0 {
             let (_, d) = rx.recv().await.unwrap();
-            let Mark::File(n) = d.mark else { panic!() };
+            let Mark::Position(n) = d.mark else { panic!() };
             got.push((d.msg.is_some(), n));
         }
         assert_eq!(
@@ -431,7 +470,7 @@ mod tests {
                 match next {
                     Some(mark) => Ok(Delivery {
                         msg: Some(message(mark, 1)),
-                        mark: Mark::File(mark),
+                        mark: Mark::Position(mark),
                     }),
                     // Waits for the network (a fresh batch never comes).
                     None => std::future::pending().await,

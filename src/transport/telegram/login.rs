@@ -8,7 +8,7 @@ use std::future::Future;
 
 use secrecy::ExposeSecret;
 
-use super::{ChatError, LoginPrompt};
+use super::chat::{ChatError, LoginPrompt};
 
 /// Attempts per login code and per 2FA password before giving up.
 pub const MAX_TRIES: usize = 3;

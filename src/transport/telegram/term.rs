@@ -11,15 +11,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use zeroize::Zeroizing;
 
+use super::chat::ChatError;
+use super::client::{start_client, Client};
 use super::intake::IntakeRx;
 use super::route::{self, Deletion, Handled, Incoming, Route};
 use super::session::SessionStore;
-use super::{start_client, ChatError, Client};
 use crate::config::Config;
 use crate::dispatch::App;
 use crate::etcd::{Claim, SharedLease};
 use crate::leader::Leadership;
-use crate::transport::Transport;
+use crate::transport_kind::Transport;
 use crate::vault::VaultError;
 
 /// How often at most the strangers' messages get an audit record.
@@ -108,10 +109,7 @@ impl Term<'_> {
         };
         self.me
             .store(client.me(), std::sync::atomic::Ordering::Relaxed);
-        let backend = match &client {
-            Client::Grammers(_) => "grammers",
-            Client::File(_) => "file",
-        };
+        let backend = client.backend();
         tracing::info!(node = self.node, backend, "telegram client started");
         self.started
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -170,7 +168,7 @@ impl Term<'_> {
                     // branch body, so a command is never cut in half.
                     Some((n, d)) => {
                         if let Some(msg) = d.msg {
-                            self.app.runtime.set_telegram(|s| s.last_update = Some(crate::etcd::unix_secs()));
+                            self.app.runtime.set_telegram(|s| s.last_update = Some(crate::clock::unix_secs()));
                             if let Err(e) = self.handle(&client, msg).await {
                                 // Not committed: delivered again after a restart.
                                 break Err(e);
@@ -321,7 +319,7 @@ impl Term<'_> {
         self.app.runtime.set_telegram(|s| {
             s.connected = false;
             s.problem = problem;
-            s.down_since.get_or_insert_with(crate::etcd::unix_secs);
+            s.down_since.get_or_insert_with(crate::clock::unix_secs);
         });
     }
 
@@ -378,7 +376,7 @@ impl Term<'_> {
         serde_json::to_vec(&Handled {
             state: state.into(),
             node: self.node.into(),
-            at: crate::etcd::unix_secs(),
+            at: crate::clock::unix_secs(),
         })
         .unwrap_or_default()
     }
@@ -461,7 +459,7 @@ impl Term<'_> {
     async fn handle(&self, client: &Client, msg: Incoming) -> Result<(), ChatError> {
         let cfg: &Config = &self.app.cfg;
         let me = client.me();
-        let now = crate::etcd::unix_secs() as i64;
+        let now = crate::clock::unix_secs() as i64;
         let route = route::route(
             &msg,
             &cfg.operators,
@@ -628,7 +626,7 @@ impl Term<'_> {
         let reply_deletion = secret.then(|| Deletion {
             chat: msg.chat,
             ids: Vec::new(),
-            due_ms: crate::etcd::unix_ms() + cfg.telegram.secret_reply_ttl_secs * 1000,
+            due_ms: crate::clock::unix_ms() + cfg.telegram.secret_reply_ttl_secs * 1000,
             replies_to: Some(msg.id),
             account: me,
         });
@@ -718,7 +716,7 @@ impl Term<'_> {
         let d = Deletion {
             chat: msg.chat,
             ids: vec![msg.id],
-            due_ms: crate::etcd::unix_ms(),
+            due_ms: crate::clock::unix_ms(),
             replies_to: None,
             account: client.me(),
         };
@@ -871,7 +869,7 @@ impl Term<'_> {
                 "relogin",
                 &names,
                 &text,
-                crate::etcd::unix_secs() + 24 * 3600,
+                crate::clock::unix_secs() + 24 * 3600,
             )
             .await
         {
@@ -885,7 +883,7 @@ impl Term<'_> {
         match tokio::time::timeout(Duration::from_secs(10), client.authorizations()).await {
             Ok(Ok(all)) => {
                 let value = serde_json::json!({
-                    "fetched_at": crate::etcd::unix_secs(),
+                    "fetched_at": crate::clock::unix_secs(),
                     "authorizations": all,
                 })
                 .to_string();
@@ -924,7 +922,7 @@ impl Term<'_> {
         if !login {
             return;
         }
-        let when = crate::records::audit::rfc3339(Duration::from_secs(msg.date.max(0) as u64));
+        let when = crate::clock::rfc3339_millis(Duration::from_secs(msg.date.max(0) as u64));
         self.app
             .svc
             .alert(
@@ -961,8 +959,8 @@ impl Term<'_> {
             }
             let text = format!(
                 "{n} command(s) you sent while the userbot was not reading (the oldest {} ago) were not run: commands older than {} are not run after downtime. Send again what you still need.",
-                crate::command::info::fmt_duration(oldest),
-                crate::command::info::fmt_duration(limit)
+                crate::command::reply::fmt_duration(oldest),
+                crate::command::reply::fmt_duration(limit)
             );
             if let Err(e) = client.send(chat, 0, &text, false).await {
                 tracing::warn!(chat, error = %e, "telegram: stale-command notice not sent");
@@ -989,7 +987,7 @@ impl Term<'_> {
         else {
             return Ok(());
         };
-        let now = crate::etcd::unix_ms();
+        let now = crate::clock::unix_ms();
         for entry in queued {
             if self.term.is_lost() {
                 return Ok(());
@@ -1118,7 +1116,7 @@ impl Term<'_> {
                 return;
             }
         };
-        let now = crate::etcd::unix_ms();
+        let now = crate::clock::unix_ms();
         let me = client.me();
         for entry in due {
             let Ok(d) = serde_json::from_slice::<Deletion>(&entry.value) else {
@@ -1180,7 +1178,11 @@ impl Term<'_> {
 /// Commits the state of the last handled update if its position is
 /// settled (everything up to it has been read and handled): never a
 /// position inside a batch whose rest still waits.
-async fn commit_settled(client: &Client, rx: &IntakeRx, handled: &mut Option<(u64, super::Mark)>) {
+async fn commit_settled(
+    client: &Client,
+    rx: &IntakeRx,
+    handled: &mut Option<(u64, super::intake::Mark)>,
+) {
     if let Some((n, _)) = handled {
         if rx.settled(*n) {
             if let Some((_, mark)) = handled.take() {
