@@ -80,12 +80,6 @@ fn host_recovery_command(ctx: &Ctx<'_>, cmd: &Command) -> bool {
         }
 }
 
-fn request_id() -> String {
-    let mut b = [0u8; 6];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl App {
     /// Logs in to Vault and connects to etcd.
     pub async fn start(cfg: Config) -> Result<Arc<App>, StartError> {
@@ -102,11 +96,7 @@ impl App {
                 etcd.clone(),
                 &cfg.etcd.prefix,
                 cfg.security.clone(),
-                cfg.operators
-                    .iter()
-                    .filter(|o| o.role == crate::config::Role::Admin)
-                    .map(|o| o.name.clone())
-                    .collect(),
+                cfg.admin_names(),
             ),
             notifier: crate::notify::Notifier::new(etcd.clone(), &cfg.etcd.prefix),
             runtime: Runtime::default(),
@@ -131,7 +121,12 @@ impl App {
         transport: Transport,
         text: &str,
     ) -> Option<CommandResult> {
-        let rid = request_id();
+        // Every record of the request carries this id; without the OS
+        // random source there is none to give (and no token to mint).
+        let rid = match crate::ids::random_hex::<6>() {
+            Ok(r) => r,
+            Err(e) => return op.map(|_| Err(CommandError::unavailable(e.to_string()))),
+        };
         let Some(op) = op else {
             self.audit
                 .record(AuditRecord::new(

@@ -15,50 +15,9 @@ use crate::command::kv::{KvCommand, KvMetadataCommand};
 use crate::command::{AgentCommand, Command, MtprotoCommand, PanelCommand, TransitCommand};
 use crate::context::CommandError;
 
-/// An effect that `approvals.required` can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
-    /// Versions of a secret are gone for good.
-    DestroyVersions,
-    /// A secret with its whole history is gone.
-    DeleteMetadata,
-    /// A transit key gets a new version.
-    RotateKey,
-    /// An agent's API token stops working.
-    RevokeAgent,
-    /// A user's MTProto secret stops working.
-    RevokeMtproto,
-    /// A panel's password is shown.
-    RevealPanelPassword,
-    /// A suspended operator (a possibly stolen account) is trusted again.
-    ResumeOperator,
-}
-
-impl Effect {
-    pub const ALL: [Effect; 7] = [
-        Effect::DestroyVersions,
-        Effect::DeleteMetadata,
-        Effect::RotateKey,
-        Effect::RevokeAgent,
-        Effect::RevokeMtproto,
-        Effect::RevealPanelPassword,
-        Effect::ResumeOperator,
-    ];
-
-    /// The name used in `approvals.required` (the canonical command that
-    /// has this effect).
-    pub fn name(self) -> &'static str {
-        match self {
-            Effect::DestroyVersions => "kv destroy",
-            Effect::DeleteMetadata => "kv metadata delete",
-            Effect::RotateKey => "transit rotate",
-            Effect::RevokeAgent => "agent revoke",
-            Effect::RevokeMtproto => "mtproto revoke",
-            Effect::RevealPanelPassword => "panel show --reveal",
-            Effect::ResumeOperator => "operator resume",
-        }
-    }
-}
+/// The effects are the vocabulary of `approvals.required`: the config
+/// (the ground floor) defines them, classification lives here.
+pub use crate::config::Effect;
 
 /// The managed area `path` (inside the mount, no trailing slash) is in,
 /// with the command that owns it.
@@ -103,12 +62,7 @@ fn classify_kv(c: &KvCommand, kv_mount: &str) -> Result<Vec<Effect>, CommandErro
         )));
     }
     let p = path.path();
-    let writes = !matches!(
-        c,
-        KvCommand::Get { .. }
-            | KvCommand::List { .. }
-            | KvCommand::Metadata(KvMetadataCommand::Get { .. })
-    );
+    let writes = !c.is_read_only();
     if let Some((dir, owner)) = managed(p) {
         match c {
             KvCommand::Get { field, .. }
@@ -137,7 +91,6 @@ fn classify_kv(c: &KvCommand, kv_mount: &str) -> Result<Vec<Effect>, CommandErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::APPROVABLE_COMMANDS;
 
     /// Classifies `line`, with `{agents}`, `{panels}`, `{copies}`,
     /// `{mtproto}` and `{mtproxy}` standing for the record folders.
@@ -150,12 +103,6 @@ mod tests {
             .replace("{mtproto}", mtproto::DIR)
             .replace("{mtproxy}", mtproxy::DIR);
         classify(&Command::parse(&line).unwrap(), "secret")
-    }
-
-    #[test]
-    fn effect_names_are_the_approvable_commands() {
-        let names: Vec<&str> = Effect::ALL.iter().map(|e| e.name()).collect();
-        assert_eq!(names, APPROVABLE_COMMANDS.to_vec());
     }
 
     /// The effect table, total: every command of the command table, with

@@ -37,6 +37,10 @@ pub enum EtcdError {
     Denied(String),
     #[error("etcd unavailable: {0}")]
     Unavailable(String),
+    /// A request caught by an election ("etcdserver: leader changed"):
+    /// unavailable, but a new leader is there by the time it fails.
+    #[error("etcd unavailable: {0}")]
+    LeaderChanged(String),
     #[error("etcd rejected the request: {0}")]
     Invalid(String),
     /// A lease that expired or was revoked (gRPC NotFound).
@@ -53,9 +57,10 @@ impl EtcdError {
             EtcdError::Denied(_) => ErrorKind::Denied,
             EtcdError::Invalid(_) => ErrorKind::Invalid,
             EtcdError::NotFound(_) => ErrorKind::NotFound,
-            EtcdError::ReadFile { .. } | EtcdError::Unavailable(_) | EtcdError::NotLeader => {
-                ErrorKind::Unavailable
-            }
+            EtcdError::ReadFile { .. }
+            | EtcdError::Unavailable(_)
+            | EtcdError::LeaderChanged(_)
+            | EtcdError::NotLeader => ErrorKind::Unavailable,
         }
     }
 }
@@ -75,6 +80,10 @@ impl From<etcd_client::Error> for EtcdError {
                     Code::NotFound => EtcdError::NotFound(msg),
                     Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
                         EtcdError::Invalid(msg)
+                    }
+                    // etcd's own wording: the one place it is read.
+                    _ if msg.contains("leader changed") => {
+                        EtcdError::LeaderChanged(format!("{:?}: {msg}", status.code()))
                     }
                     _ => EtcdError::Unavailable(format!("{:?}: {msg}", status.code())),
                 }
@@ -716,7 +725,8 @@ where
     let mut attempt = 0;
     let mut slow_retry_left = true;
     loop {
-        let started = Instant::now();
+        // tokio's clock: the unit tests run it paused.
+        let started = tokio::time::Instant::now();
         match op().await {
             Ok(v) => return Ok(v),
             Err(e) => {
@@ -726,13 +736,13 @@ where
                 // fails slowly with "leader changed", but a new leader is
                 // there by then: these idempotent calls get one more try
                 // (seen in CI: /pending failed after 2.96 s).
-                let leader_changed = slow_retry_left
-                    && matches!(&e, EtcdError::Unavailable(m) if m.contains("leader changed"));
+                let leader_changed = slow_retry_left && matches!(e, EtcdError::LeaderChanged(_));
                 if leader_changed && !fast {
                     slow_retry_left = false;
                 }
-                if attempt < 8 && (fast || leader_changed) && matches!(e, EtcdError::Unavailable(_))
-                {
+                let unavailable =
+                    matches!(e, EtcdError::Unavailable(_) | EtcdError::LeaderChanged(_));
+                if attempt < 8 && (fast || leader_changed) && unavailable {
                     attempt += 1;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(200));
@@ -932,15 +942,159 @@ impl SharedLease {
         etcd: &Etcd,
         items: &[(String, Vec<u8>)],
     ) -> Result<(), EtcdError> {
-        let lease = self.get(etcd).await?;
-        match etcd.put_all(items, lease).await {
-            Err(EtcdError::NotFound(_)) => {
-                // The meta key was attached to that lease: it is gone too.
-                self.invalidate();
-                let lease = self.get(etcd).await?;
-                etcd.put_all(items, lease).await
-            }
-            other => other,
+        retry_on_lost_lease(
+            || self.get(etcd),
+            // The meta key was attached to that lease: it is gone too.
+            || self.invalidate(),
+            |lease| etcd.put_all(items, lease),
+        )
+        .await
+    }
+}
+
+/// The lease-loss rule, in one place: runs `write` on the lease(s) `get`
+/// gives; when etcd answers that a lease is gone (revoked by hand, lost
+/// with a restore: gRPC `NotFound`), `forget` drops the cached ones and
+/// `write` runs once more on fresh ones. Anything else is returned as is.
+pub async fn retry_on_lost_lease<L, T, E, GF, WF>(
+    get: impl Fn() -> GF,
+    forget: impl FnOnce(),
+    write: impl Fn(L) -> WF,
+) -> Result<T, E>
+where
+    GF: std::future::Future<Output = Result<L, E>>,
+    WF: std::future::Future<Output = Result<T, EtcdError>>,
+    E: From<EtcdError>,
+{
+    match write(get().await?).await {
+        Err(EtcdError::NotFound(_)) => {
+            forget();
+            Ok(write(get().await?).await?)
         }
+        other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn status(code: tonic::Code, msg: &str) -> etcd_client::Error {
+        etcd_client::Error::GRpcStatus(tonic::Status::new(code, msg))
+    }
+
+    /// Runs `retrying` on answers from `script` (one per call; the last
+    /// repeats), each taking `took`; returns the outcome and the calls.
+    async fn run(script: &[(tonic::Code, &str)], took: Duration) -> (Result<(), EtcdError>, usize) {
+        let calls = Cell::new(0usize);
+        let r = retrying(Duration::from_secs(1), || {
+            let n = calls.get();
+            calls.set(n + 1);
+            let (code, msg) = script[n.min(script.len() - 1)];
+            async move {
+                tokio::time::sleep(took).await;
+                match code {
+                    tonic::Code::Ok => Ok(()),
+                    c => Err(status(c, msg)),
+                }
+            }
+        })
+        .await;
+        (r, calls.get())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_unavailable_is_retried_eight_times() {
+        let (r, calls) = run(&[(tonic::Code::Unavailable, "refused")], Duration::ZERO).await;
+        assert!(matches!(r, Err(EtcdError::Unavailable(_))), "{r:?}");
+        assert_eq!(calls, 9);
+        let ok = [
+            (tonic::Code::Unavailable, "refused"),
+            (tonic::Code::Unavailable, "refused"),
+            (tonic::Code::Ok, ""),
+        ];
+        let (r, calls) = run(&ok, Duration::ZERO).await;
+        assert!(r.is_ok());
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_failures_come_back_at_once() {
+        // Took the whole budget (no quorum): a command must fail in
+        // bounded time.
+        let (r, calls) = run(
+            &[(tonic::Code::Unavailable, "timeout")],
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(matches!(r, Err(EtcdError::Unavailable(_))));
+        assert_eq!(calls, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_leader_change_is_retried_once() {
+        let lc = (tonic::Code::Unavailable, "etcdserver: leader changed");
+        let (r, calls) = run(&[lc, (tonic::Code::Ok, "")], Duration::from_secs(2)).await;
+        assert!(r.is_ok());
+        assert_eq!(calls, 2);
+        let (r, calls) = run(&[lc], Duration::from_secs(2)).await;
+        assert!(matches!(r, Err(EtcdError::LeaderChanged(_))), "{r:?}");
+        assert_eq!(calls, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_that_are_not_unavailability_are_not_retried() {
+        for code in [
+            tonic::Code::PermissionDenied,
+            tonic::Code::NotFound,
+            tonic::Code::InvalidArgument,
+        ] {
+            let (r, calls) = run(&[(code, "no")], Duration::ZERO).await;
+            assert!(r.is_err());
+            assert_eq!(calls, 1, "{code:?}");
+        }
+    }
+
+    /// `retry_on_lost_lease` on `answers` (one per write: "ok", "gone" for
+    /// a lost lease, "down").
+    async fn lease_rule(answers: &[&'static str]) -> (Result<(), EtcdError>, usize, usize, bool) {
+        let (gets, writes, forgot) = (Cell::new(0usize), Cell::new(0usize), Cell::new(false));
+        let r = retry_on_lost_lease(
+            || {
+                gets.set(gets.get() + 1);
+                let lease = gets.get() as i64;
+                async move { Ok::<i64, EtcdError>(lease) }
+            },
+            || forgot.set(true),
+            |lease| {
+                let n = writes.get();
+                writes.set(n + 1);
+                assert_eq!(lease, n as i64 + 1, "each write on the lease got for it");
+                let a = answers[n];
+                async move {
+                    match a {
+                        "ok" => Ok(()),
+                        "gone" => Err(EtcdError::NotFound("requested lease not found".into())),
+                        _ => Err(EtcdError::Unavailable("down".into())),
+                    }
+                }
+            },
+        )
+        .await;
+        (r, gets.get(), writes.get(), forgot.get())
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_is_taken_afresh_once() {
+        let (r, gets, writes, forgot) = lease_rule(&["gone", "ok"]).await;
+        assert!(r.is_ok());
+        assert_eq!((gets, writes, forgot), (2, 2, true));
+        let (r, _, writes, _) = lease_rule(&["gone", "gone"]).await;
+        assert!(matches!(r, Err(EtcdError::NotFound(_))));
+        assert_eq!(writes, 2);
+        let (r, gets, writes, forgot) = lease_rule(&["down"]).await;
+        assert!(matches!(r, Err(EtcdError::Unavailable(_))));
+        assert_eq!((gets, writes, forgot), (1, 1, false));
     }
 }

@@ -137,14 +137,12 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// This process's id in the election: host name, pid and a random tag (a
 /// restarted pod with the same name and pid is still a different node).
-pub fn node_id() -> String {
+pub fn node_id() -> Result<String, crate::ids::RandomError> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
-    let mut tag = [0u8; 3];
-    let _ = getrandom::fill(&mut tag);
-    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{host}:{}:{tag}", std::process::id())
+    let tag = crate::ids::random_hex::<3>()?;
+    Ok(format!("{host}:{}:{tag}", std::process::id()))
 }
 
 impl Elector {

@@ -74,6 +74,7 @@ pub mod notify;
 pub mod records;
 pub mod runtime;
 pub mod security;
+pub mod service;
 pub mod telemetry;
 pub mod text;
 pub mod tls;

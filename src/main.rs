@@ -205,7 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             limit_malloc_arenas();
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(run_service(cfg))?;
+            rt.block_on(vaultgram::service::run(cfg, stop_signal()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Login => {
@@ -338,9 +338,7 @@ fn resolve_operator(cfg: &Config, as_operator: Option<&str>) -> anyhow::Result<O
             .with_context(|| format!("no operator named `{name}` in the config")),
         None => {
             let me = current_unix_user()?;
-            cfg.operators
-                .iter()
-                .find(|o| o.unix_user.as_deref() == Some(me.as_str()))
+            cfg.operator_by_unix_user(&me)
                 .cloned()
                 .with_context(|| format!("no operator has unix_user = \"{me}\"; use --as NAME"))
         }
@@ -400,141 +398,18 @@ impl vaultgram::transport::telegram::LoginPrompt for TerminalPrompt {
     }
 }
 
-/// `run`: start the core, serve until SIGTERM/Ctrl-C, then shut down in
-/// order: stop intake (socket, Telegram), sync and save the Telegram
-/// session, quit the client, finish handlers, resign leadership, stop
-/// renewing, exit.
-async fn run_service(cfg: Config) -> anyhow::Result<()> {
+/// SIGTERM or Ctrl-C, whichever comes first (the service's shutdown).
+async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    use tokio_util::sync::CancellationToken;
-
-    let socket_path = cfg.ipc.socket.clone();
-    // Bind before logging in: a second broker on the same socket fails fast.
-    let listener = vaultgram::transport::socket::bind(&socket_path).await?;
-    let http_listener = vaultgram::http::bind(&cfg.http).await?;
-    // Before logging in: an unconfined pod never gets a Vault token.
-    let confinement = vaultgram::kube::status(&cfg).await;
-    if confinement.blocks() {
-        anyhow::bail!(
-            "kubernetes.require_confinement: refusing to start: {}",
-            confinement.detail
-        );
-    }
-    log_confinement(&confinement);
-    let app = vaultgram::dispatch::App::start(cfg).await?;
-    // Long-lived: reveals are reserved in blocks (security::count_reveal).
-    app.security.reserve_ahead();
-    let in_pod = confinement.state != vaultgram::kube::Confinement::NotInPod;
-    app.runtime.set_confinement(confinement);
-    let shutdown = CancellationToken::new();
-    // Policies change under a running pod: check again, show it on /readyz.
-    let rechecker = in_pod.then(|| {
-        let app = app.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let every = std::time::Duration::from_secs(app.cfg.kubernetes.recheck_secs);
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {}
-                }
-                let status = vaultgram::kube::status(&app.cfg).await;
-                let before = app.runtime.confinement().map(|c| c.state);
-                if before != Some(status.state) {
-                    log_confinement(&status);
-                }
-                app.runtime.set_confinement(status);
-            }
-        })
-    });
-    let renewer = tokio::spawn({
-        let stop = shutdown.clone();
-        app.broker
-            .clone()
-            .run_renewer(async move { stop.cancelled().await })
-    });
-    let server = tokio::spawn(vaultgram::transport::socket::serve(
-        app.clone(),
-        listener,
-        socket_path.clone(),
-        shutdown.clone(),
-        std::time::Duration::from_secs(10),
-    ));
-    let http = tokio::spawn(vaultgram::http::serve(
-        app.clone(),
-        http_listener,
-        shutdown.clone(),
-    ));
-    // Approval requests whose lease ran out unseen are audited as expired.
-    let sweeper = tokio::spawn({
-        let app = app.clone();
-        let stop = shutdown.clone();
-        async move {
-            // Often enough that an expiry is recorded within half a TTL.
-            let every = (app.cfg.approvals.ttl_secs / 2).clamp(5, 30);
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(every));
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {
-                        app.approvals
-                            .sweep_expired(app.audit.as_ref(), vaultgram::transport_kind::Transport::Socket)
-                            .await;
-                    }
-                }
-            }
-        }
-    });
-    // Only the election leader runs the Telegram client.
-    let telegram = app.cfg.telegram.enabled.then(|| {
-        let elector = std::sync::Arc::new(vaultgram::leader::Elector::new(
-            app.etcd.clone(),
-            &app.cfg.etcd,
-            vaultgram::leader::node_id(),
-        ));
-        tokio::spawn(vaultgram::transport::telegram::run(
-            app.clone(),
-            elector,
-            shutdown.clone(),
-        ))
-    });
-    tracing::info!(socket = %socket_path.display(), "vaultgram running");
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
-    }
-    shutdown.cancel();
-    if let Some(t) = telegram {
-        t.await?;
-    }
-    server.await?;
-    http.await??;
-    sweeper.await?;
-    if let Some(r) = rechecker {
-        r.await?;
-    }
-    // Bounded: every record is in the log already; the etcd copy of a
-    // backlog is not worth hanging a shutdown for.
-    if tokio::time::timeout(std::time::Duration::from_secs(10), app.audit.flush())
-        .await
-        .is_err()
-    {
-        tracing::warn!("audit: etcd backlog not flushed within 10 s (records are in the log)");
-    }
-    renewer.await?;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-fn log_confinement(c: &vaultgram::kube::Status) {
-    use vaultgram::kube::Confinement as C;
-    let state = c.state.as_str();
-    match c.state {
-        C::Ok | C::NotInPod => tracing::info!(state, "confinement: {}", c.detail),
-        C::Warn => tracing::warn!(state, "confinement: {}", c.detail),
-        C::Fail | C::Error => {
-            tracing::error!(state, required = c.required, "confinement: {}", c.detail)
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGTERM handler; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("Ctrl-C: shutting down");
         }
     }
 }

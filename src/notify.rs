@@ -27,6 +27,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::unix_secs;
 use crate::etcd::{Etcd, EtcdError, SharedLease};
+use crate::ids::RandomError;
+
+/// Why a notice was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error(transparent)]
+    Random(#[from] RandomError),
+}
 
 /// One message for one operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -65,12 +75,6 @@ pub struct Notifier {
     lease: SharedLease,
 }
 
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b)
-}
-
 /// Where the queue lives.
 pub fn queue_prefix(etcd_prefix: &str) -> String {
     format!("{etcd_prefix}notify/q/")
@@ -101,22 +105,29 @@ impl Notifier {
         to: &[&str],
         text: &str,
         expires_at: u64,
-    ) -> Vec<(String, Vec<u8>)> {
+    ) -> Result<Vec<(String, Vec<u8>)>, RandomError> {
         let q = queue_prefix(&self.prefix);
         to.iter()
             .map(|op| {
+                // A repeated `random_id` would make Telegram drop the
+                // second notice as a duplicate: no notice without one.
+                let random_id = (crate::ids::random_u64()? | 1) as i64;
                 let n = Notice {
                     kind: kind.into(),
                     to: (*op).into(),
                     text: text.into(),
                     expires_at,
                     // Telegram wants a non-zero 64-bit id.
-                    random_id: (random_u64() | 1) as i64,
+                    random_id,
                     attempts: 0,
                     not_before_ms: 0,
                 };
-                let key = format!("{q}{:015}-{:016x}", crate::clock::unix_ms(), random_u64());
-                (key, serde_json::to_vec(&n).unwrap_or_default())
+                let key = format!(
+                    "{q}{:015}-{:016x}",
+                    crate::clock::unix_ms(),
+                    crate::ids::random_u64()?
+                );
+                Ok((key, serde_json::to_vec(&n).unwrap_or_default()))
             })
             .collect()
     }
@@ -138,20 +149,12 @@ impl Notifier {
         to: &[&str],
         text: &str,
         expires_at: u64,
-    ) -> Result<(), EtcdError> {
+    ) -> Result<(), NotifyError> {
         if to.is_empty() {
             return Ok(());
         }
-        let items = self.records(kind, to, text, expires_at);
-        let lease = self.lease().await?;
-        match self.etcd.put_all(&items, lease).await {
-            Err(EtcdError::NotFound(_)) => {
-                self.lease_lost();
-                let lease = self.lease().await?;
-                self.etcd.put_all(&items, lease).await
-            }
-            other => other,
-        }
+        let items = self.records(kind, to, text, expires_at)?;
+        Ok(self.lease.put_many(&self.etcd, &items).await?)
     }
 
     /// Operators the leader could not address, by name.

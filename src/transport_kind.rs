@@ -11,6 +11,8 @@ pub enum Transport {
     Console,
     Socket,
     Telegram,
+    /// The service itself, no transport (the approvals' expiry sweeper).
+    Service,
 }
 
 impl Transport {
@@ -19,6 +21,7 @@ impl Transport {
             Transport::Console => "console",
             Transport::Socket => "socket",
             Transport::Telegram => "telegram",
+            Transport::Service => "service",
         }
     }
 }

@@ -47,8 +47,8 @@ use crate::records::audit::AuditRecord;
 use crate::text::escape_line;
 use crate::transport_kind::Transport;
 
-pub use store::Request;
 use store::{new_id, Grant, LogEntry, Lookup, Notice, Store};
+pub use store::{Request, Status};
 
 /// A grant for a secret-reply command is valid at least this long.
 const MIN_GRANT_SECS: u64 = 10;
@@ -106,20 +106,15 @@ impl Approvals {
             store: Store::new(etcd, cfg),
             ttl_secs: cfg.approvals.ttl_secs,
             max_pending: cfg.approvals.max_pending_per_operator,
-            admins: cfg
-                .operators
-                .iter()
-                .filter(|o| o.role == Role::Admin)
-                .map(|o| o.name.clone())
-                .collect(),
+            admins: cfg.admin_names(),
         }
     }
 
     /// What the requester is told when `req` ends with `status`.
-    fn outcome_text(&self, req: &Request, status: &str, by: &str) -> String {
+    fn outcome_text(&self, req: &Request, status: Status, by: &str) -> String {
         let what = format!("your request {} ({})", req.id, escape_line(&req.line));
         match status {
-            "approved" => {
+            Status::Approved => {
                 let grant = Command::parse(&req.line).is_ok_and(|c| c.reply_is_secret());
                 if grant {
                     format!(
@@ -130,13 +125,13 @@ impl Approvals {
                     format!("{what} was approved by {by} and runs now as you")
                 }
             }
-            "expired" => format!("{what} expired without approval"),
-            other => format!("{what} was {other} by {by}"),
+            Status::Expired => format!("{what} expired without approval"),
+            Status::Denied | Status::Pending => format!("{what} was {} by {by}", status.as_str()),
         }
     }
 
     /// The requester's message about `req` ending with `status`.
-    fn outcome_notice<'a>(&self, req: &'a Request, status: &str, by: &str) -> Notice<'a> {
+    fn outcome_notice<'a>(&self, req: &'a Request, status: Status, by: &str) -> Notice<'a> {
         Notice {
             kind: "approval_outcome",
             to: vec![req.requester.as_str()],
@@ -172,7 +167,7 @@ impl Approvals {
                     ctx.op.name, self.max_pending
                 )));
             };
-            let id = new_id();
+            let id = new_id()?;
             let req = Request {
                 id: id.clone(),
                 requester: ctx.op.name.clone(),
@@ -243,9 +238,9 @@ impl Approvals {
             Lookup::Logged(log, e) => (log, e),
         };
         let by = log.by.as_deref().unwrap_or("?");
-        match log.status.as_str() {
-            "pending" | "expired" => {
-                if log.status == "pending" {
+        match log.status {
+            Status::Pending | Status::Expired => {
+                if log.status == Status::Pending {
                     self.mark_expired(ctx.svc.audit.as_ref(), ctx.transport, &e, &log)
                         .await;
                 }
@@ -254,13 +249,12 @@ impl Approvals {
                     log.request.ttl_secs
                 )))
             }
-            "approved" => Err(CommandError::conflict(format!(
+            Status::Approved => Err(CommandError::conflict(format!(
                 "request {id} was already approved by {by}"
             ))),
-            "denied" => Err(CommandError::conflict(format!(
+            Status::Denied => Err(CommandError::conflict(format!(
                 "request {id} was denied by {by}"
             ))),
-            _ => Err(CommandError::not_found(format!("no pending request {id}"))),
         }
     }
 
@@ -275,7 +269,7 @@ impl Approvals {
         log: &LogEntry,
     ) {
         let r = &log.request;
-        let notice = self.outcome_notice(r, "expired", "-");
+        let notice = self.outcome_notice(r, Status::Expired, "-");
         if self.store.mark_expired(e, log, Some(&notice)).await {
             audit
                 .record(AuditRecord::new(
@@ -284,7 +278,7 @@ impl Approvals {
                     transport,
                     &r.command,
                     r.target.clone(),
-                    "expired",
+                    Status::Expired.as_str(),
                 ))
                 .await;
         }
@@ -308,7 +302,7 @@ impl Approvals {
         &self,
         req: &Request,
         pending: &Entry,
-        status: &str,
+        status: Status,
         by: &str,
     ) -> Result<bool, CommandError> {
         let notice = (by != req.requester).then(|| self.outcome_notice(req, status, by));
@@ -365,8 +359,8 @@ impl Approvals {
             Ok(None) => {}
             Ok(Some(_)) => {
                 let by = format!("{} (requester suspended)", approver.name);
-                if matches!(self.take(&req, &entry, "denied", &by).await, Ok(true)) {
-                    audit_request(ctx, &req, "denied", &approver.name).await;
+                if matches!(self.take(&req, &entry, Status::Denied, &by).await, Ok(true)) {
+                    audit_request(ctx, &req, Status::Denied.as_str(), &approver.name).await;
                 }
                 return Err(CommandError::denied(format!(
                     "{} is suspended: request {id} is cancelled and will not run",
@@ -401,7 +395,10 @@ impl Approvals {
                 requester.name
             )));
         }
-        if !self.take(&req, &entry, "approved", &approver.name).await? {
+        if !self
+            .take(&req, &entry, Status::Approved, &approver.name)
+            .await?
+        {
             return Err(CommandError::conflict(format!(
                 "request {id} was approved, denied or expired meanwhile"
             )));
@@ -419,7 +416,7 @@ impl Approvals {
                 expires_at: unix_secs() + secs,
             };
             self.store.put_grant(&grant, secs).await?;
-            audit_request(ctx, &req, "approved", &approver.name).await;
+            audit_request(ctx, &req, Status::Approved.as_str(), &approver.name).await;
             return Ok(Approval::Granted(
                 Reply::text(format!(
                     "approved: {} may now run {} once within {secs} s",
@@ -498,8 +495,8 @@ impl Approvals {
         let approver = &ctx.op.name;
         if left == 0 {
             let by = format!("{approver} (after {MAX_WRONG_CODES} wrong TOTP codes)");
-            if matches!(self.take(req, entry, "denied", &by).await, Ok(true)) {
-                audit_request(ctx, req, "denied", approver).await;
+            if matches!(self.take(req, entry, Status::Denied, &by).await, Ok(true)) {
+                audit_request(ctx, req, Status::Denied.as_str(), approver).await;
             }
             return CommandError::denied(format!(
                 "wrong TOTP code for {approver}; request {} is cancelled after {MAX_WRONG_CODES} wrong codes (file it again to retry)",
@@ -528,7 +525,7 @@ impl Approvals {
         };
         for (req, e) in waiting {
             if req.requester == requester
-                && matches!(self.take(&req, &e, "denied", by).await, Ok(true))
+                && matches!(self.take(&req, &e, Status::Denied, by).await, Ok(true))
             {
                 n += 1;
             }
@@ -543,12 +540,15 @@ impl Approvals {
         if ctx.op.role != Role::Admin && ctx.op.name != req.requester {
             return Err(CommandError::denied("only admins deny requests"));
         }
-        if !self.take(&req, &entry, "denied", &ctx.op.name).await? {
+        if !self
+            .take(&req, &entry, Status::Denied, &ctx.op.name)
+            .await?
+        {
             return Err(CommandError::conflict(format!(
                 "request {id} was approved, denied or expired meanwhile"
             )));
         }
-        audit_request(ctx, &req, "denied", &ctx.op.name).await;
+        audit_request(ctx, &req, Status::Denied.as_str(), &ctx.op.name).await;
         let verb = if ctx.op.name == req.requester {
             "cancelled"
         } else {
@@ -559,7 +559,7 @@ impl Approvals {
             escape_line(&req.line),
             req.requester
         ))
-        .with_data(serde_json::json!({"id": req.id, "status": "denied"})))
+        .with_data(serde_json::json!({"id": req.id, "status": Status::Denied})))
     }
 
     /// `/pending`: every request still waiting (admins see all).
@@ -642,14 +642,11 @@ async fn audit_request(ctx: &Ctx<'_>, req: &Request, result: &str, by: &str) {
 }
 
 fn find_operator<'c>(cfg: &'c Config, name: &str) -> Result<&'c Operator, CommandError> {
-    cfg.operators
-        .iter()
-        .find(|o| o.name == name)
-        .ok_or_else(|| {
-            CommandError::denied(format!(
-                "{name} is no longer an operator; the request cannot run"
-            ))
-        })
+    cfg.operator_by_name(name).ok_or_else(|| {
+        CommandError::denied(format!(
+            "{name} is no longer an operator; the request cannot run"
+        ))
+    })
 }
 
 impl crate::context::PendingRequests for Approvals {
@@ -668,7 +665,7 @@ mod tests {
 
     #[test]
     fn ids_are_hex() {
-        check_id(&new_id()).unwrap();
+        check_id(&new_id().unwrap()).unwrap();
         for bad in ["", "../x", "a/b", "zz", &"a".repeat(33)] {
             assert_eq!(check_id(bad).unwrap_err().kind, ErrorKind::Invalid);
         }

@@ -68,13 +68,34 @@ impl Request {
     }
 }
 
+/// What became of a request (`approvals/log/<ID>`'s `status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+impl Status {
+    /// As the log, the audit trail and the requester's notice say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Denied => "denied",
+            Status::Expired => "expired",
+        }
+    }
+}
+
 /// `approvals/log/<ID>`: a request and what became of it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogEntry {
     #[serde(flatten)]
     pub request: Request,
-    /// `pending`, `approved`, `denied`, `expired`.
-    pub status: String,
+    pub status: Status,
     #[serde(default)]
     pub by: Option<String>,
     #[serde(default)]
@@ -118,10 +139,8 @@ pub struct Store {
 }
 
 /// A short random ID (8 hex digits) that an admin can type.
-pub fn new_id() -> String {
-    let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+pub fn new_id() -> Result<String, crate::ids::RandomError> {
+    crate::ids::random_hex::<4>()
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T, CommandError> {
@@ -180,16 +199,16 @@ impl Store {
     }
 
     /// The queue records for `notice`; none when notifications are off.
-    fn notes(&self, notice: Option<&Notice<'_>>) -> Vec<(String, Vec<u8>)> {
-        match (&self.notifier, notice) {
-            (Some(n), Some(m)) => n.records(m.kind, &m.to, &m.text, m.expires_at),
+    fn notes(&self, notice: Option<&Notice<'_>>) -> Result<Vec<(String, Vec<u8>)>, CommandError> {
+        Ok(match (&self.notifier, notice) {
+            (Some(n), Some(m)) => n.records(m.kind, &m.to, &m.text, m.expires_at)?,
             _ => Vec::new(),
-        }
+        })
     }
 
     /// The shared leases a transaction's records ride on: the log's, and
     /// the notification queue's (0 when there is nothing to queue).
-    async fn leases(&self, notes: &[(String, Vec<u8>)]) -> Result<(i64, i64), CommandError> {
+    async fn leases(&self, notes: &[(String, Vec<u8>)]) -> Result<(i64, i64), EtcdError> {
         let log = self.log_lease.get(&self.etcd).await?;
         let note = match &self.notifier {
             Some(n) if !notes.is_empty() => n.lease().await?,
@@ -209,13 +228,10 @@ impl Store {
         F: Fn((i64, i64)) -> Fut,
         Fut: Future<Output = Result<T, EtcdError>>,
     {
-        match write(self.leases(notes).await?).await {
-            Err(EtcdError::NotFound(_)) => {
-                self.leases_lost();
-                Ok(write(self.leases(notes).await?).await?)
-            }
-            other => Ok(other?),
-        }
+        Ok(
+            crate::etcd::retry_on_lost_lease(|| self.leases(notes), || self.leases_lost(), write)
+                .await?,
+        )
     }
 
     /// After etcd refused a write because a shared lease is gone (either
@@ -251,7 +267,7 @@ impl Store {
     ) -> Result<bool, CommandError> {
         let log = LogEntry {
             request: req.clone(),
-            status: "pending".into(),
+            status: Status::Pending,
             by: None,
             updated_at: None,
         };
@@ -259,7 +275,7 @@ impl Store {
         let (pk, lk) = (self.pending_key(&req.id), self.log_key(&req.id));
         let sk = format!("{}{slot}", self.slots_prefix(&req.requester));
         let (pv, lv) = (encode(req), encode(&log));
-        let notes = self.notes(notice);
+        let notes = self.notes(notice)?;
         let puts = |(log_lease, note_lease)| {
             let own = vec![
                 (pk.as_str(), pv.as_slice(), lease),
@@ -369,7 +385,7 @@ impl Store {
             let Ok(log) = decode::<LogEntry>(&e.value, "approval log") else {
                 continue;
             };
-            if log.status == "pending"
+            if log.status == Status::Pending
                 && matches!(
                     self.etcd
                         .get_entry(&self.pending_key(&log.request.id))
@@ -392,10 +408,11 @@ impl Store {
         notice: Option<&Notice<'_>>,
     ) -> bool {
         let mut done = log.clone();
-        done.status = "expired".into();
+        done.status = Status::Expired;
         done.updated_at = Some(now_rfc3339());
         let value = encode(&done);
-        let notes = self.notes(notice);
+        // No announcement without a notice record; the expiry is still recorded.
+        let notes = self.notes(notice).unwrap_or_default();
         let commit = |notes, note_lease| {
             let puts = with_notes(
                 vec![(e.key.as_str(), value.as_slice(), e.lease)],
@@ -427,18 +444,18 @@ impl Store {
         &self,
         req: &Request,
         pending: &Entry,
-        status: &str,
+        status: Status,
         by: &str,
         notice: Option<&Notice<'_>>,
     ) -> Result<bool, CommandError> {
         let log = encode(&LogEntry {
             request: req.clone(),
-            status: status.into(),
+            status,
             by: Some(by.to_string()),
             updated_at: Some(now_rfc3339()),
         });
         let (pk, lk) = (self.pending_key(&req.id), self.log_key(&req.id));
-        let notes = self.notes(notice);
+        let notes = self.notes(notice)?;
         let puts = |(log_lease, note_lease)| {
             with_notes(
                 vec![(lk.as_str(), log.as_slice(), log_lease)],
@@ -501,7 +518,7 @@ mod tests {
 
     #[test]
     fn ids_are_eight_hex_digits() {
-        let id = new_id();
+        let id = new_id().unwrap();
         assert_eq!(id.len(), 8);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
     }

@@ -38,12 +38,6 @@ pub enum AgentCommand {
     Revoke { id: String },
 }
 
-/// Agent operators may list (themselves) — issuing and revoking is an
-/// admin's job.
-pub fn agent_may_use(sub: &str) -> bool {
-    sub == "list"
-}
-
 impl AgentCommand {
     pub fn name(&self) -> &'static str {
         match self {
@@ -64,7 +58,7 @@ impl AgentCommand {
     }
 
     pub fn allowed_for_agent(&self) -> bool {
-        agent_may_use(self.name())
+        super::rules::agent_may_use(&["agent", self.name()])
     }
 
     pub fn reply_is_secret(&self) -> bool {

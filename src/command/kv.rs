@@ -127,8 +127,17 @@ impl KvCommand {
         matches!(self, KvCommand::Get { .. })
     }
 
-    pub fn input_is_secret(&self) -> bool {
-        matches!(self, KvCommand::Put { .. } | KvCommand::Patch { .. })
+    /// Reads and nothing else (the table's [`is_read_only`] and the effect
+    /// classifier both ask this).
+    ///
+    /// [`is_read_only`]: crate::command::Command::is_read_only
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            KvCommand::Get { .. }
+                | KvCommand::List { .. }
+                | KvCommand::Metadata(KvMetadataCommand::Get { .. })
+        )
     }
 }
 

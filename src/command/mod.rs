@@ -13,6 +13,7 @@ pub mod mtproto;
 pub mod operator;
 pub mod panel;
 pub mod reply;
+pub mod rules;
 mod table;
 pub mod transit;
 

@@ -75,9 +75,7 @@ impl OperatorCommand {
 
 fn operator<'a>(ctx: &'a Ctx<'_>, name: &str) -> Result<&'a Operator, CommandError> {
     ctx.cfg()
-        .operators
-        .iter()
-        .find(|o| o.name == name)
+        .operator_by_name(name)
         .ok_or_else(|| CommandError::not_found(format!("no operator named {}", escape_line(name))))
 }
 

@@ -61,11 +61,6 @@ pub enum PanelCommand {
     Remove { name: String },
 }
 
-/// Agent operators may list and show their assigned panels.
-pub fn agent_may_use(sub: &str) -> bool {
-    matches!(sub, "list" | "show")
-}
-
 impl PanelCommand {
     pub fn name(&self) -> &'static str {
         match self {
@@ -89,15 +84,13 @@ impl PanelCommand {
     }
 
     pub fn allowed_for_agent(&self) -> bool {
-        agent_may_use(self.name().split(' ').next().unwrap_or(""))
+        let mut words = vec!["panel"];
+        words.extend(self.name().split(' '));
+        super::rules::agent_may_use(&words)
     }
 
     pub fn reply_is_secret(&self) -> bool {
         matches!(self, PanelCommand::Show { reveal: true, .. })
-    }
-
-    pub fn input_is_secret(&self) -> bool {
-        matches!(self, PanelCommand::Add { .. })
     }
 }
 
@@ -479,12 +472,7 @@ async fn show(ctx: &Ctx<'_>, name: &str, reveal: bool, wrap: &WrapArg) -> Comman
 /// Whether `agent` is known: a record under `vaultgram/agents/`, or an
 /// agent operator in the config.
 async fn agent_exists(vault: &Vault, ctx: &Ctx<'_>, agent: &str) -> Result<bool, CommandError> {
-    if ctx
-        .cfg()
-        .operators
-        .iter()
-        .any(|o| o.agent.as_deref() == Some(agent))
-    {
+    if ctx.cfg().has_agent(agent) {
         return Ok(true);
     }
     let path = kv_path(ctx, &agent::path(agent))?;

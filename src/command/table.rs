@@ -7,14 +7,15 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use super::agent::{self, AgentCommand};
-use super::args::{SecretArg, WrapArg};
+use super::agent::AgentCommand;
+use super::args::{Pair, SecretArg, WrapArg};
 use super::info;
-use super::kv::{self, KvCommand};
+use super::kv::KvCommand;
 use super::lexer;
 use super::mtproto::MtprotoCommand;
 use super::operator::{self, OperatorCommand};
-use super::panel::{self, PanelCommand};
+use super::panel::PanelCommand;
+use super::rules;
 use super::transit::TransitCommand;
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx};
@@ -209,51 +210,38 @@ impl Command {
         }
     }
 
-    /// Whether `role` may run this command at all (Vault's policies are the
-    /// real boundary; this gives a clear `denied` before any call).
+    /// Whether `role` may run this command at all ([`rules`]: the one
+    /// role rule, which `/help` reads too).
     pub fn allowed_for(&self, role: Role) -> bool {
         match role {
             Role::Admin => true,
-            Role::Agent => match self {
-                // An agent may cancel its own request (`Approvals::deny`
-                // checks that it is its own).
-                Command::Help
-                | Command::Whoami
-                | Command::Health
-                | Command::Deny { .. }
-                | Command::Unlock { .. }
-                | Command::Lock => true,
-                Command::Operator(c) => c.allowed_for_agent(),
-                Command::Agent(c) => c.allowed_for_agent(),
-                Command::Panel(c) => c.allowed_for_agent(),
-                Command::Mtproto(_) => true,
-                _ => false,
-            },
+            Role::Agent => rules::agent_may_use(&self.words()),
         }
     }
 
-    /// The reply carries a secret value (deleted from the chat after
-    /// `telegram.secret_reply_ttl_secs`; `-wrap-ttl` applies).
+    /// The command words of [`Command::name`] (`["panel", "show", "--reveal"]`).
+    fn words(&self) -> Vec<&'static str> {
+        let name = self.name();
+        leaf_of(&name.split(' ').collect::<Vec<_>>())
+            .map(|l| l.words.clone())
+            .unwrap_or_default()
+    }
+
     /// Reads and nothing else: safe to run while the suspension and the
     /// reveal budget are still being checked (its reply is dropped unseen
     /// if either refuses). An explicit list: a new command is not one
-    /// until it is added here.
+    /// until it is added here (`/kv`'s is `KvCommand::is_read_only`, which
+    /// the effect classifier reads too).
     pub fn is_read_only(&self) -> bool {
-        use kv::KvMetadataCommand;
-        matches!(
-            self,
-            Command::Help
-                | Command::Whoami
-                | Command::Health
-                | Command::GetKeys(_)
-                | Command::Kv(
-                    KvCommand::Get { .. }
-                        | KvCommand::List { .. }
-                        | KvCommand::Metadata(KvMetadataCommand::Get { .. })
-                )
-                | Command::Mtproto(MtprotoCommand::Show { .. } | MtprotoCommand::List(_))
-                | Command::Agent(AgentCommand::List(_))
-        )
+        match self {
+            Command::Help | Command::Whoami | Command::Health | Command::GetKeys(_) => true,
+            Command::Kv(c) => c.is_read_only(),
+            Command::Mtproto(c) => {
+                matches!(c, MtprotoCommand::Show { .. } | MtprotoCommand::List(_))
+            }
+            Command::Agent(c) => matches!(c, AgentCommand::List(_)),
+            _ => false,
+        }
     }
 
     /// Reads nothing from Vault's data and changes nothing: runs even
@@ -275,15 +263,11 @@ impl Command {
         }
     }
 
-    /// The message itself carried a secret (deleted once handled).
+    /// The message itself carried a secret (deleted once handled): the
+    /// table says so by the argument's type ([`SecretArg`], [`Pair`]).
     pub fn input_is_secret(&self) -> bool {
-        match self {
-            Command::Kv(c) => c.input_is_secret(),
-            Command::Transit(c) => c.input_is_secret(),
-            Command::Panel(c) => c.input_is_secret(),
-            Command::Approve { .. } | Command::Unlock { .. } => true,
-            _ => false,
-        }
+        let name = self.name();
+        leaf_of(&name.split(' ').collect::<Vec<_>>()).is_some_and(|l| l.secret_input)
     }
 
     /// How the command stands to `security.step_up`.
@@ -364,23 +348,106 @@ pub async fn prepare(
     }
 }
 
-/// Words that carry a secret value (never shown, never stored): the values
-/// of `/kv put|patch` pairs, `/transit encrypt`'s plaintext, `/panel add`'s
-/// password. Their keys and every other word are checked.
+/// Words that carry a secret value (never shown, never stored): the
+/// values of the table's [`SecretArg`] and [`Pair`] arguments (`/kv
+/// put|patch` pairs, `/transit encrypt`'s plaintext, `/panel add`'s
+/// password, TOTP codes). Every other word is checked.
 fn secret_word(words: &[String], i: usize) -> bool {
-    let w = |j: usize| words.get(j).map(String::as_str);
-    match (w(0), w(1)) {
-        (Some("kv"), Some("put" | "patch")) => {
-            i >= 2
-                && !words[i].starts_with('-')
-                && words[i]
-                    .split_once('=')
-                    .is_some_and(|(k, _)| crate::text::find_forbidden(k).is_none())
-        }
-        (Some("transit"), Some("encrypt")) => i >= 3,
-        (Some("panel"), Some("add")) => i >= 6,
-        _ => false,
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let Some(leaf) = leaf_of(&words) else {
+        return false;
+    };
+    let depth = leaf.words.len();
+    if i < depth || words[i].starts_with('-') {
+        return false;
     }
+    // The word's place among the positional words after the command's.
+    let n = words[depth..i]
+        .iter()
+        .filter(|w| !w.starts_with('-'))
+        .count();
+    let last = leaf.positionals.last().filter(|_| leaf.last_takes_rest);
+    match leaf.positionals.get(n).or(last) {
+        Some(Positional::Secret) => true,
+        // `key=value`: the value is secret, the key is shown (and checked).
+        Some(Positional::Pair) => words[i]
+            .split_once('=')
+            .is_some_and(|(k, _)| crate::text::find_forbidden(k).is_none()),
+        Some(Positional::Plain) | None => false,
+    }
+}
+
+/// What a positional argument holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Positional {
+    Plain,
+    /// A [`SecretArg`].
+    Secret,
+    /// A [`Pair`]: a shown key, a secret value.
+    Pair,
+}
+
+/// What the table says about one command an operator types.
+struct Leaf {
+    /// Its command words (`kv`, `metadata`, `get`).
+    words: Vec<&'static str>,
+    /// Its positional arguments, in order.
+    positionals: Vec<Positional>,
+    /// The last positional takes every remaining word (`k=v …`).
+    last_takes_rest: bool,
+    /// Any of its arguments is secret.
+    secret_input: bool,
+}
+
+/// Every command of the table by its words, derived once from clap's tree.
+fn leaves() -> &'static [Leaf] {
+    static LEAVES: std::sync::OnceLock<Vec<Leaf>> = std::sync::OnceLock::new();
+    LEAVES.get_or_init(|| {
+        fn kind(arg: &clap::Arg) -> Positional {
+            let t = arg.get_value_parser().type_id();
+            if t == std::any::TypeId::of::<SecretArg>() {
+                Positional::Secret
+            } else if t == std::any::TypeId::of::<Pair>() {
+                Positional::Pair
+            } else {
+                Positional::Plain
+            }
+        }
+        fn walk(cmd: &clap::Command, prefix: &[&'static str], out: &mut Vec<Leaf>) {
+            for sub in cmd.get_subcommands() {
+                // The tree lives as long as the process (built once here).
+                let name: &'static str = String::leak(sub.get_name().to_string());
+                let mut words = prefix.to_vec();
+                words.push(name);
+                if sub.has_subcommands() {
+                    walk(sub, &words, out);
+                    continue;
+                }
+                let positionals: Vec<&clap::Arg> = sub.get_positionals().collect();
+                out.push(Leaf {
+                    words,
+                    last_takes_rest: positionals
+                        .last()
+                        .is_some_and(|a| a.get_num_args().is_some_and(|n| n.max_values() > 1)),
+                    positionals: positionals.iter().map(|a| kind(a)).collect(),
+                    secret_input: sub.get_arguments().any(|a| kind(a) != Positional::Plain),
+                });
+            }
+        }
+        let mut root = Line::command();
+        root.build();
+        let mut out = Vec::new();
+        walk(&root, &[], &mut out);
+        out
+    })
+}
+
+/// The command that `words` start (the longest match).
+fn leaf_of(words: &[&str]) -> Option<&'static Leaf> {
+    leaves()
+        .iter()
+        .filter(|l| words.len() >= l.words.len() && words[..l.words.len()] == l.words[..])
+        .max_by_key(|l| l.words.len())
 }
 
 /// clap's first error line, without its `Usage:` block and `--help` tips,
@@ -441,7 +508,7 @@ pub fn help(role: Role) -> String {
             .split_whitespace()
             .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
             .collect();
-        if !role_may_use(role, &words) {
+        if role == Role::Agent && !rules::agent_may_use(&words) {
             continue;
         }
         let about = leaf.get_about().map(|a| a.to_string()).unwrap_or_default();
@@ -482,21 +549,6 @@ fn collect_leaves<'a>(cmd: &'a clap::Command, out: &mut Vec<&'a clap::Command>) 
         } else {
             out.push(sub);
         }
-    }
-}
-
-/// Role rule by command words, for `/help` (mirrors [`Command::allowed_for`]).
-fn role_may_use(role: Role, words: &[&str]) -> bool {
-    match role {
-        Role::Admin => true,
-        Role::Agent => match words {
-            ["help"] | ["whoami"] | ["health"] | ["deny"] | ["unlock"] | ["lock"] => true,
-            ["operator", "suspend", ..] => true,
-            ["agent", sub, ..] => agent::agent_may_use(sub),
-            ["panel", sub, ..] => panel::agent_may_use(sub),
-            ["mtproto", ..] => true,
-            _ => false,
-        },
     }
 }
 

@@ -2,7 +2,8 @@
 //! and errors that never quote a value.
 
 use super::*;
-use crate::command::{mtproto, ListArgs};
+use crate::command::{agent, mtproto, ListArgs};
+use crate::config::Effect;
 use crate::config::Role;
 
 fn parse(s: &str) -> Command {
@@ -43,18 +44,26 @@ fn names_match_the_approval_table() {
     ] {
         assert_eq!(parse(line).name(), name, "{line}");
     }
-    for n in crate::config::APPROVABLE_COMMANDS {
-        assert!([
-            "kv destroy",
-            "kv metadata delete",
-            "transit rotate",
-            "agent revoke",
-            "mtproto revoke",
-            "panel show --reveal",
-            "operator resume"
-        ]
-        .contains(&n));
+    // Every name `approvals.required` takes is the name of a command
+    // that has that effect (effect.rs classifies it so).
+    for (effect, line) in [
+        (Effect::DestroyVersions, "/kv destroy -versions=1 secret/x"),
+        (Effect::DeleteMetadata, "/kv metadata delete secret/x"),
+        (Effect::RotateKey, "/transit rotate k"),
+        (Effect::RevokeAgent, "/agent revoke bob"),
+        (Effect::RevokeMtproto, "/mtproto revoke 7"),
+        (Effect::RevealPanelPassword, "/panel show p1 --reveal"),
+        (Effect::ResumeOperator, "/operator resume bob"),
+    ] {
+        let cmd = parse(line);
+        assert_eq!(cmd.name(), effect.name(), "{line}");
+        assert_eq!(
+            crate::effect::classify(&cmd, "secret").unwrap(),
+            vec![effect],
+            "{line}"
+        );
     }
+    assert_eq!(Effect::ALL.len(), 7, "a new effect needs a line above");
 }
 
 #[test]
@@ -216,7 +225,6 @@ fn control_and_format_characters_are_refused_outside_secret_values() {
         "/panel show --reveal \"p\u{2066}\"",
         "/kv put secret/x \"k\u{1b}=v\"",
         "/panel add \"p\u{200b}1\" marzban https://x u pw",
-        "/approve ab12 \"1\r23456\"",
     ] {
         let e = Command::parse(line).unwrap_err();
         assert!(
@@ -229,6 +237,9 @@ fn control_and_format_characters_are_refused_outside_secret_values() {
         "/kv put secret/x \"pem=-----BEGIN X-----\nAAAA\n-----END X-----\"",
         "/kv patch secret/x \"k=a\tb\"",
         "/transit encrypt k \"two\nlines\"",
+        // A TOTP code is never shown either (Vault's format check refuses
+        // this one before any request).
+        "/approve ab12 \"1\r23456\"",
         "/panel add p1 marzban https://x u \"pw\u{1b}\"",
     ] {
         Command::parse(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
@@ -376,4 +387,63 @@ fn group_trees_parse_as_the_whole_table() {
         let group = Command::parse(line);
         assert_eq!(format!("{group:?}"), format!("{whole:?}"), "{line}");
     }
+}
+
+/// Which commands carry a secret in the message is read off the table's
+/// argument types (one description): exactly these.
+#[test]
+fn secret_input_comes_from_the_argument_types() {
+    let secret: Vec<String> = leaves()
+        .iter()
+        .filter(|l| l.secret_input)
+        .map(|l| l.words.join(" "))
+        .collect();
+    assert_eq!(
+        secret,
+        [
+            "kv put",
+            "kv patch",
+            "transit encrypt",
+            "panel add",
+            "approve",
+            "unlock"
+        ]
+    );
+    assert!(parse("/kv put secret/x a=b").input_is_secret());
+    assert!(!parse("/kv get secret/x").input_is_secret());
+    assert!(parse("/unlock 123456").input_is_secret());
+}
+
+/// Every role rule names commands of the table (a renamed command cannot
+/// leave a rule behind that matches nothing).
+#[test]
+fn every_role_rule_names_a_command() {
+    for rule in [
+        "help",
+        "whoami",
+        "health",
+        "deny",
+        "unlock",
+        "lock",
+        "operator suspend",
+        "agent list",
+        "panel list",
+        "panel show",
+        "mtproto",
+    ] {
+        let words: Vec<&str> = rule.split(' ').collect();
+        assert!(
+            leaves()
+                .iter()
+                .any(|l| l.words.len() >= words.len() && l.words[..words.len()] == words[..]),
+            "{rule}"
+        );
+        assert!(super::rules::agent_may_use(&words), "{rule}");
+    }
+    let allowed: Vec<String> = leaves()
+        .iter()
+        .filter(|l| super::rules::agent_may_use(&l.words))
+        .map(|l| l.words.join(" "))
+        .collect();
+    assert_eq!(allowed.len(), 14, "{allowed:?}");
 }

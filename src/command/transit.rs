@@ -74,10 +74,6 @@ impl TransitCommand {
             TransitCommand::Decrypt { .. } | TransitCommand::Datakey { .. }
         )
     }
-
-    pub fn input_is_secret(&self) -> bool {
-        matches!(self, TransitCommand::Encrypt { .. })
-    }
 }
 
 impl TransitCommand {

@@ -164,14 +164,6 @@ impl Config {
         auth.token = Some(SecretString::from(token.to_owned()));
         Ok(())
     }
-
-    pub fn operator_by_name(&self, name: &str) -> Option<&Operator> {
-        self.operators.iter().find(|op| op.name == name)
-    }
-
-    pub fn operator_by_telegram_id(&self, id: i64) -> Option<&Operator> {
-        self.operators.iter().find(|op| op.telegram_id == id)
-    }
 }
 
 /// Parse the TOML text, collecting every key serde ignored (as
@@ -326,7 +318,10 @@ mod tests {
         assert!(c.telegram.proxy.is_none());
         assert_eq!(c.ipc.socket, Path::new("/run/vaultgram/vaultgram.sock"));
         assert_eq!(c.http.listen, "127.0.0.1:9090");
-        assert_eq!(c.approvals.required, APPROVABLE_COMMANDS.to_vec());
+        assert_eq!(
+            c.approvals.required,
+            super::Effect::ALL.map(|e| e.name().to_string()).to_vec()
+        );
         assert_eq!(c.approvals.ttl_secs, 600);
         assert_eq!(c.operators.len(), 2);
         // totp_key defaults to the name for admins only.

@@ -16,17 +16,58 @@ use super::values::{parse_duration, redact_url_password};
 /// it; `records::session::DEFAULT_PATH` is this constant).
 pub const DEFAULT_SESSION_PATH: &str = "vaultgram/telegram-session";
 
-/// The commands that may be listed under `approvals.required` (and are by
-/// default): the destructive or secret-revealing ones of `SPEC.md`.
-pub const APPROVABLE_COMMANDS: [&str; 7] = [
-    "kv destroy",
-    "kv metadata delete",
-    "transit rotate",
-    "agent revoke",
-    "mtproto revoke",
-    "panel show --reveal",
-    "operator resume",
-];
+/// What `approvals.required` may list (and lists by default): an effect
+/// a command can have, named by the canonical command that has it (the
+/// destructive or secret-revealing ones of `SPEC.md`). `effect::classify`
+/// says which commands have which; this is the one list of names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Versions of a secret are gone for good.
+    DestroyVersions,
+    /// A secret with its whole history is gone.
+    DeleteMetadata,
+    /// A transit key gets a new version.
+    RotateKey,
+    /// An agent's API token stops working.
+    RevokeAgent,
+    /// A user's MTProto secret stops working.
+    RevokeMtproto,
+    /// A panel's password is shown.
+    RevealPanelPassword,
+    /// A suspended operator (a possibly stolen account) is trusted again.
+    ResumeOperator,
+}
+
+impl Effect {
+    pub const ALL: [Effect; 7] = [
+        Effect::DestroyVersions,
+        Effect::DeleteMetadata,
+        Effect::RotateKey,
+        Effect::RevokeAgent,
+        Effect::RevokeMtproto,
+        Effect::RevealPanelPassword,
+        Effect::ResumeOperator,
+    ];
+
+    /// The name used in `approvals.required`: the canonical command that
+    /// has this effect (`Command::name` of it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Effect::DestroyVersions => "kv destroy",
+            Effect::DeleteMetadata => "kv metadata delete",
+            Effect::RotateKey => "transit rotate",
+            Effect::RevokeAgent => "agent revoke",
+            Effect::RevokeMtproto => "mtproto revoke",
+            Effect::RevealPanelPassword => "panel show --reveal",
+            Effect::ResumeOperator => "operator resume",
+        }
+    }
+
+    /// The effect `approvals.required` names `name`, if any.
+    pub fn from_name(name: &str) -> Option<Effect> {
+        Effect::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
 
 /// The pattern operator and agent names must match. They end up in Vault
 /// policy names, token display names and metadata, so they are kept to a
@@ -84,6 +125,41 @@ pub struct VaultConfig {
     #[serde(default = "default_vault_request_timeout")]
     pub request_timeout_secs: u64,
     pub auth: VaultAuth,
+}
+
+/// Operator look-ups: the one place that searches `operators`.
+impl Config {
+    pub fn operator_by_name(&self, name: &str) -> Option<&Operator> {
+        self.operators.iter().find(|op| op.name == name)
+    }
+
+    pub fn operator_by_telegram_id(&self, id: i64) -> Option<&Operator> {
+        self.operators.iter().find(|op| op.telegram_id == id)
+    }
+
+    /// The operator whose `unix_user` is `user` (the socket's peer, the
+    /// console's and the tools' default).
+    pub fn operator_by_unix_user(&self, user: &str) -> Option<&Operator> {
+        self.operators
+            .iter()
+            .find(|op| op.unix_user.as_deref() == Some(user))
+    }
+
+    /// The admins' names (security alerts, approvals).
+    pub fn admin_names(&self) -> Vec<String> {
+        self.operators
+            .iter()
+            .filter(|o| o.role == Role::Admin)
+            .map(|o| o.name.clone())
+            .collect()
+    }
+
+    /// Whether an agent operator acts for `agent`.
+    pub fn has_agent(&self, agent: &str) -> bool {
+        self.operators
+            .iter()
+            .any(|o| o.agent.as_deref() == Some(agent))
+    }
 }
 
 /// How the broker logs in to Vault.
@@ -348,7 +424,7 @@ pub struct ApprovalsConfig {
 impl Default for ApprovalsConfig {
     fn default() -> Self {
         ApprovalsConfig {
-            required: APPROVABLE_COMMANDS.iter().map(|s| s.to_string()).collect(),
+            required: Effect::ALL.iter().map(|e| e.name().to_string()).collect(),
             ttl_secs: 600,
             max_pending_per_operator: 5,
             notify: true,

@@ -324,12 +324,13 @@ impl Config {
     pub(super) fn validate_approvals(&self) -> Result<(), ConfigError> {
         let a = &self.approvals;
         for (i, command) in a.required.iter().enumerate() {
-            if !APPROVABLE_COMMANDS.contains(&command.as_str()) {
+            if Effect::from_name(command).is_none() {
+                let allowed: Vec<&str> = Effect::ALL.iter().map(|e| e.name()).collect();
                 return Err(invalid(
                     format!("approvals.required[{i}]"),
                     format!(
                         "`{command}` cannot require approval; allowed: {}",
-                        APPROVABLE_COMMANDS.join(", ")
+                        allowed.join(", ")
                     ),
                 ));
             }

@@ -145,13 +145,9 @@ async fn handle(app: Arc<App>, stream: UnixStream, stop: CancellationToken) -> s
     let cred = stream.peer_cred()?;
     let uid = cred.uid();
     let user = user_name(uid);
-    let op = user.as_deref().and_then(|u| {
-        app.cfg
-            .operators
-            .iter()
-            .find(|o| o.unix_user.as_deref() == Some(u))
-            .cloned()
-    });
+    let op = user
+        .as_deref()
+        .and_then(|u| app.cfg.operator_by_unix_user(u).cloned());
     let idle = Duration::from_secs(app.cfg.ipc.idle_timeout_secs);
     let (read, mut write) = stream.into_split();
     // Bounded: a client cannot make us buffer more than 1 MiB per connection.

@@ -556,12 +556,11 @@ impl Backoff {
             .saturating_mul(1u32 << self.attempt.min(16))
             .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
-        let mut b = [0u8; 8];
         // No randomness (should not happen): fall back to the ceiling.
-        if getrandom::fill(&mut b).is_err() {
+        let Ok(r) = crate::ids::random_u64() else {
             return ceiling;
-        }
-        let frac = (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+        };
+        let frac = (r >> 11) as f64 / (1u64 << 53) as f64;
         // At least a millisecond, so a retry loop never spins.
         ceiling.mul_f64(frac).max(Duration::from_millis(1))
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 
-use super::error::VaultError;
+use super::error::{Says, VaultError};
 use crate::config::VaultConfig;
 
 /// Seal state as `sys/health` reports it.
@@ -69,9 +69,9 @@ impl Vault {
         .await
         {
             Ok(()) => Ok(()),
+            // Vault: 400 "invalid accessor" once the token has expired.
             Err(e) => match VaultError::from(e) {
-                // Vault: 400 "invalid accessor" once the token has expired.
-                VaultError::Invalid(m) if m.contains("invalid accessor") => Ok(()),
+                e if e.says() == Some(Says::InvalidAccessor) => Ok(()),
                 other => Err(other),
             },
         }

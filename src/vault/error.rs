@@ -51,19 +51,83 @@ impl VaultError {
     /// unreachable → unavailable, 403 → denied, 404 → not_found, 400 →
     /// invalid; a check-and-set mismatch is a 400 whose text says so).
     pub fn from_status(code: u16, text: String) -> VaultError {
-        match code {
-            403 | 401 => VaultError::Denied(text),
-            404 => VaultError::NotFound(text),
-            400 if text.contains("check-and-set") => VaultError::Conflict(text),
+        match (code, Says::of(&text)) {
+            (403 | 401, _) => VaultError::Denied(text),
+            (404, _) => VaultError::NotFound(text),
+            (400, Some(Says::CasMismatch)) => VaultError::Conflict(text),
             // HashiCorp Vault answers some storage failures (its etcd
             // without quorum) with a 400: the request was fine, the server
             // could not keep it.
-            400 if text.contains("context deadline exceeded") => {
+            (400, Some(Says::StorageTimeout)) => {
                 VaultError::Unavailable(format!("HTTP {code}: {text}"))
             }
-            400 | 405 | 409 | 412 | 422 => VaultError::Invalid(text),
+            (400 | 405 | 409 | 412 | 422, _) => VaultError::Invalid(text),
             _ => VaultError::Unavailable(format!("HTTP {code}: {text}")),
         }
+    }
+
+    /// What the server's text says, if it is one of the answers the
+    /// engines act on.
+    pub fn says(&self) -> Option<Says> {
+        match self {
+            VaultError::Invalid(m) | VaultError::Conflict(m) => Says::of(m),
+            _ => None,
+        }
+    }
+
+    /// An `Invalid` answer that says `says` becomes `to(text)`; anything
+    /// else is returned unchanged.
+    pub fn recast(self, says: Says, to: impl FnOnce(String) -> VaultError) -> VaultError {
+        match self {
+            VaultError::Invalid(m) if Says::of(&m) == Some(says) => to(m),
+            other => other,
+        }
+    }
+}
+
+/// The answers of Vault and OpenBao the engines act on, recognised from
+/// the servers' texts here and nowhere else (both servers word them the
+/// same; `tests/suite/vault_engines.rs` sees each against both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Says {
+    /// A check-and-set mismatch: another writer came first.
+    CasMismatch,
+    /// The mount requires check-and-set and none was given (a missing
+    /// option, not a lost race).
+    CasRequired,
+    /// The storage backend timed out (HashiCorp Vault's etcd without
+    /// quorum answers 400 with this).
+    StorageTimeout,
+    /// Revoking a token by an accessor that is gone (expired).
+    InvalidAccessor,
+    /// A used, expired or revoked wrapping token.
+    WrappingTokenInvalid,
+    /// No TOTP key of that name (OpenBao: 400).
+    UnknownTotpKey,
+    /// A TOTP code used once already.
+    TotpCodeUsed,
+    /// No transit key of that name (OpenBao: 400).
+    TransitKeyNotFound,
+}
+
+impl Says {
+    fn of(text: &str) -> Option<Says> {
+        // Order matters: "check-and-set parameter required" before any
+        // other check-and-set text.
+        const TEXTS: [(&str, Says); 8] = [
+            ("check-and-set parameter required", Says::CasRequired),
+            ("check-and-set", Says::CasMismatch),
+            ("context deadline exceeded", Says::StorageTimeout),
+            ("invalid accessor", Says::InvalidAccessor),
+            ("wrapping token is not valid", Says::WrappingTokenInvalid),
+            ("unknown key", Says::UnknownTotpKey),
+            ("already used", Says::TotpCodeUsed),
+            ("key not found", Says::TransitKeyNotFound),
+        ];
+        TEXTS
+            .iter()
+            .find(|(t, _)| text.contains(t))
+            .map(|&(_, s)| s)
     }
 }
 
@@ -82,5 +146,52 @@ impl From<ClientError> for VaultError {
             },
             other => VaultError::Unavailable(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_recognised_once_and_mapped() {
+        let e = |code, t: &str| VaultError::from_status(code, t.to_string());
+        assert!(matches!(
+            e(
+                400,
+                "check-and-set parameter did not match the current version"
+            ),
+            VaultError::Conflict(_)
+        ));
+        // A missing option, not a lost race.
+        assert!(matches!(
+            e(400, "check-and-set parameter required for this call"),
+            VaultError::Invalid(_)
+        ));
+        assert!(matches!(
+            e(400, "context deadline exceeded"),
+            VaultError::Unavailable(_)
+        ));
+        assert_eq!(
+            e(400, "1 error occurred: invalid accessor").says(),
+            Some(Says::InvalidAccessor)
+        );
+        assert!(matches!(
+            e(400, "unknown key: alice").recast(Says::UnknownTotpKey, VaultError::NotFound),
+            VaultError::NotFound(_)
+        ));
+        assert!(matches!(
+            e(400, "code already used; wait until the next time period")
+                .recast(Says::TotpCodeUsed, VaultError::Denied),
+            VaultError::Denied(_)
+        ));
+        // Only what the text says is recast.
+        assert!(matches!(
+            e(400, "unknown key: alice").recast(Says::TransitKeyNotFound, VaultError::NotFound),
+            VaultError::Invalid(_)
+        ));
+        assert!(matches!(e(403, "permission denied"), VaultError::Denied(_)));
+        assert!(matches!(e(503, "sealed"), VaultError::Unavailable(_)));
+        assert_eq!(e(400, "anything else").says(), None);
     }
 }

@@ -366,15 +366,6 @@ fn check_data(data: &KvData) -> Result<(), VaultError> {
     check_fields(data)
 }
 
-/// `check-and-set parameter required for this call` is a missing option,
-/// not a lost race; Vault words both with "check-and-set".
-fn cas_error(e: VaultError) -> VaultError {
-    match e {
-        VaultError::Conflict(m) if m.contains("required") => VaultError::Invalid(m),
-        other => other,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Operations
 // ---------------------------------------------------------------------------
@@ -461,10 +452,7 @@ impl Vault {
             data: ExposedMap(data),
             options: cas.map(|cas| CasOption { cas }),
         })?;
-        let body = self
-            .send(req)
-            .await
-            .map_err(|e| cas_error(e.into_error(&ctx)))?;
+        let body = self.send(req).await.map_err(|e| e.into_error(&ctx))?;
         let meta: RawVersionMeta = parse_data(&body, &ctx)?;
         Ok(meta.version)
     }
@@ -496,7 +484,7 @@ impl Vault {
                 Err(gone(path, None, meta))
             }
             Err(e) if e.code() == Some(405) => self.kv_patch_rmw(path, data).await,
-            Err(e) => Err(cas_error(e.into_error(&ctx))),
+            Err(e) => Err(e.into_error(&ctx)),
         }
     }
 

@@ -18,5 +18,5 @@ pub mod wrap;
 mod wrap_ttl;
 
 pub use client::{Health, TokenInfo, Vault};
-pub use error::VaultError;
+pub use error::{Says, VaultError};
 pub use sys::{LeaderInfo, MountInfo, TokenLifetime};

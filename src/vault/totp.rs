@@ -7,7 +7,7 @@ use rustify::enums::RequestMethod;
 use serde::{Deserialize, Serialize};
 
 use super::client::Vault;
-use super::error::VaultError;
+use super::error::{Says, VaultError};
 use super::http::{check_mount, check_name, parse_data, Req};
 
 /// The Vault TOTP mount that checks approval codes (`apply.sh` enables it).
@@ -55,12 +55,11 @@ impl Vault {
             .json(&CodeBody { code })?;
         match self.send(req).await {
             Ok(body) => Ok(parse_data::<RawValid>(&body, &ctx)?.valid),
-            Err(e) => Err(match e.into_error(&ctx) {
-                // OpenBao answers 400 for both; neither is a malformed request.
-                VaultError::Invalid(m) if m.contains("unknown key") => VaultError::NotFound(m),
-                VaultError::Invalid(m) if m.contains("already used") => VaultError::Denied(m),
-                other => other,
-            }),
+            // OpenBao answers 400 for both; neither is a malformed request.
+            Err(e) => Err(e
+                .into_error(&ctx)
+                .recast(Says::UnknownTotpKey, VaultError::NotFound)
+                .recast(Says::TotpCodeUsed, VaultError::Denied)),
         }
     }
 }

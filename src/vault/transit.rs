@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::client::Vault;
-use super::error::VaultError;
+use super::error::{Says, VaultError};
 use super::http::{check_mount, check_name, parse_data, parse_envelope, Req};
 
 /// A transit key as `vault read transit/keys/KEY` shows it (no key material).
@@ -109,10 +109,7 @@ struct CiphertextBody<'a> {
 
 /// Unknown transit keys come back as 400 from OpenBao; they are NotFound.
 pub(super) fn key_not_found_is_not_found(e: VaultError) -> VaultError {
-    match e {
-        VaultError::Invalid(m) if m.contains("key not found") => VaultError::NotFound(m),
-        other => other,
-    }
+    e.recast(Says::TransitKeyNotFound, VaultError::NotFound)
 }
 
 /// A ciphertext as the operator pasted it: printable ASCII only, and not

@@ -9,7 +9,7 @@ use serde::de;
 use serde::{Deserialize, Serialize};
 
 use super::client::Vault;
-use super::error::VaultError;
+use super::error::{Says, VaultError};
 use super::http::{check_fields, parse_data, parse_envelope, Envelope, ExposedMap, Req, SecretMap};
 use super::kv::KvPath;
 pub use super::wrap_ttl::{WrapTtl, WrapTtlError};
@@ -182,12 +182,9 @@ impl Vault {
 /// token is not valid or does not exist". Said so, because the usual cause
 /// is that someone else unwrapped it first.
 fn invalid_wrapping_token(e: VaultError) -> VaultError {
-    match e {
-        VaultError::Invalid(m) if m.contains("wrapping token is not valid") => {
-            VaultError::Invalid(format!("{m} (already unwrapped, expired or revoked)"))
-        }
-        other => other,
-    }
+    e.recast(Says::WrappingTokenInvalid, |m| {
+        VaultError::Invalid(format!("{m} (already unwrapped, expired or revoked)"))
+    })
 }
 
 /// Refuses obviously malformed tokens before they travel; never echoes one.

@@ -28,6 +28,10 @@ pub enum ChatError {
     Refused,
     #[error("telegram: {0}")]
     Io(String),
+    /// The session holds no access hash for this user: Telegram cannot be
+    /// asked to deliver to them until they write first.
+    #[error("telegram: no access hash for user {0} in the session")]
+    UnknownPeer(i64),
     #[error("telegram session: {0}")]
     Session(String),
     #[error("telegram: {0}")]

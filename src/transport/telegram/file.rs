@@ -127,15 +127,13 @@ struct State {
 /// A fresh id for a message this account sends (Telegram's are positive
 /// and increasing per chat; random high ones never collide with the tests').
 fn message_id() -> i32 {
-    let mut b = [0u8; 4];
-    let _ = getrandom::fill(&mut b);
-    (u32::from_le_bytes(b) % 1_000_000_000) as i32 + 1_000_000_000
+    // The stand-in only; the OS generator does not fail here.
+    let r = crate::ids::random_u64().unwrap_or_default();
+    (r % 1_000_000_000) as i32 + 1_000_000_000
 }
 
 fn random_key() -> String {
-    let mut b = [0u8; 16];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::ids::random_hex::<16>().unwrap_or_default()
 }
 
 /// A fresh session, as `vaultgram login` stores it for this backend: a
@@ -560,9 +558,7 @@ impl FileChat {
         self.flood("send").await?;
         if !self.state().peers.contains(&format!("user:{user}")) {
             // grammers has no InputPeer without the access hash.
-            return Err(ChatError::Io(format!(
-                "no access hash for user {user} in the session"
-            )));
+            return Err(ChatError::UnknownPeer(user));
         }
         let injected = self
             .faults
@@ -608,9 +604,7 @@ impl FileChat {
         too_long(text)?;
         self.flood("send_once").await?;
         if !self.state().peers.contains(&format!("user:{user}")) {
-            return Err(ChatError::Io(format!(
-                "no access hash for user {user} in the session"
-            )));
+            return Err(ChatError::UnknownPeer(user));
         }
         let outbox = std::fs::read_to_string(self.dir.join("outbox.jsonl")).unwrap_or_default();
         let window = std::fs::read_to_string(self.dir.join("random_id_window_ms"))

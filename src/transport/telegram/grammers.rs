@@ -418,7 +418,7 @@ impl GrammersChat {
     async fn user(&self, user: i64) -> Result<PeerRef, ChatError> {
         user_ref(&self.session, user)
             .await
-            .ok_or_else(|| ChatError::Io(format!("no access hash for user {user} in the session")))
+            .ok_or(ChatError::UnknownPeer(user))
     }
 
     /// Learns the access hash of the sender of a private message: an

@@ -269,14 +269,30 @@ pub fn handled_key(prefix: &str, account: i64, chat: i64, id: i32) -> String {
     format!("{prefix}tg/handled/{account}/{chat}/{id}")
 }
 
+/// What became of a claimed message.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimState {
+    /// Claimed, running.
+    Started,
+    /// Executed; the reply may not be out yet.
+    Ran,
+    Done,
+    /// A message this broker sent into Saved Messages: never a command.
+    Sent,
+    /// Too old to run; the operator was told.
+    Stale,
+    /// A Telegram service message (777000), alerted once.
+    Service,
+    /// Written by another version of the broker: handled, whatever it was.
+    #[serde(other)]
+    Other,
+}
+
 /// State of a claim, stored as its value (never a message text).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Handled {
-    /// `started` (claimed, running), `ran` (executed; the reply may not be
-    /// out yet), `done`, `sent` (a message this broker sent into Saved
-    /// Messages: never a command), `stale` (too old to run; the operator
-    /// was told).
-    pub state: String,
+    pub state: ClaimState,
     pub node: String,
     pub at: u64,
 }

@@ -28,7 +28,7 @@ use crate::vault::auth::Backoff;
 pub async fn login(app: &App, prompt: &mut dyn LoginPrompt) -> Result<u64, ChatError> {
     use crate::records::session::{Meta, WRITTEN_BY_LOGIN};
     let store = SessionStore::new(&app.cfg)?;
-    let node = crate::leader::node_id();
+    let node = crate::leader::node_id().map_err(|e| ChatError::Session(e.to_string()))?;
     let vault = app.broker.current();
     // The authorization this login replaces: ended once the new one is
     // stored, so that no older version of the record holds a live session.

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::chat::ChatError;
 use super::client::{start_client, Client};
 use super::intake::IntakeRx;
-use super::route::{self, Deletion, Handled, Incoming, Route};
+use super::route::{self, ClaimState, Deletion, Handled, Incoming, Route};
 use super::session::SessionStore;
 use crate::config::Config;
 use crate::dispatch::App;
@@ -372,9 +372,9 @@ impl Term<'_> {
         &self.app.cfg.etcd.prefix
     }
 
-    fn record(&self, state: &str) -> Vec<u8> {
+    fn record(&self, state: ClaimState) -> Vec<u8> {
         serde_json::to_vec(&Handled {
-            state: state.into(),
+            state,
             node: self.node.into(),
             at: crate::clock::unix_secs(),
         })
@@ -384,7 +384,12 @@ impl Term<'_> {
     /// Claims `(chat, id)`; `Some(previous state)` when it was handled or
     /// claimed before, `None` when this call claimed it. Errors and a lost
     /// leadership come back as `Err` (nothing may run then).
-    async fn claim(&self, chat: i64, id: i32, state: &str) -> Result<Option<String>, String> {
+    async fn claim(
+        &self,
+        chat: i64,
+        id: i32,
+        state: ClaimState,
+    ) -> Result<Option<ClaimState>, String> {
         let etcd = &self.app.etcd;
         let key = self.handled_key(chat, id);
         let lease = self.lease().await.map_err(|e| e.to_string())?;
@@ -400,8 +405,7 @@ impl Term<'_> {
                     .ok()
                     .flatten()
                     .and_then(|v| serde_json::from_slice::<Handled>(&v).ok())
-                    .map(|h| h.state)
-                    .unwrap_or_default();
+                    .map_or(ClaimState::Other, |h| h.state);
                 Ok(Some(prev))
             }
             Ok(Claim::NotLeader) => {
@@ -527,7 +531,7 @@ impl Term<'_> {
                     self.delete_input(client, &msg).await;
                 }
                 // Claimed, so that a redelivery is not counted again.
-                if let Ok(None) = self.claim(msg.chat, msg.id, "stale").await {
+                if let Ok(None) = self.claim(msg.chat, msg.id, ClaimState::Stale).await {
                     self.stale_note(msg.chat, age_secs);
                 }
                 return Ok(());
@@ -557,9 +561,9 @@ impl Term<'_> {
         if marked && !msg.outgoing {
             self.mark_reachable(op, true).await;
         }
-        match self.claim(msg.chat, msg.id, "started").await {
+        match self.claim(msg.chat, msg.id, ClaimState::Started).await {
             Ok(None) => {}
-            Ok(Some(prev)) if prev == "started" => {
+            Ok(Some(ClaimState::Started)) => {
                 // Claimed by a leader that stopped before finishing: it may or
                 // may not have run. Running it again could run it twice.
                 tracing::warn!(
@@ -572,7 +576,7 @@ impl Term<'_> {
                 );
                 let _ = client.send(msg.chat, msg.id, &text, false).await;
                 let key = self.handled_key(msg.chat, msg.id);
-                let _ = self.put_guarded(&key, &self.record("done")).await;
+                let _ = self.put_guarded(&key, &self.record(ClaimState::Done)).await;
                 self.run_deletions(client).await;
                 return Ok(());
             }
@@ -613,7 +617,7 @@ impl Term<'_> {
         // It ran. From here on a redelivery is a duplicate even if this
         // node dies before its reply is out (the audit trail has it);
         // only a claim still `started` may or may not have run.
-        let _ = self.put_guarded(&key, &self.record("ran")).await;
+        let _ = self.put_guarded(&key, &self.record(ClaimState::Ran)).await;
         drop(result);
         let mut chunks = route::split(&text, route::MESSAGE_LIMIT);
         if chunks.is_empty() {
@@ -683,7 +687,7 @@ impl Term<'_> {
             // Our replies come back into Saved Messages as updates: claim
             // them now so that none is ever taken for a command.
             for id in &sent {
-                let _ = self.claim(msg.chat, *id, "sent").await;
+                let _ = self.claim(msg.chat, *id, ClaimState::Sent).await;
             }
         }
         if let Some(mut d) = reply_deletion {
@@ -692,7 +696,7 @@ impl Term<'_> {
             let value = serde_json::to_vec(&d).unwrap_or_default();
             let _ = self.put_guarded(&d.key(self.prefix()), &value).await;
         }
-        let _ = self.put_guarded(&key, &self.record("done")).await;
+        let _ = self.put_guarded(&key, &self.record(ClaimState::Done)).await;
         if secret_input {
             self.run_deletions(client).await;
         }
@@ -905,7 +909,10 @@ impl Term<'_> {
             .iter()
             .any(|w| t.contains(w));
         // Once per message, across failovers.
-        if !matches!(self.claim(msg.chat, msg.id, "service").await, Ok(None)) {
+        if !matches!(
+            self.claim(msg.chat, msg.id, ClaimState::Service).await,
+            Ok(None)
+        ) {
             return;
         }
         self.app
@@ -999,7 +1006,7 @@ impl Term<'_> {
             if n.not_before_ms > now {
                 continue;
             }
-            let op = self.app.cfg.operators.iter().find(|o| o.name == n.to);
+            let op = self.app.cfg.operator_by_name(&n.to);
             let (Some(op), false) = (op, n.expires_at < now / 1000) else {
                 tracing::warn!(to = %n.to, kind = %n.kind, attempts = n.attempts, "telegram: notice dropped undelivered");
                 self.app
@@ -1063,7 +1070,7 @@ impl Term<'_> {
                 }
                 Err(e) => {
                     tracing::warn!(to = %op.name, kind = %n.kind, error = %e, "telegram: notice not sent; retried later");
-                    if matches!(&e, ChatError::Io(m) if m.contains("no access hash")) {
+                    if matches!(e, ChatError::UnknownPeer(_)) {
                         let _ = self.put_guarded(&unreachable, b"1").await;
                     }
                     n.retry_later(now);
