@@ -38,29 +38,10 @@ for f in vault-ca.pem secrets/role_id secrets/secret_id etcd/ca.pem etcd/client.
   : >"$WORK/cfg/$f"
 done
 cat >"$WORK/cfg/vaultgram.toml" <<'EOF'
-[vault]
-addr = "https://127.0.0.1:8200"
-ca_cert = "vault-ca.pem"
-
-[vault.auth]
-method = "approle"
-role_id_file = "secrets/role_id"
-secret_id_file = "secrets/secret_id"
-
-[etcd]
-endpoints = ["https://127.0.0.1:2379"]
-ca_cert = "etcd/ca.pem"
-cert = "etcd/client.pem"
-key = "etcd/client-key.pem"
-
-[telegram]
-backend = "file"
-file_dir = "tg"
-
-[[operators]]
-name = "alice"
-telegram_id = 111111
-role = "admin"
+vault = { addr = "https://127.0.0.1:8200", ca_cert = "vault-ca.pem", auth = { method = "approle", role_id_file = "secrets/role_id", secret_id_file = "secrets/secret_id" } }
+etcd = { endpoints = ["https://127.0.0.1:2379"], ca_cert = "etcd/ca.pem", cert = "etcd/client.pem", key = "etcd/client-key.pem" }
+telegram = { backend = "file", file_dir = "tg" }
+operators = [{ name = "alice", telegram_id = 111111, role = "admin" }]
 EOF
 if out=$("$WORK/without" --config "$WORK/cfg/vaultgram.toml" check-config 2>&1); then
   echo "check-standin: check-config accepted backend = \"file\" in a build without the stand-in" >&2

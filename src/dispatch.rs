@@ -1,9 +1,31 @@
 //! The dispatcher: every transport (console, Unix socket, Telegram) hands
 //! `(operator, command text)` here and renders the [`Reply`] it gets back.
+//! The pipeline, known nowhere else ([`App::dispatch`]):
 //!
-//! parse → authorize by role → approval gate → execute with the operator's
-//! Vault child token → audit. Unknown senders, unparsable lines and role
-//! violations never reach Vault.
+//! 1. parse against the table (no raw control character in a shown word);
+//! 2. suspended? — one etcd read bounded by `security::SUSPENSION_WAIT`
+//!    (2 s); unknown → only `/help`, `/whoami`, `/health` run (fail
+//!    closed); a suspended admin on the socket may still `/unlock` and
+//!    `/operator resume` itself (the host recovery path);
+//! 3. role (`command::rules`);
+//! 4. effects (`effect::classify`): a generic spelling that would reach a
+//!    managed record is refused;
+//! 5. step-up (`Command::step`, raised to *secret* for any effect; the
+//!    unlock must apply on this transport);
+//! 6. for a gated effect: arguments and ownership checked, the canonical
+//!    line built (`command::prepare`), then the approval gate (a grant
+//!    consumed, or a request filed);
+//! 7. the reveal budget for a secret reply (not countable in time →
+//!    refused);
+//! 8. execute with the operator's child token (`Ctx::vault`); a read-only
+//!    command runs while 2 and 7 are checked, minting and counting nothing
+//!    until they clear (`Ctx::cleared`), its reply dropped if they refuse;
+//! 9. escape what is shown (`text`), one audit record; each stage timed
+//!    into `vaultgram_command_stage_seconds{stage}`.
+//!
+//! `/approve`, `/deny` and `/pending` drive the pipeline itself: an
+//! approved command runs here as its requester. Unknown senders,
+//! unparsable lines and role violations never reach Vault.
 
 use std::sync::Arc;
 

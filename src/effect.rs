@@ -11,6 +11,36 @@
 //! live version out of the history) is refused where it would happen, in
 //! `vault::kv` (see ARCHITECTURE.md, "Effects that need approval").
 
+//!
+//! # Every path to a gated effect
+//!
+//! `approvals.required` names effects. Every command path that can produce
+//! one is gated, refused, or impossible by policy:
+//!
+//! | effect (name in `approvals.required`) | command paths that produce it | what happens |
+//! | --- | --- | --- |
+//! | destroy versions (`kv destroy`) | `/kv destroy`; any write that would push a live version past `max_versions` (`/kv put`, `/kv patch`, `/kv rollback`, `/agent token`, `/panel add` of an existing panel, `/panel assign` copies, `/mtproto issue` after a revoke, imports); setting `max_versions` / `delete_version_after` on a key | `/kv destroy`: gated. Churn: refused by `vault::kv::kv_history_guard` (names the version to destroy first). Metadata writes: no operator policy grants them; the mount keeps 100 versions and never deletes by age (`apply.sh`) |
+//! | delete metadata (`kv metadata delete`) | `/kv metadata delete`; `/panel remove` (the record and every agent's copy, all versions) | gated |
+//! | rotate a key (`transit rotate`) | `/transit rotate` | gated |
+//! | revoke an agent (`agent revoke`) | `/agent revoke`; `/agent token` (the new token ends the current one); `/kv delete`, `destroy`, `metadata delete`, `put`, `patch`, `rollback`, `undelete` of `vaultgram/agents/ID` | `/agent revoke`, `/agent token`: gated (`/agent token`'s reply is the new token: a one-time grant for the requester); `/kv` writes there: refused (`effect`) |
+//! | revoke an MTProto user (`mtproto revoke`) | `/mtproto revoke`; `/kv delete`, `destroy`, `metadata delete`, `put`, `patch`, `rollback` of `vaultgram/mtproto/OWNER/USER`; undoing a revoke with `undelete` | `/mtproto revoke`: gated; `/kv` writes there: refused; the agent policy has no `undelete` |
+//! | reveal a panel password (`panel show --reveal`) | `/panel show --reveal`; `/kv get` (with or without `-version`, `-field=password`, `-wrap-ttl`) of `vaultgram/panels/NAME` or `vaultgram/panels-by-agent/AGENT/NAME` | `/panel show --reveal`: gated (one-time grant for the requester); `/kv get` there: refused unless `-field` names another field |
+//!
+//! The table is total: `effect::tests::every_command_of_the_table_is_classified`
+//! walks every command of the command table (`command::all_command_words`)
+//! with a sample line and the effects it must have, so a command added
+//! without saying what it destroys or reveals — or taken out of `classify` —
+//! fails the unit tests.
+//!
+//! Order for a gated command: parse (no control or invisible character in
+//! any shown argument) → role → `effect::classify` → step-up (an effect
+//! needs an unlock wherever a secret does) → `command::prepare`
+//! (arguments, ownership and existence checked with the requester's own
+//! child token; the canonical line built) → `Approvals::gate` (a grant for
+//! exactly that canonical line is consumed, or a request is filed, at most
+//! `max_pending_per_operator` per requester). `/pending` shows the canonical
+//! line, escaped field by field, and `/approve` parses and runs that line.
+
 use crate::command::kv::{KvCommand, KvMetadataCommand};
 use crate::command::{AgentCommand, Command, MtprotoCommand, PanelCommand, TransitCommand};
 use crate::context::CommandError;

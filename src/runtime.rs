@@ -27,6 +27,9 @@ pub struct TelegramStatus {
     /// Unix seconds since when this node leads without a connected
     /// client (`None`: connected, or not leading).
     pub down_since: Option<u64>,
+    /// Times this node looked at the stored session to start a client
+    /// (a refused one is looked at again every recheck, never used).
+    pub session_checks: u64,
 }
 
 impl Runtime {

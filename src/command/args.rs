@@ -172,7 +172,7 @@ impl std::str::FromStr for Pair {
     }
 }
 
-/// One word of a canonical line, quoted so that [`lexer::split`] gives it
+/// One word of a canonical line, quoted so that [`super::lexer::split`] gives it
 /// back unchanged.
 pub fn quote(word: &str) -> String {
     if !word.is_empty()

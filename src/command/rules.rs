@@ -6,7 +6,7 @@
 
 /// Command words an agent may use; a rule shorter than the command
 /// covers everything under it (`mtproto` is the whole group).
-const AGENT_MAY_USE: [&str; 11] = [
+pub(super) const AGENT_MAY_USE: [&str; 11] = [
     "help",
     "whoami",
     "health",

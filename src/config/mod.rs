@@ -22,7 +22,7 @@
 //! Vault or etcd.
 //!
 //! Secrets: the only secret held here is the Vault token, in a
-//! [`SecretString`] that serde never (de)serialises and `Debug` never
+//! [`secrecy::SecretString`] that serde never (de)serialises and `Debug` never
 //! shows. A SOCKS5 proxy URL may embed a password; `Debug` and
 //! [`Config::redacted_toml`] mask it.
 //!

@@ -263,10 +263,19 @@ fn expired_request_cannot_be_approved(env: &Env) {
     let r1 = run(env, &s, "alice", &[&format!("/transit rotate {key}")]);
     let id = request_id(&r1, 0);
     assert!(message(&r1, 0).contains("expires in 10 s"));
-    std::thread::sleep(Duration::from_secs(12));
+    // The lease removes the pending request once its 10 s are up (etcd
+    // expires leases on its own clock: waited for, with a deadline).
+    let filed = std::time::Instant::now();
+    while !etcd_keys(env, &format!("/vaultgram/approvals/pending/{id}")).is_empty() {
+        assert!(
+            filed.elapsed() < Duration::from_secs(40),
+            "the lease did not remove the pending request"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert!(
-        etcd_keys(env, &format!("/vaultgram/approvals/pending/{id}")).is_empty(),
-        "the lease removed the pending request"
+        filed.elapsed() >= Duration::from_secs(9),
+        "gone before its TTL"
     );
     let code = fresh_code(&s.dave);
     let r2 = run(

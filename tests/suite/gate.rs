@@ -700,8 +700,15 @@ fn socket_limits(env: &Env) {
     assert_eq!(n, 0, "{rest}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     // Two connections held open; a third is told to try again.
+    // Each answers a command first: both hold a slot when the third comes
+    // (an idle one would keep it for 2 s more).
     let (h1, h2) = (connect(), connect());
-    std::thread::sleep(Duration::from_millis(300));
+    for mut h in [&h1, &h2] {
+        h.write_all(b"/whoami\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(h).read_line(&mut line).unwrap();
+        assert!(line.contains("\"ok\":true"), "{line}");
+    }
     let mut third = connect();
     let mut reply = String::new();
     let _ = third.read_to_string(&mut reply);

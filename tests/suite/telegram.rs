@@ -817,7 +817,17 @@ fn grammers_faults_are_survived(env: &Env) {
     });
     let connects = |o: &Outbox| o.lines().iter().filter(|v| v["op"] == "connect").count();
     let before = connects(&out);
-    std::thread::sleep(Duration::from_secs(4));
+    // The runner looks at the stored (refused) session again twice: only
+    // then does "not reconnected" say anything.
+    let checks = app.runtime.telegram().session_checks;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.runtime.telegram().session_checks < checks + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the refused session was not looked at again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(starts(&out), 3, "restarted with a refused key");
     assert_eq!(connects(&out), before, "reconnected with a refused key");
     env.rt.block_on(async {
@@ -846,8 +856,15 @@ fn grammers_faults_are_survived(env: &Env) {
         })
     };
     let key = stored_key();
+    let before = starts(&out);
     inbox(&dir, json!({"control": "reset_key"}));
-    std::thread::sleep(Duration::from_secs(4));
+    // The next save sees the replaced key and restarts from the stored
+    // session instead: only after that restart does the check mean much.
+    out.wait(
+        "a restart from the stored session",
+        Duration::from_secs(20),
+        |o| starts(o) > before,
+    );
     assert_eq!(stored_key(), key, "a replaced key was saved");
 
     stop.cancel();
