@@ -2,7 +2,8 @@
 //!
 //! Secret values never reach a log call in the first place (they live in
 //! `secrecy` types whose `Debug` is redacted); this module only decides the
-//! format and the filter.
+//! format and the filter — and it is where grammers' one signal of lost
+//! updates is caught ([`UpdateGaps`]).
 
 use std::str::FromStr;
 
@@ -116,6 +117,60 @@ where
             json: format == LogFormat::Json,
             writer,
         })
+        .with(UpdateGaps)
+}
+
+/// Where grammers 0.11 says that Telegram answered `getDifference` with
+/// `differenceTooLong` (grammers-session `message_box/mod.rs`, a `debug!`
+/// with this text): the gap was too long to fetch, grammers moved its
+/// update state past it, and the messages in it are never delivered. It
+/// is the only signal grammers gives; the Telegram runner turns it into
+/// an alert ([`take_update_gaps`]). Pinned by `Cargo.lock`; the test
+/// `the_grammers_event_is_the_one_grammers_emits` reads grammers' source.
+pub const DIFFERENCE_TOO_LONG_TARGET: &str = "grammers_session::message_box";
+pub const DIFFERENCE_TOO_LONG_TEXT: &str = "handling too-long difference";
+
+static UPDATE_GAPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many `differenceTooLong` answers grammers handled since the last
+/// call (only the leader runs a client, so they are its own).
+pub fn take_update_gaps() -> u64 {
+    UPDATE_GAPS.swap(0, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Puts back what [`take_update_gaps`] took and could not report.
+pub fn restore_update_gaps(n: u64) {
+    UPDATE_GAPS.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Counts grammers' `differenceTooLong` events whatever the log filter
+/// says (the filter keeps grammers off). Part of every subscriber this
+/// module builds; the tests' own log capture adds it too.
+pub struct UpdateGaps;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for UpdateGaps {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if event.metadata().target() != DIFFERENCE_TOO_LONG_TARGET {
+            return;
+        }
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 = format!("{v:?}").starts_with(DIFFERENCE_TOO_LONG_TEXT);
+                }
+            }
+        }
+        let mut m = Message(false);
+        event.record(&mut m);
+        if m.0 {
+            UPDATE_GAPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// grammers's warnings and errors, reduced to their level and the place
@@ -222,5 +277,71 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// grammers' `differenceTooLong` event is counted whatever the filter
+    /// says, once per event; nothing else on that target is.
+    #[test]
+    fn update_gaps_are_counted_whatever_the_filter() {
+        for spec in [None, Some("grammers_session=off"), Some("trace")] {
+            let sub = subscriber(LogFormat::Json, spec, "info", Buf::default());
+            tracing::subscriber::with_default(sub, || {
+                tracing::debug!(target: "grammers_session::message_box", "handling too-long difference (pts = {}); no longer getting diff", 42);
+                tracing::debug!(target: "grammers_session::message_box", "handling partial difference");
+                tracing::warn!(target: "vaultgram::x", "handling too-long difference");
+            });
+            assert_eq!(take_update_gaps(), 1, "{spec:?}");
+            assert_eq!(take_update_gaps(), 0);
+        }
+    }
+
+    /// The text [`UpdateGaps`] waits for is what the grammers-session in
+    /// `Cargo.lock` emits, at that target: an upgrade that changes it
+    /// fails here instead of silencing the alert.
+    #[test]
+    fn the_grammers_event_is_the_one_grammers_emits() {
+        let lock = include_str!("../Cargo.lock");
+        let version = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"grammers-session\""))
+            .and_then(|p| p.split("version = \"").nth(1))
+            .and_then(|v| v.split('"').next())
+            .expect("grammers-session in Cargo.lock");
+        let home = std::env::var("CARGO_HOME")
+            .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+        let registry = std::path::Path::new(&home).join("registry/src");
+        let source = std::fs::read_dir(&registry)
+            .unwrap_or_else(|e| panic!("{}: {e}", registry.display()))
+            .flatten()
+            .map(|d| {
+                d.path()
+                    .join(format!("grammers-session-{version}/src/message_box/mod.rs"))
+            })
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "grammers-session {version} source not under {}",
+                    registry.display()
+                )
+            });
+        let text = std::fs::read_to_string(&source).unwrap();
+        let at = text
+            .find(&format!(
+                "\"{DIFFERENCE_TOO_LONG_TEXT} (pts = {{}}); no longer getting diff\""
+            ))
+            .unwrap_or_else(|| panic!("{}: the differenceTooLong event changed", source.display()));
+        assert!(
+            text[..at].trim_end().ends_with("debug!("),
+            "not a tracing event"
+        );
+        let arm = text[..at]
+            .rfind("=>")
+            .map(|i| &text[..i])
+            .unwrap_or_default();
+        assert!(
+            arm.trim_end().ends_with("Difference::TooLong(diff)"),
+            "not the differenceTooLong arm"
+        );
+        assert_eq!(DIFFERENCE_TOO_LONG_TARGET, "grammers_session::message_box");
     }
 }

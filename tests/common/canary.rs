@@ -38,12 +38,19 @@ pub fn log_path() -> &'static Path {
 /// Captures the library's logs (JSON lines, debug for vaultgram, info for
 /// the rest — what an operator would run with `VAULTGRAM_LOG=debug`).
 pub fn capture_logs() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
     let file = std::fs::File::create(log_path()).unwrap();
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info,vaultgram=debug"))
         .with_writer(Mutex::new(file))
-        .try_init();
+        .with_filter(tracing_subscriber::EnvFilter::new("info,vaultgram=debug"));
+    // As in the broker's own subscriber: grammers' `differenceTooLong`
+    // event is counted whatever the filter says (the stand-in emits it).
+    let sub = tracing_subscriber::registry()
+        .with(fmt)
+        .with(vaultgram::telemetry::UpdateGaps);
+    let _ = tracing::subscriber::set_global_default(sub);
 }
 
 /// Every canary found in `files`, as `(canary, file)`.

@@ -72,6 +72,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::telegram_chat::claims_belong_to_the_account",
         claims_per_account,
     ),
+    (
+        "disruptive::telegram_chat::a_difference_too_long_is_told_not_swallowed",
+        difference_too_long_told,
+    ),
 ];
 
 /// One `telegram::run` in this process.
@@ -919,4 +923,84 @@ fn claims_per_account(env: &Env) {
         o.sends_to(150).len() == 2
     });
     r.stop(env);
+}
+
+/// Item 13: Telegram answers a catch-up whose gap is too long with
+/// `differenceTooLong`; grammers moves its state past the gap and hands
+/// out none of it, saying so only in a debug event. The commands in the
+/// gap never run — and the operators are told so, once, without an echo;
+/// a restart does not deliver the gap again nor tell again. On e84a6d6
+/// (and before this fix) the messages were gone without a word.
+fn difference_too_long_told(env: &Env) {
+    let dir = file_dir(env, "gap");
+    let cfg = tg_config(env, &dir);
+    let out = Outbox(dir.join("outbox.jsonl"));
+    std::fs::write(dir.join("dialogs.json"), "[111111]").unwrap();
+    env.rt.block_on(async {
+        let app = App::start(cfg.clone()).await.unwrap();
+        vaultgram::transport::telegram::login(&app, &mut NoPrompt)
+            .await
+            .unwrap();
+    });
+    std::fs::write(dir.join("difference_limit"), "5").unwrap();
+    let pw = canary::plant("tggap");
+    let lines: Vec<Value> = (1..=8)
+        .map(|i| {
+            json!({"id": 3000 + i, "chat": 111111, "sender": 111111, "users": true,
+                   "date": now(), "text": format!("/kv put secret/tggap-{i} password={pw}")})
+        })
+        .collect();
+    write_lines(&dir, &lines);
+    let told = |o: &Outbox| -> Vec<Value> {
+        sends(o)
+            .into_iter()
+            .filter(|v| {
+                v["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("differenceTooLong"))
+            })
+            .collect()
+    };
+    for round in 1..=2 {
+        let r = start(env, &cfg, false, &format!("gap-{round}"));
+        out.wait("client start", Duration::from_secs(15), |o| {
+            o.lines().iter().filter(|v| v["op"] == "start").count() >= round
+        });
+        // A live command after the gap: answered after anything caught up.
+        let live = 3100 + round as i64;
+        write_lines(
+            &dir,
+            &[
+                json!({"id": live, "chat": 111111, "sender": 111111, "date": now(), "text": "/whoami"}),
+            ],
+        );
+        out.wait("the live command answered", Duration::from_secs(20), |o| {
+            !o.sends_to(live).is_empty()
+        });
+        if round == 1 {
+            out.wait(
+                "the operators told of the gap",
+                Duration::from_secs(20),
+                |o| !told(o).is_empty(),
+            );
+        } else {
+            // Two more ticks of the runner: no second notice.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        r.stop(env);
+    }
+    let told = told(&out);
+    assert_eq!(told.len(), 1, "told once: {told:?}");
+    assert_eq!(told[0]["chat"], 111111);
+    let text = told[0]["text"].as_str().unwrap();
+    assert!(
+        !text.contains(pw.as_str()) && !text.contains("/kv"),
+        "{text}"
+    );
+    for id in 3001..=3008 {
+        assert!(
+            out.sends_to(id).is_empty(),
+            "message {id} of the gap was answered"
+        );
+    }
 }

@@ -49,10 +49,16 @@
 //!   `RANDOM_ID_DUPLICATE`, an older one is sent again.
 //! - **Errors**, injected by control lines: see below.
 //!
+//! - **`differenceTooLong`:** with a file `difference_limit` (N), a
+//!   catch-up of more than N updates is not delivered at all: the state
+//!   jumps past it (one update carries the new state) and the stand-in
+//!   emits grammers' own debug event for it (`telemetry::UpdateGaps`),
+//!   as grammers-session's `apply_difference` does.
+//!
 //! Not modelled (checked by hand against a real server, see
 //! `userbot/README.md`): MTProto itself, DC migration, `getDifference`
-//! slices and `differenceTooLong`, channel differences, media, entities,
-//! reply markup, Telegram's own flood limits.
+//! slices, channel differences, media, entities, reply markup,
+//! Telegram's own flood limits.
 //!
 //! Session: `{"file_backend":1,"offset":N,"me":ID,"auth_key":"…",
 //! "peers":["user:1",…]}`. A new leader resumes from the saved `offset`.
@@ -835,6 +841,24 @@ async fn network(
         .and_then(|t| t.trim().parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or(DIFFERENCE_BATCH);
+    // A gap longer than Telegram hands out: `differenceTooLong`. grammers
+    // logs it (at debug, the only signal), moves its state past the gap
+    // and delivers nothing of it.
+    let limit = std::fs::read_to_string(path.join("difference_limit"))
+        .ok()
+        .and_then(|t| t.trim().parse::<usize>().ok());
+    if limit.is_some_and(|l| catch_up.saturating_sub(received) > l) {
+        tracing::debug!(
+            target: "grammers_session::message_box",
+            "handling too-long difference (pts = {}); no longer getting diff",
+            catch_up
+        );
+        received = catch_up;
+        // The next update carries the new state.
+        if tx.send(vec![(received, None)]).await.is_err() {
+            return;
+        }
+    }
     // The catch-up batch being assembled: other updates, then messages.
     let mut others: Packet = Vec::new();
     let mut messages: Vec<Incoming> = Vec::new();

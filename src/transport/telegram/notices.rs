@@ -158,6 +158,46 @@ impl Term<'_> {
         }
     }
 
+    /// Telegram answered a catch-up with `differenceTooLong`: grammers
+    /// skipped the gap, and whatever operators sent in it never arrives.
+    /// Every operator is told (the same words as after a re-login: nothing
+    /// is echoed, nothing ran) and the log says it at WARN.
+    pub(super) async fn tell_update_gap(&self) {
+        let gaps = crate::telemetry::take_update_gaps();
+        if gaps == 0 {
+            return;
+        }
+        let text = format!(
+            "Telegram skipped updates the userbot had missed (differenceTooLong, at {}): messages sent to it while it was away were never delivered and did not run, and any secret in them is still in the chat: delete those messages yourself. Check /audit, and send again what you still need.",
+            crate::clock::rfc3339_secs(crate::clock::unix_secs())
+        );
+        let names: Vec<&str> = self
+            .app
+            .cfg
+            .operators
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect();
+        let expires = crate::clock::unix_secs() + 24 * 3600;
+        match self
+            .app
+            .notifier
+            .queue("update_gap", &names, &text, expires)
+            .await
+        {
+            Ok(_) => tracing::warn!(
+                gaps,
+                node = self.node,
+                "telegram: updates lost (differenceTooLong); the operators are told"
+            ),
+            Err(e) => {
+                // Told at the next tick instead.
+                crate::telemetry::restore_update_gaps(gaps);
+                tracing::warn!(error = %e, "telegram: updates lost (differenceTooLong); the notice was not queued");
+            }
+        }
+    }
+
     /// The account's authorizations, for `doctor` (`tg/authorizations`):
     /// devices and apps, never a secret.
     pub(super) async fn publish_authorizations(&self, client: &Client) {

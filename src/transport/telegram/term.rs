@@ -256,6 +256,7 @@ impl Term<'_> {
                     commit_settled(client, &run.rx, &mut run.handled).await;
                     self.summarize_strangers(&run.rx, &mut run.summarized, false).await;
                     self.tell_stale(client).await;
+                    self.tell_update_gap().await;
                     self.run_deletions(client).await;
                     self.run_notices(client).await?;
                 }
