@@ -76,6 +76,8 @@ ensure_tools() {
   # kube-apiserver + kubectl (v1.37.2, matching k8s-openapi's v1_37), built
   # once per machine; the Kubernetes tests run against them.
   kube_binaries >/dev/null || return 1
+  # promtool for the alert rules' unit tests.
+  prometheus_binaries >/dev/null || return 1
   local venv
   venv=$(k8s_venv)
   if [[ ! -x $venv/bin/checkov || ! -x $venv/bin/kubernetes-validate || ! -x $venv/bin/yamllint ]] ||
@@ -85,6 +87,36 @@ ensure_tools() {
     "$venv/bin/pip" install -q --disable-pip-version-check "${K8S_VENV_PINS[@]}" ||
       { echo "ensure_tools: pip install ${K8S_VENV_PINS[*]} (venv $venv) failed" >&2; return 1; }
   fi
+}
+
+# Prometheus and promtool from Debian's `prometheus` package, unpacked
+# (not installed: the package's service would start and listen), once per
+# machine; prints their directory. The monitoring tests use both.
+prometheus_binaries() {
+  local root="${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram-tools"
+  local out="$root/prometheus-deb"
+  if [[ -x $out/usr/bin/promtool && -x $out/usr/bin/prometheus ]]; then
+    printf '%s\n' "$out/usr/bin"
+    return 0
+  fi
+  local tmp
+  mkdir -p "$root" && tmp=$(mktemp -d "$root/.prometheus.XXXXXX") || return 1
+  echo "ensure_tools: unpacking Debian's prometheus (promtool) into $out" >&2
+  # apt-get download writes into the current directory, as _apt if it can.
+  chmod 0777 "$tmp"
+  if ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1 ||
+    { apt-get update -qq && apt-get download -qq prometheus; }); then
+    echo "prometheus_binaries: apt-get download prometheus failed" >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  if ! dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"; then
+    echo "prometheus_binaries: dpkg-deb -x failed" >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  rm -rf "$out" && mv "$tmp/x" "$out" && rm -rf "$tmp" || return 1
+  printf '%s\n' "$out/usr/bin"
 }
 
 # bench/run.sh's Python baselines (not needed by the tests).
@@ -126,6 +158,7 @@ tool_versions() {
     k8s-validate "$("$(k8s_venv)/bin/pip" show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')" \
     kubectl "$(kubectl version --client 2>/dev/null | head -1)" \
     kube-apiserver "$("$(kube_binaries 2>/dev/null)/kube-apiserver" --version 2>/dev/null)" \
+    promtool "$("$(prometheus_binaries 2>/dev/null)/promtool" --version 2>&1 | head -1)" \
     shellcheck "$(shellcheck --version 2>/dev/null | sed -n 's/^version: //p')" \
     go "$(go version 2>/dev/null)" \
     python3 "$(python3 --version 2>&1)" \

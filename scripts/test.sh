@@ -31,6 +31,9 @@ vault-policies/selftest.sh
 # documented keys, OpenBao transit auto-unseal, and the whole stack deployed
 # with Ansible on loopback (twice: changed=0), smoke-tested and torn down.
 tests/k8s/run.sh
+# Alert rules: shape, metric names, rendered PrometheusRule, promtool
+# check and unit tests (docs/MONITORING.md).
+tests/monitoring/run.sh
 tests/deploy/vault_etcd_config.sh --self-test
 tests/deploy/autounseal.sh
 # Backups restored for real: every kind of secret back byte for byte on new

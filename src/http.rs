@@ -234,6 +234,7 @@ async fn metrics(State(s): State<Arc<Endpoints>>) -> Response {
     .await;
     {
         let _one = s.scrape.lock().await;
+        crate::metrics::security_kinds(&crate::security::Event::ALL.map(|e| e.as_str()));
         let token = app.broker.status();
         catch_up(&m.token_renewals, token.renewals);
         catch_up(&m.token_relogins, token.relogins);

@@ -80,6 +80,15 @@ pub enum Event {
 }
 
 impl Event {
+    pub const ALL: [Event; 6] = [
+        Event::Suspend,
+        Event::Resume,
+        Event::AutoSuspend,
+        Event::BudgetExceeded,
+        Event::UnlockFailed,
+        Event::TelegramAccount,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Event::Suspend => "suspend",

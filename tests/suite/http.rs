@@ -193,6 +193,16 @@ fn metrics_parse_as_prometheus_text(env: &Env) {
     assert_eq!(one("vaultgram_token_relogins"), 0.0);
     assert_eq!(one("vaultgram_etcd_errors"), 0.0);
     assert_eq!(one("vaultgram_approvals_pending"), 0.0);
+    // Every security series exists at 0 before its first event: an alert
+    // on increase() sees the first suspension (monitoring/rules.yml).
+    let kinds: Vec<String> = samples("vaultgram_security_events")
+        .iter()
+        .filter(|s| counter(&s.value) == 0.0)
+        .filter_map(|s| s.labels.get("kind").map(str::to_string))
+        .collect();
+    for kind in vaultgram::security::Event::ALL.map(|e| e.as_str()) {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} missing:\n{text}");
+    }
 }
 
 /// With the election on (its own prefix, the grammers client, and no
