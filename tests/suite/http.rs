@@ -29,12 +29,14 @@ pub const TESTS: &[(&str, TestFn)] = &[
 ];
 
 /// A broker with its HTTP endpoints on a free port and no election.
-fn start(env: &Env, name: &str) -> (Broker, String) {
+/// A broker with its HTTP server on a free port; with `prefix`, its etcd
+/// state (approvals, audit) apart from the other tests'.
+fn start(env: &Env, name: &str, prefix: Option<&str>) -> (Broker, String) {
     let port = crate::common::process::free_port();
     let broker = Broker::start_with(env, name, |text| {
         format!(
             "{}\n[telegram]\nenabled = false\n",
-            on_port(&text, port, None)
+            on_port(&text, port, prefix)
         )
     });
     let base = format!("http://127.0.0.1:{port}");
@@ -73,7 +75,11 @@ fn counter(v: &Value) -> f64 {
 }
 
 fn metrics_parse_as_prometheus_text(env: &Env) {
-    let (broker, base) = start(env, "http-metrics");
+    // Its own prefix: the pending-approvals gauge counts this broker's
+    // requests only (on the shared one, other tests' requests showed up:
+    // 7 in a CI run).
+    let prefix = format!("/vaultgram/http-metrics-{}/", random_hex(4));
+    let (broker, base) = start(env, "http-metrics", Some(&prefix));
     let canary = crate::common::canary::plant("http-metrics");
     let path = format!("secret/http-metrics-{}", random_hex(4));
     let ok = |args: &[&str]| {
@@ -301,7 +307,7 @@ fn taken_port_fails_run(env: &Env) {
 
 fn readyz_follows_the_vault_seal(env: &Env) {
     let c = env.cluster();
-    let (broker, base) = start(env, "http-readyz");
+    let (broker, base) = start(env, "http-readyz", None);
     let readyz = || get(&format!("{base}/readyz")).expect("/readyz answers");
     let healthz = || {
         let (code, body) = get(&format!("{base}/healthz")).expect("/healthz answers");
