@@ -111,13 +111,21 @@ where
         LogFormat::Pretty => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
+    // Each layer with its own filter: a layer without one makes every
+    // callsite of every crate (h2's and tonic's trace events included)
+    // build its events for nobody.
+    let grammers = tracing_subscriber::filter::Targets::new()
+        .with_targets(GRAMMERS.map(|g| (g, tracing::Level::WARN)));
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(GrammersRedacted {
-            json: format == LogFormat::Json,
-            writer,
-        })
-        .with(UpdateGaps)
+        .with(
+            GrammersRedacted {
+                json: format == LogFormat::Json,
+                writer,
+            }
+            .with_filter(grammers),
+        )
+        .with(update_gaps())
 }
 
 /// Where grammers 0.11 says that Telegram answered `getDifference` with
@@ -143,9 +151,22 @@ pub fn restore_update_gaps(n: u64) {
     UPDATE_GAPS.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The [`UpdateGaps`] layer, interested in its one target only. Part of
+/// every subscriber this module builds; the tests' own log capture adds
+/// it too.
+pub fn update_gaps<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    UpdateGaps.with_filter(
+        tracing_subscriber::filter::Targets::new()
+            .with_target(DIFFERENCE_TOO_LONG_TARGET, tracing::Level::DEBUG),
+    )
+}
+
 /// Counts grammers' `differenceTooLong` events whatever the log filter
-/// says (the filter keeps grammers off). Part of every subscriber this
-/// module builds; the tests' own log capture adds it too.
+/// says (the filter keeps grammers off).
 pub struct UpdateGaps;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for UpdateGaps {

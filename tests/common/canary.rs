@@ -49,7 +49,7 @@ pub fn capture_logs() {
     // event is counted whatever the filter says (the stand-in emits it).
     let sub = tracing_subscriber::registry()
         .with(fmt)
-        .with(vaultgram::telemetry::UpdateGaps);
+        .with(vaultgram::telemetry::update_gaps());
     let _ = tracing::subscriber::set_global_default(sub);
 }
 
