@@ -160,18 +160,22 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(s): State<Arc<Endpoints>>) -> Response {
-    let (age, checks) = {
-        let mut cached = s.ready.lock().await;
-        match cached.as_ref() {
-            Some((at, c)) if at.elapsed() < READY_CACHE => (at.elapsed(), c.clone()),
-            _ => {
-                let c = Checks::run(&s.app).await;
-                *cached = Some((Instant::now(), c.clone()));
-                (Duration::ZERO, c)
-            }
+/// The dependency checks, at most [`READY_CACHE`] old (probes and scrapes
+/// share them: each costs a Vault and an etcd call), and their age.
+async fn cached_checks(s: &Endpoints) -> (Duration, Checks) {
+    let mut cached = s.ready.lock().await;
+    match cached.as_ref() {
+        Some((at, c)) if at.elapsed() < READY_CACHE => (at.elapsed(), c.clone()),
+        _ => {
+            let c = Checks::run(&s.app).await;
+            *cached = Some((Instant::now(), c.clone()));
+            (Duration::ZERO, c)
         }
-    };
+    }
+}
+
+async fn readyz(State(s): State<Arc<Endpoints>>) -> Response {
+    let (age, checks) = cached_checks(&s).await;
     let mut failed = checks.failed();
     // Refreshed by run's own re-check task, not per probe (API calls).
     let confinement = s.app.runtime.confinement();
@@ -226,6 +230,9 @@ fn catch_up(c: &prometheus_client::metrics::counter::Counter, value: u64) {
 async fn metrics(State(s): State<Arc<Endpoints>>) -> Response {
     let app = &s.app;
     let m = crate::metrics::get();
+    let (_, checks) = cached_checks(&s).await;
+    crate::metrics::dependency_up("vault", checks.vault.ok);
+    crate::metrics::dependency_up("etcd", checks.etcd.ok);
     let pending = tokio::time::timeout(
         CHECK_TIMEOUT,
         app.etcd

@@ -35,6 +35,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabels {
+    dependency: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SecurityLabels {
     kind: &'static str,
 }
@@ -82,6 +87,7 @@ pub struct Metrics {
     pub approvals_pending: Gauge,
     security_events: Family<SecurityLabels, Counter>,
     confinement: Family<StateLabels, Gauge>,
+    dependencies: Family<DependencyLabels, Gauge>,
 }
 
 fn vault_histogram() -> Histogram {
@@ -114,6 +120,7 @@ impl Metrics {
             approvals_pending: Gauge::default(),
             security_events: Family::default(),
             confinement: Family::default(),
+            dependencies: Family::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -172,6 +179,11 @@ impl Metrics {
             "confinement",
             "1 for the pod's NetworkPolicy confinement state (ok, warn, fail, error, not_in_pod)",
             m.confinement.clone(),
+        );
+        registry.register(
+            "dependency_up",
+            "1 while the broker can use the dependency (vault: its token looks itself up; etcd: a read), as /readyz checks it",
+            m.dependencies.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -248,6 +260,14 @@ pub fn security_event(kind: &'static str) {
         .security_events
         .get_or_create(&SecurityLabels { kind })
         .inc();
+}
+
+/// Sets `vaultgram_dependency_up{dependency}` from `/readyz`'s check.
+pub fn dependency_up(dependency: &'static str, up: bool) {
+    get()
+        .dependencies
+        .get_or_create(&DependencyLabels { dependency })
+        .set(i64::from(up));
 }
 
 /// One failed etcd request.

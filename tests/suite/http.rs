@@ -209,6 +209,18 @@ fn metrics_parse_as_prometheus_text(env: &Env) {
     for kind in vaultgram::security::Event::ALL.map(|e| e.as_str()) {
         assert!(kinds.iter().any(|k| k == kind), "{kind} missing:\n{text}");
     }
+    assert_eq!(dependency_up(&text), (Some(1), Some(1)), "{text}");
+}
+
+/// `vaultgram_dependency_up` for (vault, etcd) in a scrape.
+fn dependency_up(text: &str) -> (Option<u8>, Option<u8>) {
+    let of = |dep: &str| {
+        let head = format!("vaultgram_dependency_up{{dependency=\"{dep}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    (of("vault"), of("etcd"))
 }
 
 /// With the election on (its own prefix, the grammers client, and no
@@ -351,7 +363,11 @@ fn readyz_follows_the_vault_seal(env: &Env) {
         assert_eq!(v["checks"]["vault"]["ok"], false, "{v}");
         assert!(v["checks"]["vault"]["error"].is_string(), "{v}");
         assert_eq!(v["checks"]["etcd"]["ok"], true, "{v}");
-        sealed_at.elapsed()
+        let took = sealed_at.elapsed();
+        // The metric the VaultgramVaultUnavailable alert reads says it too.
+        let (_, text) = get(&format!("{base}/metrics")).unwrap();
+        assert_eq!(dependency_up(&text), (Some(0), Some(1)), "{text}");
+        took
     }));
     // Unseal even when the sealed half failed: other tests need Vault.
     c.unseal();
@@ -360,4 +376,8 @@ fn readyz_follows_the_vault_seal(env: &Env) {
     let v = wait_for(200, Duration::from_secs(10));
     assert_eq!(v["failed"], serde_json::json!([]), "{v}");
     healthz();
+    // Past the checks' cache: the next scrape checks again.
+    std::thread::sleep(vaultgram::http::READY_CACHE);
+    let (_, text) = get(&format!("{base}/metrics")).unwrap();
+    assert_eq!(dependency_up(&text), (Some(1), Some(1)), "{text}");
 }
