@@ -212,6 +212,9 @@ fn deposed_leaders_guarded_writes_fail(env: &Env) {
         let a = Elector::new(etcd.clone(), &cfg.etcd, "node-a".into());
         let b = Elector::new(etcd.clone(), &cfg.etcd, "node-b".into());
         let stop = CancellationToken::new();
+        // A failed assertion must not leave this runner campaigning beside
+        // the next test's (they share the election and the session path).
+        let _stop_on_unwind = stop.clone().drop_guard();
         let term_a = a.campaign(&stop).await.unwrap();
         assert!(a.status().leading);
         // A guarded write works while A leads.
@@ -376,6 +379,9 @@ fn chat_flow_allowlist_replies_and_deletions(env: &Env) {
     let path = format!("secret/tgflow-{}", random_hex(3));
     let pw = canary::plant("tgpw");
     let stop1 = CancellationToken::new();
+    // A failed assertion must not leave this runner campaigning beside
+    // the next test's (they share the election and the session path).
+    let _stop1_on_unwind = stop1.clone().drop_guard();
     let (app, runner1) = env.rt.block_on(async {
         let app = App::start(cfg.clone()).await.unwrap();
         vaultgram::transport::telegram::login(&app, &mut NoPrompt)
@@ -612,6 +618,9 @@ fn chat_flow_allowlist_replies_and_deletions(env: &Env) {
     assert!(!out.deleted().contains(&pending), "deleted before its TTL");
     assert!(out.lines().iter().any(|v| v["op"] == "stop"), "clean stop");
     let stop2 = CancellationToken::new();
+    // A failed assertion must not leave this runner campaigning beside
+    // the next test's (they share the election and the session path).
+    let _stop2_on_unwind = stop2.clone().drop_guard();
     let runner2 = env.rt.spawn({
         let app = app.clone();
         let elector = Arc::new(Elector::new(app.etcd.clone(), &cfg.etcd, "flow-2".into()));
@@ -683,6 +692,9 @@ fn grammers_faults_are_survived(env: &Env) {
     let path = format!("secret/tgfault-{}", random_hex(3));
     let pw = canary::plant("tgfault");
     let stop = CancellationToken::new();
+    // A failed assertion must not leave this runner campaigning beside
+    // the next test's (they share the election and the session path).
+    let _stop_on_unwind = stop.clone().drop_guard();
     let (app, runner) = env.rt.block_on(async {
         let app = App::start(cfg.clone()).await.unwrap();
         vaultgram::transport::telegram::login(&app, &mut NoPrompt)
@@ -862,7 +874,7 @@ fn grammers_faults_are_survived(env: &Env) {
     // session instead: only after that restart does the check mean much.
     out.wait(
         "a restart from the stored session",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         |o| starts(o) > before,
     );
     assert_eq!(stored_key(), key, "a replaced key was saved");
@@ -893,6 +905,9 @@ fn a_stranger_flood_loses_no_operator_command(env: &Env) {
     let path = format!("secret/tgflood-{}", random_hex(3));
     let pw = canary::plant("tgflood");
     let stop = CancellationToken::new();
+    // A failed assertion must not leave this runner campaigning beside
+    // the next test's (they share the election and the session path).
+    let _stop_on_unwind = stop.clone().drop_guard();
     let (app, runner) = env.rt.block_on(async {
         let app = App::start(cfg.clone()).await.unwrap();
         vaultgram::transport::telegram::login(&app, &mut NoPrompt)

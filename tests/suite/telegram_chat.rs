@@ -83,6 +83,9 @@ struct Runner {
     app: Arc<App>,
     stop: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
+    /// A failed assertion must not leave this runner campaigning beside
+    /// the next test's (they share the election and the session path).
+    _on_unwind: tokio_util::sync::DropGuard,
 }
 
 /// Starts a runner on `cfg` (with `login`: a fresh session first).
@@ -103,7 +106,12 @@ fn start(env: &Env, cfg: &Config, login: bool, node: &str) -> Runner {
         ));
         (app, h)
     });
-    Runner { app, stop, handle }
+    Runner {
+        app,
+        _on_unwind: stop.clone().drop_guard(),
+        stop,
+        handle,
+    }
 }
 
 impl Runner {
