@@ -298,6 +298,17 @@ impl Term<'_> {
                 Ok(())
             }
             Err(e) => {
+                // A 401 for a key the client replaced (a transport 404:
+                // grammers made a new, unauthorized key) says nothing of
+                // the stored session: restart from it, do not refuse it.
+                let e = match e {
+                    ChatError::Unauthorized(why) if !run.client.key_unchanged() => {
+                        ChatError::Reload(format!(
+                            "the client replaced the session's auth key and Telegram refused the new one ({why}); restarting from the stored session"
+                        ))
+                    }
+                    e => e,
+                };
                 self.mark_stopped(Some(e.to_string()));
                 fence.abort();
                 // The state of what was handled is good: keep it for the
