@@ -770,12 +770,15 @@ fn grammers_faults_are_survived(env: &Env) {
 
     // 3. The connection dies silently: the ping (1 s) notices and the
     //    client restarts.
+    // Counts are relative: on a loaded machine a 1 s ping can time out
+    // and restart the client once more on its own (a CI run saw it).
+    let before = starts(&out);
     inbox(&dir, json!({"control": "blackhole"}));
     let t = Instant::now();
     out.wait(
         "restart after a dead connection",
         Duration::from_secs(15),
-        |o| starts(o) == 2,
+        |o| starts(o) > before,
     );
     let dead_link_ms = t.elapsed().as_millis();
     inbox(&dir, alice(6, "/whoami"));
@@ -785,11 +788,12 @@ fn grammers_faults_are_survived(env: &Env) {
 
     // 4. A panic in the runner (inside a send): the client restarts, the
     //    node keeps leading and serving.
+    let before = starts(&out);
     inbox_all(&dir, &[json!({"control": "panic"}), alice(7, "/whoami")]);
     // Generous: the panic hook prints a symbolised backtrace of a debug
     // build first, which takes seconds on a loaded CI machine.
     out.wait("restart after a panic", Duration::from_secs(60), |o| {
-        starts(o) == 3
+        starts(o) > before
     });
     inbox(&dir, alice(8, "/whoami"));
     out.wait("reply after the panic", Duration::from_secs(10), |o| {
@@ -829,6 +833,7 @@ fn grammers_faults_are_survived(env: &Env) {
     });
     let connects = |o: &Outbox| o.lines().iter().filter(|v| v["op"] == "connect").count();
     let before = connects(&out);
+    let started = starts(&out);
     // The runner looks at the stored (refused) session again twice: only
     // then does "not reconnected" say anything.
     let checks = app.runtime.telegram().session_checks;
@@ -840,7 +845,7 @@ fn grammers_faults_are_survived(env: &Env) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(starts(&out), 3, "restarted with a refused key");
+    assert_eq!(starts(&out), started, "restarted with a refused key");
     assert_eq!(connects(&out), before, "reconnected with a refused key");
     env.rt.block_on(async {
         vaultgram::transport::telegram::login(&app, &mut NoPrompt)
@@ -848,7 +853,7 @@ fn grammers_faults_are_survived(env: &Env) {
             .unwrap();
     });
     out.wait("start after the new login", Duration::from_secs(10), |o| {
-        starts(o) == 4
+        starts(o) > started
     });
     inbox(&dir, alice(10, "/whoami"));
     out.wait("reply after the new login", Duration::from_secs(10), |o| {

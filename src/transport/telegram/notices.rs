@@ -136,6 +136,18 @@ impl Term<'_> {
             "The userbot's Telegram session was replaced by a new login at {}. Messages sent to it after {} (the old session's last save) may not have been seen and did not run. Check /audit, and send again what you still need.",
             meta.saved_at, before.saved_at
         );
+        if let Err(e) = self.tell_every_operator("relogin", &text).await {
+            tracing::warn!(error = %e, "telegram: the re-login notice was not queued");
+        }
+    }
+
+    /// Queues `text` to every operator, kept for a day: what the account
+    /// owes everyone (nothing is echoed), not one requester.
+    async fn tell_every_operator(
+        &self,
+        kind: &str,
+        text: &str,
+    ) -> Result<(), crate::notify::NotifyError> {
         let names: Vec<&str> = self
             .app
             .cfg
@@ -143,19 +155,8 @@ impl Term<'_> {
             .iter()
             .map(|o| o.name.as_str())
             .collect();
-        if let Err(e) = self
-            .app
-            .notifier
-            .queue(
-                "relogin",
-                &names,
-                &text,
-                crate::clock::unix_secs() + 24 * 3600,
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "telegram: the re-login notice was not queued");
-        }
+        let expires = crate::clock::unix_secs() + 24 * 3600;
+        self.app.notifier.queue(kind, &names, text, expires).await
     }
 
     /// Telegram answered a catch-up with `differenceTooLong`: grammers
@@ -171,20 +172,7 @@ impl Term<'_> {
             "Telegram skipped updates the userbot had missed (differenceTooLong, at {}): messages sent to it while it was away were never delivered and did not run, and any secret in them is still in the chat: delete those messages yourself. Check /audit, and send again what you still need.",
             crate::clock::rfc3339_secs(crate::clock::unix_secs())
         );
-        let names: Vec<&str> = self
-            .app
-            .cfg
-            .operators
-            .iter()
-            .map(|o| o.name.as_str())
-            .collect();
-        let expires = crate::clock::unix_secs() + 24 * 3600;
-        match self
-            .app
-            .notifier
-            .queue("update_gap", &names, &text, expires)
-            .await
-        {
+        match self.tell_every_operator("update_gap", &text).await {
             Ok(_) => tracing::warn!(
                 gaps,
                 node = self.node,
