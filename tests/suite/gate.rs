@@ -702,13 +702,24 @@ fn socket_limits(env: &Env) {
     // Two connections held open; a third is told to try again.
     // Each answers a command first: both hold a slot when the third comes
     // (an idle one would keep it for 2 s more).
-    let (h1, h2) = (connect(), connect());
-    for mut h in [&h1, &h2] {
-        h.write_all(b"/whoami\n").unwrap();
-        let mut line = String::new();
-        BufReader::new(h).read_line(&mut line).unwrap();
-        assert!(line.contains("\"ok\":true"), "{line}");
-    }
+    // The idle connection's slot is freed just after its socket closes:
+    // a connection made in between is refused, and is made again.
+    let hold = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut h = connect();
+            let mut line = String::new();
+            if h.write_all(b"/whoami\n").is_ok()
+                && BufReader::new(&h).read_line(&mut line).is_ok()
+                && line.contains("\"ok\":true")
+            {
+                return h;
+            }
+            assert!(Instant::now() < deadline, "no slot: {line}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (h1, h2) = (hold(), hold());
     let mut third = connect();
     let mut reply = String::new();
     let _ = third.read_to_string(&mut reply);
