@@ -45,6 +45,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::telegram::a_stranger_flood_loses_no_operator_command",
         a_stranger_flood_loses_no_operator_command,
     ),
+    (
+        "disruptive::telegram::a_request_never_answered_does_not_stall_the_runner",
+        a_request_never_answered_does_not_stall_the_runner,
+    ),
 ];
 
 /// The harness config with its own etcd prefix and the file stand-in.
@@ -903,6 +907,80 @@ fn grammers_faults_are_survived(env: &Env) {
     });
     eprintln!(
         "faults: first contact answered; 2 lost reply ids found and deleted; dead link restarted in {dead_link_ms} ms; panic survived; 406 refused until login; replaced key not saved"
+    );
+}
+
+/// Telegram stops answering one kind of request (deletions) while pings
+/// still answer: the deletion of a secret reply is abandoned after the
+/// request deadline (5 s with `ping_secs = 1`), the client restarts, the
+/// next command is served and the reply is deleted after all. On 191834d
+/// the runner loop awaited that deletion forever — its ping branch could
+/// not run while a branch body awaited — and served nothing more (the
+/// same hang made `grammers_faults_are_survived` fail in CI when its
+/// "blackhole" landed during a deletion or notice).
+fn a_request_never_answered_does_not_stall_the_runner(env: &Env) {
+    let dir = file_dir(env, "hang");
+    let mut cfg = tg_config(env, &dir);
+    cfg.telegram.ping_secs = 1;
+    let out = Outbox(dir.join("outbox.jsonl"));
+    let path = format!("secret/tghang-{}", random_hex(3));
+    let pw = canary::plant("tghang");
+    let stop = CancellationToken::new();
+    let _stop_on_unwind = stop.clone().drop_guard();
+    let (app, runner) = env.rt.block_on(async {
+        let app = App::start(cfg.clone()).await.unwrap();
+        vaultgram::transport::telegram::login(&app, &mut NoPrompt)
+            .await
+            .unwrap();
+        let elector = Arc::new(Elector::new(app.etcd.clone(), &cfg.etcd, "hang".into()));
+        let h = tokio::spawn(vaultgram::transport::telegram::run(
+            app.clone(),
+            elector,
+            stop.clone(),
+        ));
+        (app, h)
+    });
+    let starts = |o: &Outbox| o.lines().iter().filter(|v| v["op"] == "start").count();
+    out.wait("client start", Duration::from_secs(15), |o| starts(o) == 1);
+    let alice =
+        |id: i64, text: &str| json!({"id": id, "chat": 111111, "sender": 111111, "text": text});
+    inbox(&dir, alice(2, &format!("/kv put {path} password={pw}")));
+    out.wait("put", Duration::from_secs(10), |o| o.deleted().contains(&2));
+    inbox_all(
+        &dir,
+        &[
+            json!({"control": "hang_deletes"}),
+            alice(3, &format!("/kv get {path}")),
+        ],
+    );
+    out.wait("secret reply", Duration::from_secs(10), |o| {
+        !o.sends_to(3).is_empty()
+    });
+    let reply = out.sends_to(3)[0]["id"].as_i64().unwrap();
+    // Its deletion is due 2 s after it was sent, and now hangs.
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    inbox(&dir, alice(4, "/whoami"));
+    out.wait(
+        "a reply while a deletion gets no answer",
+        Duration::from_secs(20),
+        |o| !o.sends_to(4).is_empty(),
+    );
+    let served = t.elapsed();
+    out.wait(
+        "the secret reply deleted by the restarted client",
+        Duration::from_secs(20),
+        |o| o.deleted().contains(&reply),
+    );
+    assert!(starts(&out) >= 2, "the client was not restarted");
+    stop.cancel();
+    env.rt.block_on(async {
+        runner.await.unwrap();
+        app.audit.flush().await;
+    });
+    eprintln!(
+        "hang: a deletion without answer abandoned, the client restarted; /whoami answered {} ms after it was sent, the secret reply then deleted",
+        served.as_millis()
     );
 }
 

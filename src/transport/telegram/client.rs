@@ -45,8 +45,28 @@ impl Source for file::FileUpdates {
     }
 }
 
-/// The client behind the runner: grammers, or the test stand-in.
-pub(super) enum Client {
+/// The longest any one request to Telegram may take: three pings' worth
+/// (`telegram.ping_secs`, each at most 10 s), 5–30 s. Nothing sleeps
+/// inside a request ([`NO_FLOOD_SLEEP`]), so only a lost answer or a dead
+/// connection gets near it; without a bound the runner loop waited on such
+/// a request forever (its ping cannot run while a loop body awaits).
+pub(super) fn request_deadline(ping_secs: u64) -> Duration {
+    Duration::from_secs((3 * ping_secs.clamp(1, 10)).clamp(5, 30))
+}
+
+/// The client behind the runner: grammers, or the test stand-in, with the
+/// bounds every request runs under: [`request_deadline`], and `dead`,
+/// which the runner's pinger cancels when the connection stops answering
+/// (`term.rs`), as does a request past its deadline: every request in
+/// flight then fails at once, the runner loop ends and the client is
+/// started afresh, so no loop body waits on a connection known to be bad.
+pub(super) struct Client {
+    backend: Backend,
+    dead: CancellationToken,
+    deadline: Duration,
+}
+
+enum Backend {
     // Boxed: it carries the loaded 256-byte auth key.
     Grammers(Box<grammers::GrammersChat>),
     #[cfg(feature = "telegram-standin")]
@@ -54,27 +74,64 @@ pub(super) enum Client {
 }
 
 impl Client {
+    fn new(backend: Backend, deadline: Duration) -> Client {
+        Client {
+            backend,
+            dead: CancellationToken::new(),
+            deadline,
+        }
+    }
+
+    /// Marks the connection dead: requests in flight and later fail.
+    pub(super) fn mark_dead(&self) {
+        self.dead.cancel();
+    }
+
+    /// Resolves when the connection was marked dead.
+    pub(super) async fn dead(&self) {
+        self.dead.cancelled().await
+    }
+
+    /// One request, bounded by the deadline and `dead`.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T, ChatError>>,
+    ) -> Result<T, ChatError> {
+        tokio::select! {
+            r = tokio::time::timeout(self.deadline, request) => r.unwrap_or_else(|_| {
+                tracing::warn!(request = what, deadline_s = self.deadline.as_secs(), "telegram: no answer within the deadline; restarting the client");
+                self.mark_dead();
+                Err(ChatError::Io(format!(
+                    "{what}: no answer from Telegram within {} s", self.deadline.as_secs()
+                )))
+            }),
+            _ = self.dead.cancelled() => Err(ChatError::Io(format!(
+                "{what}: abandoned, the connection stopped answering"
+            ))),
+        }
+    }
     /// `telegram.backend`, as the log says it.
     pub(super) fn backend(&self) -> &'static str {
-        match self {
-            Client::Grammers(_) => "grammers",
+        match &self.backend {
+            Backend::Grammers(_) => "grammers",
             #[cfg(feature = "telegram-standin")]
-            Client::File(_) => "file",
+            Backend::File(_) => "file",
         }
     }
     /// A switch another task can flip to stop this client at once.
     pub(super) fn kill_switch(&self) -> Box<dyn FnOnce() + Send> {
-        match self {
-            Client::Grammers(c) => Box::new(c.kill_switch()),
+        match &self.backend {
+            Backend::Grammers(c) => Box::new(c.kill_switch()),
             #[cfg(feature = "telegram-standin")]
-            Client::File(c) => Box::new(c.kill_switch()),
+            Backend::File(c) => Box::new(c.kill_switch()),
         }
     }
     pub(super) fn me(&self) -> i64 {
-        match self {
-            Client::Grammers(c) => c.me(),
+        match &self.backend {
+            Backend::Grammers(c) => c.me(),
             #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.me(),
+            Backend::File(c) => c.me(),
         }
     }
     /// Sends to a user (only users are served: a bare id never names a
@@ -86,25 +143,34 @@ impl Client {
         text: &str,
         mono: bool,
     ) -> Result<i32, ChatError> {
-        match self {
-            Client::Grammers(c) => c.send(user, reply_to, text, mono).await,
-            #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.send(user, reply_to, text, mono).await,
-        }
+        self.bounded("send", async {
+            match &self.backend {
+                Backend::Grammers(c) => c.send(user, reply_to, text, mono).await,
+                #[cfg(feature = "telegram-standin")]
+                Backend::File(c) => c.send(user, reply_to, text, mono).await,
+            }
+        })
+        .await
     }
     pub(super) async fn delete(&self, user: i64, ids: &[i32]) -> Result<(), ChatError> {
-        match self {
-            Client::Grammers(c) => c.delete(user, ids).await,
-            #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.delete(user, ids).await,
-        }
+        self.bounded("delete", async {
+            match &self.backend {
+                Backend::Grammers(c) => c.delete(user, ids).await,
+                #[cfg(feature = "telegram-standin")]
+                Backend::File(c) => c.delete(user, ids).await,
+            }
+        })
+        .await
     }
     pub(super) async fn resolve(&self, user: i64, msg_id: i32) -> Result<(), ChatError> {
-        match self {
-            Client::Grammers(c) => c.resolve(user, msg_id).await,
-            #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.resolve(user, msg_id).await,
-        }
+        self.bounded("resolve", async {
+            match &self.backend {
+                Backend::Grammers(c) => c.resolve(user, msg_id).await,
+                #[cfg(feature = "telegram-standin")]
+                Backend::File(c) => c.resolve(user, msg_id).await,
+            }
+        })
+        .await
     }
     /// One message with our own `random_id` (Telegram's idempotency key):
     /// a second send with the same id is `ChatError::Duplicate`.
@@ -114,38 +180,50 @@ impl Client {
         text: &str,
         random_id: i64,
     ) -> Result<(), ChatError> {
-        match self {
-            Client::Grammers(c) => c.send_once(user, text, random_id).await,
-            #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.send_once(user, text, random_id).await,
-        }
+        self.bounded("send_once", async {
+            match &self.backend {
+                Backend::Grammers(c) => c.send_once(user, text, random_id).await,
+                #[cfg(feature = "telegram-standin")]
+                Backend::File(c) => c.send_once(user, text, random_id).await,
+            }
+        })
+        .await
     }
     pub(super) async fn leave(&self, chat: i64, channel: bool) -> Result<(), ChatError> {
-        match self {
-            Client::Grammers(c) => c.leave(chat, channel).await,
-            #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.leave(chat, channel).await,
-        }
+        self.bounded("leave", async {
+            match &self.backend {
+                Backend::Grammers(c) => c.leave(chat, channel).await,
+                #[cfg(feature = "telegram-standin")]
+                Backend::File(c) => c.leave(chat, channel).await,
+            }
+        })
+        .await
     }
     pub(super) async fn authorizations(&self) -> Result<Vec<Authorization>, ChatError> {
-        match self {
-            Client::Grammers(c) => c.authorizations().await,
-            #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.authorizations().await,
-        }
+        self.bounded("authorizations", async {
+            match &self.backend {
+                Backend::Grammers(c) => c.authorizations().await,
+                #[cfg(feature = "telegram-standin")]
+                Backend::File(c) => c.authorizations().await,
+            }
+        })
+        .await
     }
     pub(super) async fn learn_dialogs(&self, limit: usize) -> Result<usize, ChatError> {
-        match self {
-            Client::Grammers(c) => c.learn_dialogs(limit).await,
-            #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.learn_dialogs(limit).await,
-        }
+        self.bounded("learn_dialogs", async {
+            match &self.backend {
+                Backend::Grammers(c) => c.learn_dialogs(limit).await,
+                #[cfg(feature = "telegram-standin")]
+                Backend::File(c) => c.learn_dialogs(limit).await,
+            }
+        })
+        .await
     }
     pub(super) async fn knows_user(&self, user: i64) -> bool {
-        match self {
-            Client::Grammers(c) => c.knows_user(user).await,
+        match &self.backend {
+            Backend::Grammers(c) => c.knows_user(user).await,
             #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.knows_user(user).await,
+            Backend::File(c) => c.knows_user(user).await,
         }
     }
     pub(super) async fn find_replies(
@@ -153,52 +231,55 @@ impl Client {
         user: i64,
         reply_to: i32,
     ) -> Result<Vec<i32>, ChatError> {
-        match self {
-            Client::Grammers(c) => c.find_replies(user, reply_to).await,
-            #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.find_replies(user, reply_to).await,
-        }
+        self.bounded("find_replies", async {
+            match &self.backend {
+                Backend::Grammers(c) => c.find_replies(user, reply_to).await,
+                #[cfg(feature = "telegram-standin")]
+                Backend::File(c) => c.find_replies(user, reply_to).await,
+            }
+        })
+        .await
     }
     pub(super) async fn ping(&self) -> Result<(), ChatError> {
-        match self {
-            Client::Grammers(c) => c.ping().await,
+        match &self.backend {
+            Backend::Grammers(c) => c.ping().await,
             #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.ping().await,
+            Backend::File(c) => c.ping().await,
         }
     }
     pub(super) async fn commit(&self, mark: Mark) {
-        match (self, mark) {
-            (Client::Grammers(c), Mark::Grammers(m)) => c.commit(m).await,
+        match (&self.backend, mark) {
+            (Backend::Grammers(c), Mark::Grammers(m)) => c.commit(m).await,
             #[cfg(feature = "telegram-standin")]
-            (Client::File(c), Mark::Position(line)) => c.commit(line),
+            (Backend::File(c), Mark::Position(line)) => c.commit(line),
             _ => {}
         }
     }
     pub(super) fn key_unchanged(&self) -> bool {
-        match self {
-            Client::Grammers(c) => c.key_unchanged(),
+        match &self.backend {
+            Backend::Grammers(c) => c.key_unchanged(),
             #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.key_unchanged(),
+            Backend::File(c) => c.key_unchanged(),
         }
     }
     pub(super) fn export(&self) -> StoredSession {
-        match self {
-            Client::Grammers(c) => StoredSession {
+        match &self.backend {
+            Backend::Grammers(c) => StoredSession {
                 format: grammers::FORMAT.into(),
                 bytes: c.export_session(),
             },
             #[cfg(feature = "telegram-standin")]
-            Client::File(c) => StoredSession {
+            Backend::File(c) => StoredSession {
                 format: file::FORMAT.into(),
                 bytes: c.export_session(),
             },
         }
     }
     pub(super) async fn quit(self, clean: bool) {
-        match self {
-            Client::Grammers(c) => (*c).quit(clean).await,
+        match self.backend {
+            Backend::Grammers(c) => (*c).quit(clean).await,
             #[cfg(feature = "telegram-standin")]
-            Client::File(c) => c.quit(clean).await,
+            Backend::File(c) => c.quit(clean).await,
         }
     }
 }
@@ -269,6 +350,7 @@ pub(super) async fn start_client(
     stop: &CancellationToken,
 ) -> Result<(Client, intake::IntakeRx, tokio::task::JoinHandle<()>), ChatError> {
     let t = &app.cfg.telegram;
+    let deadline = request_deadline(t.ping_secs);
     let (tx, rx) = intake::channel();
     match t.backend {
         #[cfg(not(feature = "telegram-standin"))]
@@ -281,7 +363,7 @@ pub(super) async fn start_client(
                 .ok_or_else(|| ChatError::Session("telegram.file_dir is not set".into()))?;
             let (c, updates) = file::FileChat::start(dir, &stored.bytes, NO_FLOOD_SLEEP).await?;
             let h = tokio::spawn(intake::read(updates, tx, stop.clone(), sorter(app, c.me())));
-            Ok((Client::File(c), rx, h))
+            Ok((Client::new(Backend::File(c), deadline), rx, h))
         }
         TelegramBackend::Grammers => {
             if stored.format != grammers::FORMAT {
@@ -300,7 +382,7 @@ pub(super) async fn start_client(
             )
             .await?;
             let h = tokio::spawn(intake::read(updates, tx, stop.clone(), sorter(app, c.me())));
-            Ok((Client::Grammers(Box::new(c)), rx, h))
+            Ok((Client::new(Backend::Grammers(Box::new(c)), deadline), rx, h))
         }
     }
 }

@@ -69,7 +69,8 @@
 //! `"reply_to":N`. Control lines (each acted on once per process, and
 //! only live, never in a catch-up): `{"control":"disconnect"}` (the
 //! connection drops), `"blackhole"` (the connection dies silently: nothing
-//! arrives, every request hangs), `"auth_key_duplicated"` (Telegram
+//! arrives, every request hangs), `"hang_deletes"` (deletions of this
+//! client get no answer; pings and sends do), `"auth_key_duplicated"` (Telegram
 //! refuses this key with 406 from now on), `"reset_key"` (a transport 404:
 //! grammers generates a new, unauthorized key), `"latency"` with `"ms"`
 //! (each request takes that long), `"panic"` (the next send panics),
@@ -296,6 +297,8 @@ struct Faults {
     dead: AtomicBool,
     /// The connection died silently.
     blackhole: AtomicBool,
+    /// Deletions get no answer (the connection otherwise works).
+    hang_deletes: AtomicBool,
     /// Telegram no longer accepts this key (406, or an unauthorized key
     /// after a transport 404).
     refused: Mutex<Option<(i32, String)>>,
@@ -658,6 +661,9 @@ impl FileChat {
 
     pub async fn delete(&self, user: i64, ids: &[i32]) -> Result<(), ChatError> {
         self.request().await?;
+        if self.faults.hang_deletes.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.flood("delete").await?;
         if *self
             .faults
@@ -953,6 +959,10 @@ fn parse_line(
                 tracing::warn!("file backend: connection silently dead (test control line)");
                 faults.blackhole.store(true, Ordering::SeqCst);
                 return Parsed::Blackhole;
+            }
+            "hang_deletes" => {
+                tracing::warn!("file backend: deletions get no answer (test control line)");
+                faults.hang_deletes.store(true, Ordering::SeqCst);
             }
             "auth_key_duplicated" => {
                 let key = state

@@ -225,48 +225,80 @@ impl Term<'_> {
         let mut save = tokio::time::interval(Duration::from_secs(tg.session_save_secs));
         save.tick().await;
         let mut deletions = tokio::time::interval(Duration::from_secs(1));
-        let mut ping = tokio::time::interval(Duration::from_secs(tg.ping_secs));
-        ping.tick().await;
-        let ping_limit = Duration::from_secs(tg.ping_secs.clamp(1, 10));
-        let client = &run.client;
-        loop {
-            tokio::select! {
-                biased;
-                _ = lost.cancelled() => return Ok(false),
-                _ = shutdown.cancelled() => return Ok(true),
-                d = run.rx.recv() => match d {
-                    // Runs to completion: the select does not interrupt a
-                    // branch body, so a command is never cut in half.
-                    Some((n, d)) => {
-                        if let Some(msg) = d.msg {
-                            self.app.runtime.set_telegram(|s| s.last_update = Some(crate::clock::unix_secs()));
-                            // Not committed on error: delivered again after
-                            // a restart.
-                            self.handle(client, msg).await?;
-                        }
-                        // Only now, and only at a settled position, may the
-                        // session move past this update (intake.rs).
-                        run.handled = Some((n, d.mark));
-                        commit_settled(client, &run.rx, &mut run.handled).await;
-                    }
-                    None => return Err(ChatError::Io("the client stopped delivering updates".into())),
-                },
-                _ = save.tick() => self.save(client, &mut run.version).await?,
-                _ = deletions.tick() => {
-                    commit_settled(client, &run.rx, &mut run.handled).await;
-                    self.summarize_strangers(&run.rx, &mut run.summarized, false).await;
-                    self.tell_stale(client).await;
-                    self.tell_update_gap().await;
-                    self.run_deletions(client).await;
-                    self.run_notices(client).await?;
-                }
-                _ = ping.tick() => match tokio::time::timeout(ping_limit, client.ping()).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(ChatError::Io(format!(
-                        "no answer to a ping within {} s; reconnecting", ping_limit.as_secs()
-                    ))),
-                },
+        let Running {
+            client,
+            rx,
+            version,
+            handled,
+            summarized,
+        } = run;
+        let client = &*client;
+        // The pinger runs beside the loop, not as one of its branches: a
+        // branch body awaiting a request on a silently dead connection kept
+        // a ping branch from ever running (a CI run hung so). An unanswered
+        // ping marks the client dead, which fails every request in flight
+        // (`Client::bounded`) and ends the loop through its `dead` branch,
+        // with the error paths intact (nothing is cut off mid-body).
+        let pinger = async {
+            let ping_limit = Duration::from_secs(tg.ping_secs.clamp(1, 10));
+            let mut ping = tokio::time::interval(Duration::from_secs(tg.ping_secs));
+            ping.tick().await;
+            loop {
+                ping.tick().await;
+                let why = match tokio::time::timeout(ping_limit, client.ping()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer to a ping within {} s", ping_limit.as_secs()),
+                };
+                tracing::warn!(node = self.node, reason = %why, "telegram: connection dead; reconnecting");
+                client.mark_dead();
+                // The loop ends by itself now; this never completes.
+                return std::future::pending::<std::convert::Infallible>().await;
             }
+        };
+        // On the heap: the loop's future (a whole command's inside) is
+        // large, and a debug build's worker stack overflowed holding it.
+        let main = Box::pin(async {
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = lost.cancelled() => return Ok(false),
+                    _ = shutdown.cancelled() => return Ok(true),
+                    _ = client.dead() => return Err(ChatError::Io(
+                        "the connection stopped answering pings; reconnecting".into()
+                    )),
+                    d = rx.recv() => match d {
+                        // Runs to completion: the select does not interrupt a
+                        // branch body, so a command is never cut in half.
+                        Some((n, d)) => {
+                            if let Some(msg) = d.msg {
+                                self.app.runtime.set_telegram(|s| s.last_update = Some(crate::clock::unix_secs()));
+                                // Not committed on error: delivered again after
+                                // a restart.
+                                self.handle(client, msg).await?;
+                            }
+                            // Only now, and only at a settled position, may the
+                            // session move past this update (intake.rs).
+                            *handled = Some((n, d.mark));
+                            commit_settled(client, rx, handled).await;
+                        }
+                        None => return Err(ChatError::Io("the client stopped delivering updates".into())),
+                    },
+                    _ = save.tick() => self.save(client, version).await?,
+                    _ = deletions.tick() => {
+                        commit_settled(client, rx, handled).await;
+                        self.summarize_strangers(rx, summarized, false).await;
+                        self.tell_stale(client).await;
+                        self.tell_update_gap().await;
+                        self.run_deletions(client).await;
+                        self.run_notices(client).await?;
+                    }
+                }
+            }
+        });
+        tokio::select! {
+            r = main => r,
+            never = pinger => match never {},
         }
     }
 
