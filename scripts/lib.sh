@@ -76,8 +76,10 @@ ensure_tools() {
   # kube-apiserver + kubectl (v1.37.2, matching k8s-openapi's v1_37), built
   # once per machine; the Kubernetes tests run against them.
   kube_binaries >/dev/null || return 1
-  # promtool for the alert rules' unit tests.
+  # promtool for the alert rules' unit tests, Prometheus for the tests'
+  # scrape; the prometheus-operator CRDs the Kubernetes tests install.
   prometheus_binaries >/dev/null || return 1
+  prometheus_operator_crds >/dev/null || return 1
   local venv
   venv=$(k8s_venv)
   if [[ ! -x $venv/bin/checkov || ! -x $venv/bin/kubernetes-validate || ! -x $venv/bin/yamllint ]] ||
@@ -117,6 +119,41 @@ prometheus_binaries() {
   fi
   rm -rf "$out" && mv "$tmp/x" "$out" && rm -rf "$tmp" || return 1
   printf '%s\n' "$out/usr/bin"
+}
+
+# The prometheus-operator CRDs (ServiceMonitor, PrometheusRule) from its
+# module on the Go module proxy (Apache-2.0), once per machine; prints
+# their directory. The Kubernetes tests install them in the test API server
+# and apply k8s/monitoring/ against their schemas.
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+prometheus_operator_crds() {
+  local root="${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram-tools"
+  local out="$root/prometheus-operator-crds-$PROMETHEUS_OPERATOR_VERSION"
+  local files=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_prometheusrules.yaml)
+  if [[ -s $out/${files[0]} && -s $out/${files[1]} ]]; then
+    printf '%s\n' "$out"
+    return 0
+  fi
+  local go mod=github.com/prometheus-operator/prometheus-operator json dir tmp f
+  go=$(command -v go) || { echo "prometheus_operator_crds: no go on PATH" >&2; return 1; }
+  echo "ensure_tools: fetching the prometheus-operator $PROMETHEUS_OPERATOR_VERSION CRDs through the Go module proxy" >&2
+  # Outside any module: GOWORK/GOFLAGS of the caller must not steer it.
+  if ! json=$(cd / && env GOTOOLCHAIN=local GOWORK=off GOFLAGS=-modcacherw "$go" mod download -json "$mod@$PROMETHEUS_OPERATOR_VERSION"); then
+    echo "prometheus_operator_crds: go mod download $mod@$PROMETHEUS_OPERATOR_VERSION failed: $json" >&2
+    return 1
+  fi
+  dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+  mkdir -p "$root" && tmp=$(mktemp -d "$root/.crds.XXXXXX") || return 1
+  for f in "${files[@]}"; do
+    if ! cp "$dir/example/prometheus-operator-crd/$f" "$tmp/"; then
+      echo "prometheus_operator_crds: $f is not in $mod@$PROMETHEUS_OPERATOR_VERSION ($dir)" >&2
+      rm -rf "$tmp"
+      return 1
+    fi
+  done
+  chmod 0644 "$tmp"/*.yaml
+  rm -rf "$out" && mv "$tmp" "$out" || return 1
+  printf '%s\n' "$out"
 }
 
 # bench/run.sh's Python baselines (not needed by the tests).
@@ -159,6 +196,8 @@ tool_versions() {
     kubectl "$(kubectl version --client 2>/dev/null | head -1)" \
     kube-apiserver "$("$(kube_binaries 2>/dev/null)/kube-apiserver" --version 2>/dev/null)" \
     promtool "$("$(prometheus_binaries 2>/dev/null)/promtool" --version 2>&1 | head -1)" \
+    prometheus "$("$(prometheus_binaries 2>/dev/null)/prometheus" --version 2>&1 | head -1)" \
+    prom-op-crds "prometheus-operator $PROMETHEUS_OPERATOR_VERSION ($(prometheus_operator_crds 2>/dev/null))" \
     shellcheck "$(shellcheck --version 2>/dev/null | sed -n 's/^version: //p')" \
     go "$(go version 2>/dev/null)" \
     python3 "$(python3 --version 2>&1)" \

@@ -19,6 +19,11 @@ unset VAULT_ADDR BAO_ADDR VAULT_TOKEN VAULT_CACERT VAULTGRAM_CONFIG \
 # Kubernetes tests start a real kube-apiserver (built once, too).
 KUBE_BIN_DIR=$(kube_binaries)
 export KUBE_BIN_DIR
+# A real Prometheus scrapes the broker in the monitoring tests.
+PROMETHEUS_BIN_DIR=$(prometheus_binaries)
+# The prometheus-operator CRDs the Kubernetes tests install.
+PROMETHEUS_OPERATOR_CRDS=$(prometheus_operator_crds)
+export PROMETHEUS_BIN_DIR PROMETHEUS_OPERATOR_CRDS
 # The tests drive Telegram through the stand-in client, compiled only with
 # `telegram-standin` (scripts/check-standin.sh: a build without it has none).
 cargo test --locked --all-targets --features telegram-standin "$@"

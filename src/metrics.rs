@@ -40,6 +40,18 @@ struct DependencyLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    /// An endpoint of `etcd.endpoints` (the config's, so bounded).
+    member: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    /// The config key naming the file (`etcd.cert`, …).
+    certificate: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SecurityLabels {
     kind: &'static str,
 }
@@ -80,6 +92,7 @@ pub struct Metrics {
     stages: Family<StageLabels, Histogram, fn() -> Histogram>,
     pub token_renewals: Counter,
     pub token_relogins: Counter,
+    pub token_renewal_failures: Counter,
     pub leader: Gauge,
     pub leader_transitions: Counter,
     pub telegram_connected: Gauge,
@@ -88,6 +101,14 @@ pub struct Metrics {
     security_events: Family<SecurityLabels, Counter>,
     confinement: Family<StateLabels, Gauge>,
     dependencies: Family<DependencyLabels, Gauge>,
+    etcd_members: Family<MemberLabels, Gauge>,
+    certificates: Family<CertificateLabels, Gauge>,
+    /// Both stay 0 without `backup.dir` (a registered gauge is always
+    /// exported; the alert ignores a max age of 0).
+    pub backup_newest: Gauge,
+    pub backup_max_age: Gauge,
+    notices_dropped: Counter,
+    pub operators_unreachable: Gauge,
 }
 
 fn vault_histogram() -> Histogram {
@@ -113,6 +134,7 @@ impl Metrics {
             stages: Family::new_with_constructor(stage_histogram as fn() -> Histogram),
             token_renewals: Counter::default(),
             token_relogins: Counter::default(),
+            token_renewal_failures: Counter::default(),
             leader: Gauge::default(),
             leader_transitions: Counter::default(),
             telegram_connected: Gauge::default(),
@@ -121,6 +143,12 @@ impl Metrics {
             security_events: Family::default(),
             confinement: Family::default(),
             dependencies: Family::default(),
+            etcd_members: Family::default(),
+            certificates: Family::default(),
+            backup_newest: Gauge::default(),
+            backup_max_age: Gauge::default(),
+            notices_dropped: Counter::default(),
+            operators_unreachable: Gauge::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -184,6 +212,41 @@ impl Metrics {
             "dependency_up",
             "1 while the broker can use the dependency (vault: its token looks itself up; etcd: a read), as /readyz checks it",
             m.dependencies.clone(),
+        );
+        registry.register(
+            "token_renewal_failures",
+            "Failed renewals and logins of the broker's Vault token",
+            m.token_renewal_failures.clone(),
+        );
+        registry.register(
+            "etcd_member_up",
+            "1 while this etcd member answers a status request with a leader in view, by endpoint",
+            m.etcd_members.clone(),
+        );
+        registry.register(
+            "certificate_not_after_timestamp_seconds",
+            "When the first certificate in a configured PEM file expires (Unix seconds), by config key",
+            m.certificates.clone(),
+        );
+        registry.register(
+            "backup_newest_timestamp_seconds",
+            "When the newest finished snapshot in backup.dir was written, the oldest over the kinds present (Unix seconds; 0: none)",
+            m.backup_newest.clone(),
+        );
+        registry.register(
+            "backup_max_age_seconds",
+            "backup.max_age_secs: how old the newest snapshot may be (0: no backup.dir, nothing exported)",
+            m.backup_max_age.clone(),
+        );
+        registry.register(
+            "notices_dropped",
+            "Notices to operators dropped undelivered after their expiry",
+            m.notices_dropped.clone(),
+        );
+        registry.register(
+            "operators_unreachable",
+            "Operators the Telegram leader cannot address (they never wrote to the userbot)",
+            m.operators_unreachable.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -268,6 +331,29 @@ pub fn dependency_up(dependency: &'static str, up: bool) {
         .dependencies
         .get_or_create(&DependencyLabels { dependency })
         .set(i64::from(up));
+}
+
+/// Sets `vaultgram_etcd_member_up{member}` for one configured endpoint.
+pub fn etcd_member_up(member: &str, up: bool) {
+    get()
+        .etcd_members
+        .get_or_create(&MemberLabels {
+            member: member.to_string(),
+        })
+        .set(i64::from(up));
+}
+
+/// Sets `vaultgram_certificate_not_after_timestamp_seconds{certificate}`.
+pub fn certificate_not_after(certificate: &'static str, not_after: i64) {
+    get()
+        .certificates
+        .get_or_create(&CertificateLabels { certificate })
+        .set(not_after);
+}
+
+/// One notice dropped undelivered.
+pub fn notice_dropped() {
+    get().notices_dropped.inc();
 }
 
 /// One failed etcd request.

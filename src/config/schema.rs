@@ -162,6 +162,18 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The certificate files the config names, by config key (`doctor`
+    /// checks them; `/metrics` exports when they expire).
+    pub fn certificate_files(&self) -> [(&'static str, Option<&PathBuf>); 3] {
+        [
+            ("vault.ca_cert", self.vault.ca_cert.as_ref()),
+            ("etcd.ca_cert", self.etcd.ca_cert.as_ref()),
+            ("etcd.cert", self.etcd.cert.as_ref()),
+        ]
+    }
+}
+
 /// How the broker logs in to Vault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -9,58 +9,31 @@ use crate::config::Config;
 
 /// One check per certificate file in the config; every PEM block is read.
 pub fn cert_checks(cfg: &Config, now: i64) -> Vec<Check> {
-    let files = [
-        ("vault.ca_cert", cfg.vault.ca_cert.as_ref()),
-        ("etcd.ca_cert", cfg.etcd.ca_cert.as_ref()),
-        ("etcd.cert", cfg.etcd.cert.as_ref()),
-    ];
-    files
+    cfg.certificate_files()
         .into_iter()
         .filter_map(|(key, path)| path.map(|p| cert_file_check(key, p, now)))
         .collect()
 }
 
 fn cert_file_check(key: &str, path: &std::path::Path, now: i64) -> Check {
-    use x509_parser::pem::Pem;
     let name = format!("cert {key}");
     let shown = path.display().to_string();
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => return Check::fail(&name, format!("cannot read {shown}: {e}")),
+    let certs: Vec<(String, i64, Status)> = match crate::tls::certificates(path) {
+        Ok(c) => c
+            .into_iter()
+            .map(|(cn, not_after)| {
+                let status = if not_after <= now {
+                    Status::Fail
+                } else if not_after - now < CERT_WARN_DAYS * 86_400 {
+                    Status::Warn
+                } else {
+                    Status::Ok
+                };
+                (cn, not_after, status)
+            })
+            .collect(),
+        Err(e) => return Check::fail(&name, e),
     };
-    let mut certs = Vec::new();
-    for pem in Pem::iter_from_buffer(&bytes) {
-        let pem = match pem {
-            Ok(p) => p,
-            Err(e) => return Check::fail(&name, format!("{shown}: bad PEM: {e}")),
-        };
-        if pem.label != "CERTIFICATE" {
-            continue;
-        }
-        let x = match pem.parse_x509() {
-            Ok(x) => x,
-            Err(e) => return Check::fail(&name, format!("{shown}: bad certificate: {e}")),
-        };
-        let cn = x
-            .subject()
-            .iter_common_name()
-            .next()
-            .and_then(|c| c.as_str().ok())
-            .map(str::to_string)
-            .unwrap_or_else(|| x.subject().to_string());
-        let not_after = x.validity().not_after.timestamp();
-        let status = if not_after <= now {
-            Status::Fail
-        } else if not_after - now < CERT_WARN_DAYS * 86_400 {
-            Status::Warn
-        } else {
-            Status::Ok
-        };
-        certs.push((cn, not_after, status));
-    }
-    if certs.is_empty() {
-        return Check::fail(&name, format!("{shown}: no certificate in the file"));
-    }
     let worst = certs.iter().map(|c| c.2).max().unwrap_or(Status::Ok);
     let describe = |(cn, na, _): &(String, i64, Status)| {
         let when = if *na <= now {

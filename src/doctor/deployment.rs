@@ -17,42 +17,30 @@ pub(super) fn backup_check(cfg: &crate::config::BackupConfig, now: SystemTime) -
     let Some(dir) = &cfg.dir else {
         return Check::ok(NAME, "not configured (backup.dir): not checked");
     };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
+    let newest = match crate::backup::newest(dir) {
+        Ok(n) => n,
         Err(e) => return Check::warn(NAME, format!("{}: {e}", dir.display())),
     };
-    let mut newest: std::collections::BTreeMap<&str, (SystemTime, String, u64)> =
-        Default::default();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let kind = match name.as_str() {
-            n if n.starts_with("etcd-") && n.ends_with(".db") => "etcd",
-            n if n.starts_with("raft-") && n.ends_with(".snap") => "raft",
-            n if n.starts_with("unsealer-") && n.ends_with(".snap") => "unsealer",
-            _ => continue,
-        };
-        if !dir.join(format!("{name}.sha256")).is_file() {
-            continue;
-        }
-        let Ok(meta) = e.metadata() else { continue };
-        let Ok(mtime) = meta.modified() else { continue };
-        if newest.get(kind).is_none_or(|(t, _, _)| mtime > *t) {
-            newest.insert(kind, (mtime, name, meta.len()));
-        }
-    }
-    let Some(oldest_newest) = newest.values().map(|(t, _, _)| *t).min() else {
+    let Some(oldest_newest) = newest.values().map(|s| s.modified).min() else {
         return Check::warn(NAME, format!("no finished snapshot in {}", dir.display()));
     };
     let age = |t: SystemTime| now.duration_since(t).unwrap_or_default().as_secs();
     let detail = newest
         .iter()
-        .map(|(k, (t, n, len))| format!("{k}: {n} ({len} bytes, {} old)", human_secs(age(*t))))
+        .map(|(k, s)| {
+            format!(
+                "{k}: {} ({} bytes, {} old)",
+                s.file,
+                s.bytes,
+                human_secs(age(s.modified))
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ");
     let data = json!({
         "dir": dir,
-        "newest": newest.iter().map(|(k, (t, n, len))| (k.to_string(), json!({
-            "file": n, "bytes": len, "age_secs": age(*t),
+        "newest": newest.iter().map(|(k, s)| (k.to_string(), json!({
+            "file": s.file, "bytes": s.bytes, "age_secs": age(s.modified),
         }))).collect::<serde_json::Map<_, _>>(),
         "max_age_secs": cfg.max_age_secs,
     });

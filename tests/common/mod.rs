@@ -7,6 +7,7 @@ pub mod console;
 pub mod kube;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod tcpproxy;
 pub mod totp;
 

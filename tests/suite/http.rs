@@ -210,6 +210,51 @@ fn metrics_parse_as_prometheus_text(env: &Env) {
         assert!(kinds.iter().any(|k| k == kind), "{kind} missing:\n{text}");
     }
     assert_eq!(dependency_up(&text), (Some(1), Some(1)), "{text}");
+
+    // The deployment around the broker: every etcd member of the config up,
+    // the configured certificates' expiry,
+    // nothing undeliverable, no failed renewal, no backup.dir (both 0).
+    let c = env.cluster();
+    let members = samples("vaultgram_etcd_member_up");
+    for ep in c.etcd_endpoints() {
+        let m = members
+            .iter()
+            .find(|s| s.labels.get("member") == Some(ep.as_str()))
+            .unwrap_or_else(|| panic!("member {ep} missing:\n{text}"));
+        assert_eq!(counter(&m.value), 1.0, "{ep}:\n{text}");
+    }
+    assert_eq!(members.len(), c.etcd_endpoints().len(), "{text}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let certs = samples("vaultgram_certificate_not_after_timestamp_seconds");
+    assert!(!certs.is_empty(), "{text}");
+    for s in &certs {
+        let left_days = (counter(&s.value) - now) / 86_400.0;
+        // tests/common/pki.rs: the CA for 365 days, leaves for 30.
+        let want = if s.labels.get("certificate") == Some("etcd.cert") {
+            29.0..=31.0
+        } else {
+            364.0..=366.0
+        };
+        assert!(
+            want.contains(&left_days),
+            "{:?}: {left_days} days left",
+            s.labels
+        );
+    }
+    assert!(
+        certs
+            .iter()
+            .any(|s| s.labels.get("certificate") == Some("etcd.cert")),
+        "{text}"
+    );
+    assert_eq!(one("vaultgram_token_renewal_failures"), 0.0);
+    assert_eq!(one("vaultgram_notices_dropped"), 0.0);
+    assert_eq!(one("vaultgram_operators_unreachable"), 0.0);
+    assert_eq!(one("vaultgram_backup_newest_timestamp_seconds"), 0.0);
+    assert_eq!(one("vaultgram_backup_max_age_seconds"), 0.0);
 }
 
 /// `vaultgram_dependency_up` for (vault, etcd) in a scrape.

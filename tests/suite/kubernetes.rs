@@ -45,6 +45,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::kubernetes::confinement_checked_against_the_api_server",
         confinement,
     ),
+    (
+        "disruptive::kubernetes::monitoring_objects_apply_against_the_operator_crds",
+        monitoring_objects,
+    ),
 ];
 
 const NS: &str = "vaultgram";
@@ -164,6 +168,148 @@ fn manifests_apply_server_side(env: &Env) {
         "--grace-period=0",
         "--wait=false",
     ]);
+}
+
+/// k8s/monitoring/ (ServiceMonitor, PrometheusRule, dashboard ConfigMap)
+/// is server-side applied with the prometheus-operator CRDs installed, so
+/// the API server validates both custom objects against the operator's
+/// schemas (a rule with a malformed `for` is refused: the check can fail);
+/// a second apply changes nothing; the ServiceMonitor selects the broker's
+/// Service and port; the ConfigMap carries monitoring/dashboard.json.
+fn monitoring_objects(env: &Env) {
+    let k = env.kube();
+    let _turn = namespace_turn();
+    let crds = std::env::var_os("PROMETHEUS_OPERATOR_CRDS")
+        .map(std::path::PathBuf::from)
+        .expect("PROMETHEUS_OPERATOR_CRDS is not set: scripts/test.sh sets it (prometheus_operator_crds in scripts/lib.sh)");
+    for f in [
+        "monitoring.coreos.com_servicemonitors.yaml",
+        "monitoring.coreos.com_prometheusrules.yaml",
+    ] {
+        k.ok(&[
+            "apply",
+            "--server-side",
+            "-f",
+            crds.join(f).to_str().unwrap(),
+        ]);
+    }
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+    ]);
+    apply_base(k);
+    let dir = repo_root().join("k8s/monitoring");
+    let dir = dir.to_str().unwrap();
+    let mut versions = Vec::new();
+    for round in 0..2 {
+        let out = k.kubectl(&["apply", "--server-side", "-k", dir]);
+        assert!(
+            out.status.success(),
+            "apply k8s/monitoring: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("Warning"), "{}", stderr(&out));
+        let v = k.ok(&[
+            "get",
+            "servicemonitor/vaultgram",
+            "prometheusrule/vaultgram",
+            "configmap/vaultgram-dashboard",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.metadata.resourceVersion} {end}",
+        ]);
+        versions.push(String::from_utf8(v).unwrap());
+        if round == 1 {
+            assert_eq!(versions[0], versions[1], "a second apply changed objects");
+        }
+    }
+    assert_eq!(versions[0].split_whitespace().count(), 3, "{}", versions[0]);
+
+    // The ServiceMonitor selects the broker's Service, by a port it has.
+    let sm: Value = serde_json::from_slice(&k.ok(&[
+        "get",
+        "servicemonitor",
+        "vaultgram",
+        "-n",
+        NS,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let svc: Value =
+        serde_json::from_slice(&k.ok(&["get", "service", "vaultgram", "-n", NS, "-o", "json"]))
+            .unwrap();
+    for (key, want) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            &svc["metadata"]["labels"][key], want,
+            "selector {key}: {svc}"
+        );
+    }
+    let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    assert!(
+        svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == port),
+        "the Service has no port {port}: {svc}"
+    );
+
+    // Every alert of monitoring/rules.yml is in the PrometheusRule.
+    let pr: Value = serde_json::from_slice(&k.ok(&[
+        "get",
+        "prometheusrule",
+        "vaultgram",
+        "-n",
+        NS,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let alerts: Vec<&str> = pr["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    let source = std::fs::read_to_string(repo_root().join("monitoring/rules.yml")).unwrap();
+    let want = source.matches("- alert: ").count();
+    assert_eq!(alerts.len(), want, "{alerts:?}");
+
+    // The operator's schema is enforced: a malformed duration is refused.
+    let mut bad = pr.clone();
+    bad["metadata"] = json!({"name": "vaultgram-bad", "namespace": NS});
+    bad["spec"]["groups"][0]["rules"][0]["for"] = json!("5 minutes");
+    let e = apply_json(k, &bad).unwrap_err();
+    assert!(e.contains("spec.groups[0].rules[0].for"), "{e}");
+
+    // The ConfigMap is the dashboard.
+    let cm: Value = serde_json::from_slice(&k.ok(&[
+        "get",
+        "configmap",
+        "vaultgram-dashboard",
+        "-n",
+        NS,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1", "{cm}");
+    let live: Value = serde_json::from_str(cm["data"]["vaultgram.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("monitoring/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(live, file, "the ConfigMap is not monitoring/dashboard.json");
+    eprintln!(
+        "kubernetes: k8s/monitoring applied against prometheus-operator CRDs: {} alerts, ServiceMonitor on port {port}, dashboard ConfigMap; second apply: no change; malformed rule refused",
+        alerts.len()
+    );
 }
 
 /// A Pod made from the Deployment's template (no controllers run here).

@@ -16,6 +16,7 @@ mod gate;
 mod http;
 mod kubernetes;
 mod migration;
+mod monitoring;
 mod policy_matrix;
 mod security;
 mod socket;
@@ -48,6 +49,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(migration::TESTS);
     t.extend(failure::TESTS);
     t.extend(http::TESTS);
+    t.extend(monitoring::TESTS);
     t.extend(security::TESTS);
     t.extend(containment::TESTS);
     t.extend(telegram::TESTS);

@@ -208,13 +208,13 @@ fn telegram_id(config_text: &str, name: &str) -> i64 {
 // A group of `run` processes sharing one election and one file_dir
 // ---------------------------------------------------------------------------
 
-struct Node {
+pub(super) struct Node {
     name: String,
     proc: Proc,
     pid: u32,
     config: PathBuf,
-    /// `[http] listen` port (`/readyz`).
-    http: u16,
+    /// `[http] listen` port (`/readyz`, `/metrics`).
+    pub(super) http: u16,
 }
 
 impl Node {
@@ -231,7 +231,7 @@ impl Node {
     }
 }
 
-struct Group {
+pub(super) struct Group {
     name: String,
     /// Unique per test: its own etcd prefix (election).
     hex: String,
@@ -259,7 +259,7 @@ impl Group {
 
     /// Like `start`, with the harness config text passed through `edit`
     /// first (for every node and the login).
-    fn start_with(
+    pub(super) fn start_with(
         env: &Env,
         name: &str,
         n: usize,
@@ -344,7 +344,7 @@ impl Group {
 
     /// The harness config with this group's changes; returns its path.
     /// The Unix socket of node `tag` (`n0`, `n1`, …).
-    fn socket(&self, tag: &str) -> PathBuf {
+    pub(super) fn socket(&self, tag: &str) -> PathBuf {
         self.env_root.join(format!("tg-{}-{tag}.sock", self.hex))
     }
 
@@ -445,7 +445,7 @@ impl Group {
         i
     }
 
-    fn node(&self, i: usize) -> &Node {
+    pub(super) fn node(&self, i: usize) -> &Node {
         self.nodes[i].as_ref().expect("node still running")
     }
 
@@ -460,7 +460,7 @@ impl Group {
     }
 
     /// Every node's log (for failure messages).
-    fn dump(&self) -> String {
+    pub(super) fn dump(&self) -> String {
         let mut s = String::new();
         for n in self.nodes.iter().flatten() {
             s.push_str(&format!(
@@ -480,7 +480,7 @@ impl Group {
 
     /// Waits until exactly one running node logged "became leader" and
     /// every other running node "following"; returns the leader's index.
-    fn wait_single_leader(&self, limit: Duration) -> usize {
+    pub(super) fn wait_single_leader(&self, limit: Duration) -> usize {
         let leader = wait_for(
             limit,
             "one leader, the others following",
@@ -602,11 +602,35 @@ impl Group {
     }
 
     /// SIGKILL node `i`; returns the kill instant (unix ms).
-    fn kill(&mut self, i: usize) -> i64 {
+    pub(super) fn kill(&mut self, i: usize) -> i64 {
         let t = now_ms();
         self.node_mut(i).proc.kill();
         self.killed_at[i] = Some(t);
         t
+    }
+
+    /// Starts node `i` again after [`Group::kill`]: the same config (HTTP
+    /// port, socket), a log file of its own.
+    pub(super) fn restart(&mut self, i: usize) {
+        let old = self.nodes[i].take().expect("a node to restart");
+        let name = format!("{}-again", old.name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vaultgram"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("VAULTGRAM_LOG", "info,vaultgram=debug")
+            .args(["--log-format", "json", "--config"])
+            .arg(&old.config)
+            .arg("run");
+        let proc = Proc::spawn(&name, cmd, &self.logs_dir.join(format!("{name}.err")));
+        let pid = proc.pid().unwrap();
+        self.nodes[i] = Some(Node {
+            name,
+            proc,
+            pid,
+            config: old.config,
+            http: old.http,
+        });
+        self.killed_at[i] = None;
     }
 
     /// Leadership intervals `(node, from_ms, to_ms)` from the logs: from
@@ -1286,7 +1310,7 @@ fn fenced_while_connecting(env: &Env) {
 // ---------------------------------------------------------------------------
 
 /// `vaultgram ctl --socket PATH …` as our uid (alice in these configs).
-fn ctl_json(socket: &Path, args: &[&str]) -> Value {
+pub(super) fn ctl_json(socket: &Path, args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_vaultgram"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap())

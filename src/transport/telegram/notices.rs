@@ -261,6 +261,7 @@ impl Term<'_> {
             let op = self.app.cfg.operator_by_name(&n.to);
             let (Some(op), false) = (op, n.expires_at < now / 1000) else {
                 tracing::warn!(to = %n.to, kind = %n.kind, attempts = n.attempts, "telegram: notice dropped undelivered");
+                crate::metrics::notice_dropped();
                 self.app
                     .audit
                     .record(crate::records::audit::AuditRecord::new(
