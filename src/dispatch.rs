@@ -201,8 +201,8 @@ impl App {
     /// Suspension, role check, effects, then — for a gated effect —
     /// arguments and ownership, then the approval gate, the reveal budget
     /// and execution. A read-only command runs while the suspension and
-    /// the budget are checked (two etcd round trips that used to come
-    /// first, measured in docs/PERFORMANCE.md); its reply is dropped
+    /// the budget are checked (etcd round trips that used to come first,
+    /// measured in docs/PERFORMANCE.md); its reply is dropped
     /// unseen when either refuses, and it changes nothing that would need
     /// undoing.
     async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
@@ -234,7 +234,8 @@ impl App {
     }
 
     /// A suspended operator gets nothing, on every replica and transport
-    /// (one bounded etcd read: a suspension takes effect at once) — but
+    /// (from the watched view in memory, current within
+    /// `suspensions::STALENESS_BOUND`, or else one bounded etcd read) — but
     /// for the host recovery path ([`host_recovery_command`]). When the
     /// state cannot be read within `security::SUSPENSION_WAIT`, only
     /// `/help`, `/whoami` and `/health` run: a command that reveals or

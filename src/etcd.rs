@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    SortOrder, SortTarget, TlsOptions, Txn, TxnOp,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -332,6 +332,34 @@ impl Etcd {
         })
         .await?;
         Ok(resp.kvs().iter().map(Entry::from_kv).collect())
+    }
+
+    /// Every key under `prefix` from the member this client talks to
+    /// (serializable), with the revision the read saw: a watch from the
+    /// next revision misses nothing in between.
+    pub async fn snapshot_prefix(&self, prefix: &str) -> Result<(Vec<Entry>, i64), EtcdError> {
+        let opts = GetOptions::new().with_prefix().with_serializable();
+        let resp = retrying(self.retry_below, || {
+            let mut kv = self.client.kv_client();
+            let opts = opts.clone();
+            async move { kv.get(prefix, Some(opts)).await }
+        })
+        .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.kvs().iter().map(Entry::from_kv).collect(), revision))
+    }
+
+    /// Watches every key under `prefix` from `from_revision` on.
+    pub async fn watch_prefix(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+    ) -> Result<PrefixWatch, EtcdError> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision);
+        let stream = self.client.watch_client().watch(prefix, Some(opts)).await?;
+        Ok(PrefixWatch { stream })
     }
 
     /// How many keys are under `prefix` (counted by etcd; no values sent).
@@ -825,6 +853,68 @@ pub enum Claim {
     Claimed,
     Exists,
     NotLeader,
+}
+
+/// What a [`PrefixWatch`] delivers.
+#[derive(Debug)]
+pub enum WatchEvent {
+    /// Keys written (`value` set) or deleted (`None`), in revision order.
+    Changes(Vec<(String, Option<Vec<u8>>)>),
+    /// The watch is current up to `revision`: an answer to
+    /// [`PrefixWatch::request_progress`].
+    Progress(i64),
+    /// The watch was set up (events from its start revision may follow).
+    Created,
+}
+
+/// An open watch on a prefix.
+pub struct PrefixWatch {
+    stream: etcd_client::WatchStream,
+}
+
+impl PrefixWatch {
+    /// Asks etcd to say how far the watch is; answered by a
+    /// [`WatchEvent::Progress`] once every earlier event was delivered.
+    pub async fn request_progress(&mut self) -> Result<(), EtcdError> {
+        self.stream.request_progress().await?;
+        Ok(())
+    }
+
+    /// The next event; an error when the watch ended (cancelled, compacted
+    /// past, the stream closed).
+    pub async fn next(&mut self) -> Result<WatchEvent, EtcdError> {
+        let Some(resp) = self.stream.message().await? else {
+            return Err(EtcdError::Unavailable("the watch stream closed".into()));
+        };
+        if resp.canceled() {
+            return Err(EtcdError::Unavailable(format!(
+                "the watch was cancelled (compacted at {}): {}",
+                resp.compact_revision(),
+                resp.cancel_reason()
+            )));
+        }
+        if resp.created() {
+            return Ok(WatchEvent::Created);
+        }
+        if resp.events().is_empty() {
+            return Ok(WatchEvent::Progress(
+                resp.header().map_or(0, |h| h.revision()),
+            ));
+        }
+        Ok(WatchEvent::Changes(
+            resp.events()
+                .iter()
+                .filter_map(|e| {
+                    let kv = e.kv()?;
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    Some(match e.event_type() {
+                        etcd_client::EventType::Put => (key, Some(kv.value().to_vec())),
+                        etcd_client::EventType::Delete => (key, None),
+                    })
+                })
+                .collect(),
+        ))
+    }
 }
 
 /// An open keep-alive stream for one lease.

@@ -31,6 +31,7 @@ pub mod records;
 pub mod runtime;
 pub mod security;
 pub mod service;
+pub mod suspensions;
 pub mod telemetry;
 pub mod text;
 pub mod tls;

@@ -74,7 +74,7 @@ struct StageLabels {
 pub const STAGES: [&str; 10] = [
     "socket_read", // the socket: waiting for and reading the line (not in `total`)
     "parse",
-    "suspension", // the operator's suspension (one etcd read)
+    "suspension", // the operator's suspension (memory; an etcd read when the view is stale)
     "authorize",  // role, step-up, effects, the approval gate
     "budget",     // the reveal budget (etcd compare-and-swap)
     "execute",    // the command, child token and Vault requests included

@@ -130,6 +130,13 @@ pub struct Security {
     /// Who gets the alerts in Telegram.
     admins: Vec<String>,
     pub cfg: SecurityConfig,
+    /// The suspensions in memory (`crate::suspensions`), kept current by a
+    /// task that stops when this is dropped.
+    view: std::sync::Arc<crate::suspensions::View>,
+    _view_task: Option<tokio_util::sync::DropGuard>,
+    /// Checks answered from memory, and by reading etcd (tests, bench).
+    pub checks_from_view: std::sync::atomic::AtomicU64,
+    pub checks_from_etcd: std::sync::atomic::AtomicU64,
 }
 
 /// What the reveal budget says to one more secret-bearing reply.
@@ -156,9 +163,26 @@ impl Security {
         cfg: SecurityConfig,
         admins: Vec<String>,
     ) -> Security {
+        let prefix = format!("{etcd_prefix}security/");
+        let view = std::sync::Arc::new(crate::suspensions::View::default());
+        // Outside a runtime (unit tests) there is no view: every check reads.
+        let view_task = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            rt.spawn(crate::suspensions::run(
+                etcd.clone(),
+                format!("{prefix}suspended/"),
+                view.clone(),
+                stop.clone(),
+            ));
+            stop.drop_guard()
+        });
         Security {
+            view,
+            _view_task: view_task,
+            checks_from_view: Default::default(),
+            checks_from_etcd: Default::default(),
             etcd,
-            prefix: format!("{etcd_prefix}security/"),
+            prefix,
             counters: std::sync::Mutex::new(HashMap::new()),
             reserved: std::sync::Mutex::new(HashMap::new()),
             reserving: tokio::sync::Mutex::new(()),
@@ -168,15 +192,27 @@ impl Security {
         }
     }
 
+    /// Whether suspension checks are answered from memory right now.
+    pub fn view_is_current(&self) -> bool {
+        self.view.is_current()
+    }
+
     fn key(&self, what: &str, op: &str) -> String {
         format!("{}{what}/{op}", self.prefix)
     }
 
-    /// Checked before every command: a serializable read, so it costs no
-    /// quorum round and still answers while quorum is lost; bounded by
-    /// [`SUSPENSION_WAIT`] (an unknown state is an error, never "not
-    /// suspended").
+    /// Checked before every command: from memory while the watched view is
+    /// current within `suspensions::STALENESS_BOUND` (no etcd round trip),
+    /// else a serializable read, which costs no quorum round and still
+    /// answers while quorum is lost, bounded by [`SUSPENSION_WAIT`] (an
+    /// unknown state is an error, never "not suspended").
     pub async fn suspension(&self, op: &str) -> Result<Option<Suspension>, EtcdError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(record) = self.view.lookup(op) {
+            self.checks_from_view.fetch_add(1, Relaxed);
+            return Ok(record.and_then(|v| decode(&v)));
+        }
+        self.checks_from_etcd.fetch_add(1, Relaxed);
         let key = self.key("suspended", op);
         match tokio::time::timeout(SUSPENSION_WAIT, self.etcd.get_local(&key)).await {
             Ok(r) => Ok(r?.and_then(|v| decode(&v))),
@@ -199,6 +235,9 @@ impl Security {
             .etcd
             .create_if_absent(&[(key.as_str(), &encode(&s), 0)])
             .await?;
+        if created {
+            self.view.apply(op, Some(encode(&s)));
+        }
         // Whatever else: every unlock window ends now.
         self.lock_all(op).await?;
         Ok(created)
@@ -229,6 +268,9 @@ impl Security {
         if !created && self.etcd.get(&mine).await?.is_some() {
             return Ok(None);
         }
+        if created {
+            self.view.apply(op, Some(encode(&s)));
+        }
         self.lock_all(op).await?;
         Ok(Some(created))
     }
@@ -236,6 +278,7 @@ impl Security {
     /// Ends a suspension; `false` when there was none.
     pub async fn resume(&self, op: &str) -> Result<bool, EtcdError> {
         let gone = self.etcd.delete(&self.key("suspended", op)).await?;
+        self.view.apply(op, None);
         self.etcd.delete(&self.key("failures", op)).await?;
         Ok(gone)
     }

@@ -39,6 +39,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::security::wrong_codes_suspend_and_the_budget_alerts",
         wrong_codes_suspend_and_the_budget_alerts,
     ),
+    (
+        "disruptive::security::suspensions_are_checked_from_memory_within_the_bound",
+        suspensions_are_checked_from_memory_within_the_bound,
+    ),
 ];
 
 /// A test's own world: etcd prefix, one extra admin `name` with a TOTP
@@ -633,4 +637,110 @@ fn wrong_codes_suspend_and_the_budget_alerts(env: &Env) {
         notices.len()
     );
     drop(b);
+}
+
+/// Issue 34: the suspension check reads nothing from etcd while the
+/// watched view is current (`vaultgram::suspensions`). Two processes'
+/// worth of services on one prefix: A suspends, and once the bound has
+/// passed B refuses from memory; 1,000 checks on B then read etcd (almost)
+/// never (on 191834d each of them was a read). With B cut off from etcd
+/// (its proxies black-holed) A suspends another operator: B's view stops
+/// answering within the bound, and B never says "not suspended" for them
+/// (its fallback read fails: refused, as before). Restored, B's view is
+/// current again and has the suspension.
+fn suspensions_are_checked_from_memory_within_the_bound(env: &Env) {
+    use std::sync::atomic::Ordering::Relaxed;
+    use vaultgram::suspensions::STALENESS_BOUND;
+
+    use crate::common::tcpproxy::TcpProxy;
+    let c = env.cluster();
+    let mut cfg = env.config();
+    cfg.etcd.prefix = format!("/vaultgram/susp-{}/", random_hex(4));
+    let proxies: Vec<TcpProxy> = c
+        .etcd_endpoints()
+        .iter()
+        .map(|e| {
+            let port: u16 = e.rsplit(':').next().unwrap().parse().unwrap();
+            TcpProxy::start(([127, 0, 0, 1], port).into())
+        })
+        .collect();
+    let mut cfg_b = cfg.clone();
+    cfg_b.etcd.endpoints = proxies.iter().map(|p| p.https_endpoint()).collect();
+    env.rt.block_on(async {
+        let a = vaultgram::dispatch::App::start(cfg.clone()).await.unwrap();
+        let b = vaultgram::dispatch::App::start(cfg_b).await.unwrap();
+        let (sa, sb) = (&a.security, &b.security);
+        let current = |limit: Duration| async move {
+            let t = Instant::now();
+            while !sb.view_is_current() {
+                assert!(t.elapsed() < limit, "B's view not current within {limit:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            t.elapsed()
+        };
+        let first = current(Duration::from_secs(10)).await;
+        assert_eq!(sb.suspension("bob").await.unwrap(), None);
+
+        // 1. A suspends bob; B sees it, from memory, within the bound.
+        sa.suspend("bob", "alice", "issue 34 test").await.unwrap();
+        let t = Instant::now();
+        while sb.suspension("bob").await.unwrap().is_none() {
+            assert!(t.elapsed() < Duration::from_secs(5), "B never saw the suspension");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let seen = t.elapsed();
+        tokio::time::sleep(STALENESS_BOUND).await;
+        current(Duration::from_secs(5)).await;
+        let (view0, etcd0) = (sb.checks_from_view.load(Relaxed), sb.checks_from_etcd.load(Relaxed));
+        for _ in 0..1000 {
+            let s = sb.suspension("bob").await.unwrap();
+            assert_eq!(s.map(|s| s.by), Some("alice".to_string()));
+        }
+        let from_view = sb.checks_from_view.load(Relaxed) - view0;
+        let reads = sb.checks_from_etcd.load(Relaxed) - etcd0;
+        assert!(
+            from_view >= 990,
+            "only {from_view} of 1000 checks from memory ({reads} etcd reads)"
+        );
+
+        // 2. B cut off from etcd: A suspends carol; B never serves her.
+        for p in &proxies {
+            p.cut();
+        }
+        sa.suspend("carol", "alice", "issue 34 test").await.unwrap();
+        tokio::time::sleep(STALENESS_BOUND * 2).await;
+        assert!(!sb.view_is_current(), "B answers from a view it cannot prove current");
+        let refused = Instant::now();
+        // Suspended, or unknown (an error: refused); never "not suspended".
+        let answer = sb.suspension("carol").await;
+        assert!(
+            !matches!(answer, Ok(None)),
+            "B said carol is not suspended while cut off"
+        );
+        let refused = refused.elapsed();
+
+        // 3. Restored: current again, with carol's suspension; a resume on
+        //    A reaches B too.
+        for p in &proxies {
+            p.restore();
+        }
+        let back = current(Duration::from_secs(30)).await;
+        assert!(sb.suspension("carol").await.unwrap().is_some());
+        sa.resume("bob").await.unwrap();
+        let t = Instant::now();
+        while sb.suspension("bob").await.unwrap().is_some() {
+            assert!(t.elapsed() < Duration::from_secs(5), "B never saw the resume");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        eprintln!(
+            "suspensions: B current {} ms after start; saw A's suspension after {} µs; 1000 checks: {from_view} from memory, {reads} etcd reads; cut off: not current after {} ms, the check refused in {} ms; current again {} ms after the restore",
+            first.as_millis(),
+            seen.as_micros(),
+            (STALENESS_BOUND * 2).as_millis(),
+            refused.as_millis(),
+            back.as_millis()
+        );
+        drop(b);
+        drop(a);
+    });
 }
