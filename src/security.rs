@@ -133,7 +133,9 @@ pub struct Security {
     /// The suspensions in memory (`crate::suspensions`), kept current by a
     /// task that stops when this is dropped.
     view: std::sync::Arc<crate::suspensions::View>,
-    _view_task: Option<tokio_util::sync::DropGuard>,
+    /// Started by the first check (a process that never checks, such as
+    /// `import`, watches nothing).
+    view_task: std::sync::OnceLock<tokio_util::sync::DropGuard>,
     /// Checks answered from memory, and by reading etcd (tests, bench).
     pub checks_from_view: std::sync::atomic::AtomicU64,
     pub checks_from_etcd: std::sync::atomic::AtomicU64,
@@ -164,21 +166,9 @@ impl Security {
         admins: Vec<String>,
     ) -> Security {
         let prefix = format!("{etcd_prefix}security/");
-        let view = std::sync::Arc::new(crate::suspensions::View::default());
-        // Outside a runtime (unit tests) there is no view: every check reads.
-        let view_task = tokio::runtime::Handle::try_current().ok().map(|rt| {
-            let stop = tokio_util::sync::CancellationToken::new();
-            rt.spawn(crate::suspensions::run(
-                etcd.clone(),
-                format!("{prefix}suspended/"),
-                view.clone(),
-                stop.clone(),
-            ));
-            stop.drop_guard()
-        });
         Security {
-            view,
-            _view_task: view_task,
+            view: Default::default(),
+            view_task: std::sync::OnceLock::new(),
             checks_from_view: Default::default(),
             checks_from_etcd: Default::default(),
             etcd,
@@ -208,6 +198,16 @@ impl Security {
     /// unknown state is an error, never "not suspended").
     pub async fn suspension(&self, op: &str) -> Result<Option<Suspension>, EtcdError> {
         use std::sync::atomic::Ordering::Relaxed;
+        self.view_task.get_or_init(|| {
+            let stop = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(crate::suspensions::run(
+                self.etcd.clone(),
+                self.key("suspended", ""),
+                self.view.clone(),
+                stop.clone(),
+            ));
+            stop.drop_guard()
+        });
         if let Some(record) = self.view.lookup(op) {
             self.checks_from_view.fetch_add(1, Relaxed);
             return Ok(record.and_then(|v| decode(&v)));

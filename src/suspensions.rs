@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::etcd::{Etcd, WatchEvent};
 
 /// How often the watch is asked how far it is.
-pub const PROGRESS_EVERY: Duration = Duration::from_millis(20);
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(40);
 /// How old the view's last proof of currency may be for it to answer.
 pub const STALENESS_BOUND: Duration = Duration::from_millis(100);
 

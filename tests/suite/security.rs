@@ -670,6 +670,8 @@ fn suspensions_are_checked_from_memory_within_the_bound(env: &Env) {
         let a = vaultgram::dispatch::App::start(cfg.clone()).await.unwrap();
         let b = vaultgram::dispatch::App::start(cfg_b).await.unwrap();
         let (sa, sb) = (&a.security, &b.security);
+        // The first check starts the view (and reads etcd meanwhile).
+        assert_eq!(sb.suspension("bob").await.unwrap(), None);
         let current = |limit: Duration| async move {
             let t = Instant::now();
             while !sb.view_is_current() {
