@@ -101,6 +101,19 @@ impl TcpProxy {
         }
     }
 
+    /// One proxy in front of each of `endpoints` (`https://127.0.0.1:PORT`),
+    /// in order: a process given their [`TcpProxy::https_endpoint`]s can be
+    /// cut off from etcd by the test.
+    pub fn in_front_of(endpoints: &[String]) -> Vec<TcpProxy> {
+        endpoints
+            .iter()
+            .map(|e| {
+                let port: u16 = e.rsplit(':').next().unwrap().parse().unwrap();
+                TcpProxy::start(([127, 0, 0, 1], port).into())
+            })
+            .collect()
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }

@@ -203,14 +203,7 @@ fn destroying_commands_wait(env: &Env) {
 /// proxies (one per member).
 fn broker_behind_proxies(env: &Env, w: &World, tag: &str) -> (Broker, Vec<TcpProxy>) {
     let c = env.cluster();
-    let proxies: Vec<TcpProxy> = c
-        .etcd_endpoints()
-        .iter()
-        .map(|e| {
-            let port: u16 = e.rsplit(':').next().unwrap().parse().unwrap();
-            TcpProxy::start(([127, 0, 0, 1], port).into())
-        })
-        .collect();
+    let proxies: Vec<TcpProxy> = TcpProxy::in_front_of(&c.etcd_endpoints());
     let eps = proxies
         .iter()
         .map(|p| format!("{:?}", p.https_endpoint()))

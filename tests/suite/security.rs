@@ -656,14 +656,7 @@ fn suspensions_are_checked_from_memory_within_the_bound(env: &Env) {
     let c = env.cluster();
     let mut cfg = env.config();
     cfg.etcd.prefix = format!("/vaultgram/susp-{}/", random_hex(4));
-    let proxies: Vec<TcpProxy> = c
-        .etcd_endpoints()
-        .iter()
-        .map(|e| {
-            let port: u16 = e.rsplit(':').next().unwrap().parse().unwrap();
-            TcpProxy::start(([127, 0, 0, 1], port).into())
-        })
-        .collect();
+    let proxies: Vec<TcpProxy> = TcpProxy::in_front_of(&c.etcd_endpoints());
     let mut cfg_b = cfg.clone();
     cfg_b.etcd.endpoints = proxies.iter().map(|p| p.https_endpoint()).collect();
     env.rt.block_on(async {

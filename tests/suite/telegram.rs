@@ -73,6 +73,32 @@ pub(super) fn tg_config(env: &Env, dir: &Path) -> Config {
     cfg
 }
 
+/// One runner (`telegram::run`) in this process, campaigning as `node`
+/// until `stop`; with `login`, a fresh session first.
+pub(super) fn start_runner(
+    env: &Env,
+    cfg: &Config,
+    login: bool,
+    node: &str,
+    stop: &CancellationToken,
+) -> (Arc<App>, tokio::task::JoinHandle<()>) {
+    env.rt.block_on(async {
+        let app = App::start(cfg.clone()).await.unwrap();
+        if login {
+            vaultgram::transport::telegram::login(&app, &mut NoPrompt)
+                .await
+                .unwrap();
+        }
+        let elector = Arc::new(Elector::new(app.etcd.clone(), &cfg.etcd, node.into()));
+        let h = tokio::spawn(vaultgram::transport::telegram::run(
+            app.clone(),
+            elector,
+            stop.clone(),
+        ));
+        (app, h)
+    })
+}
+
 pub(super) fn file_dir(env: &Env, name: &str) -> PathBuf {
     let d = env
         .cluster()
@@ -699,19 +725,7 @@ fn grammers_faults_are_survived(env: &Env) {
     // A failed assertion must not leave this runner campaigning beside
     // the next test's (they share the election and the session path).
     let _stop_on_unwind = stop.clone().drop_guard();
-    let (app, runner) = env.rt.block_on(async {
-        let app = App::start(cfg.clone()).await.unwrap();
-        vaultgram::transport::telegram::login(&app, &mut NoPrompt)
-            .await
-            .unwrap();
-        let elector = Arc::new(Elector::new(app.etcd.clone(), &cfg.etcd, "faults".into()));
-        let h = tokio::spawn(vaultgram::transport::telegram::run(
-            app.clone(),
-            elector,
-            stop.clone(),
-        ));
-        (app, h)
-    });
+    let (app, runner) = start_runner(env, &cfg, true, "faults", &stop);
     let starts = |o: &Outbox| o.lines().iter().filter(|v| v["op"] == "start").count();
     out.wait("client start", Duration::from_secs(15), |o| starts(o) == 1);
     let alice =
@@ -927,19 +941,7 @@ fn a_request_never_answered_does_not_stall_the_runner(env: &Env) {
     let pw = canary::plant("tghang");
     let stop = CancellationToken::new();
     let _stop_on_unwind = stop.clone().drop_guard();
-    let (app, runner) = env.rt.block_on(async {
-        let app = App::start(cfg.clone()).await.unwrap();
-        vaultgram::transport::telegram::login(&app, &mut NoPrompt)
-            .await
-            .unwrap();
-        let elector = Arc::new(Elector::new(app.etcd.clone(), &cfg.etcd, "hang".into()));
-        let h = tokio::spawn(vaultgram::transport::telegram::run(
-            app.clone(),
-            elector,
-            stop.clone(),
-        ));
-        (app, h)
-    });
+    let (app, runner) = start_runner(env, &cfg, true, "hang", &stop);
     let starts = |o: &Outbox| o.lines().iter().filter(|v| v["op"] == "start").count();
     out.wait("client start", Duration::from_secs(15), |o| starts(o) == 1);
     let alice =

@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use vaultgram::config::Config;
 use vaultgram::dispatch::App;
-use vaultgram::leader::Elector;
 
 use super::telegram::{file_dir, inbox, tg_config, NoPrompt, Outbox};
 use super::TestFn;
@@ -91,21 +90,7 @@ struct Runner {
 /// Starts a runner on `cfg` (with `login`: a fresh session first).
 fn start(env: &Env, cfg: &Config, login: bool, node: &str) -> Runner {
     let stop = CancellationToken::new();
-    let (app, handle) = env.rt.block_on(async {
-        let app = App::start(cfg.clone()).await.unwrap();
-        if login {
-            vaultgram::transport::telegram::login(&app, &mut NoPrompt)
-                .await
-                .unwrap();
-        }
-        let elector = Arc::new(Elector::new(app.etcd.clone(), &cfg.etcd, node.into()));
-        let h = tokio::spawn(vaultgram::transport::telegram::run(
-            app.clone(),
-            elector,
-            stop.clone(),
-        ));
-        (app, h)
-    });
+    let (app, handle) = super::telegram::start_runner(env, cfg, login, node, &stop);
     Runner {
         app,
         _on_unwind: stop.clone().drop_guard(),

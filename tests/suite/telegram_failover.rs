@@ -406,14 +406,7 @@ impl Group {
         let i = self.nodes.len();
         let tag = format!("n{i}");
         let (endpoints, proxies) = if proxied {
-            let proxies: Vec<TcpProxy> = c
-                .etcd_endpoints()
-                .iter()
-                .map(|e| {
-                    let port: u16 = e.rsplit(':').next().unwrap().parse().unwrap();
-                    TcpProxy::start(([127, 0, 0, 1], port).into())
-                })
-                .collect();
+            let proxies: Vec<TcpProxy> = TcpProxy::in_front_of(&c.etcd_endpoints());
             (
                 proxies.iter().map(|p| p.https_endpoint()).collect(),
                 proxies,
