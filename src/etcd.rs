@@ -678,6 +678,27 @@ impl Etcd {
             .unwrap_or_else(|_| Err(EtcdError::Unavailable(format!("{endpoint}: timed out"))))
     }
 
+    /// Every member of `cfg.endpoints` probed at once with
+    /// [`Etcd::member_status`], in the order of the endpoints (`None`: the
+    /// probe did not finish). `doctor` and `/metrics` use it.
+    pub async fn member_statuses(
+        cfg: &EtcdConfig,
+        timeout: Duration,
+    ) -> Vec<Option<Result<MemberStatus, EtcdError>>> {
+        let mut probes = tokio::task::JoinSet::new();
+        for (i, ep) in cfg.endpoints.iter().enumerate() {
+            let (one, ep) = (cfg.clone(), ep.clone());
+            probes.spawn(async move { (i, Etcd::member_status(&one, &ep, timeout).await) });
+        }
+        let mut results: Vec<_> = cfg.endpoints.iter().map(|_| None).collect();
+        while let Some(r) = probes.join_next().await {
+            if let Ok((i, r)) = r {
+                results[i] = Some(r);
+            }
+        }
+        results
+    }
+
     /// `doctor`: active alarms as (member id, alarm name). etcd lets any
     /// authenticated user list them (raising or disarming needs root).
     pub async fn alarms(&self) -> Result<Vec<(u64, String)>, EtcdError> {

@@ -17,7 +17,7 @@ type Probe = Option<Result<MemberStatus, EtcdError>>;
 
 pub(super) async fn checks(cfg: &Config, opts: &Options) -> (Vec<Check>, Option<Etcd>) {
     let endpoints = &cfg.etcd.endpoints;
-    let results = probe_members(cfg).await;
+    let results = Etcd::member_statuses(&cfg.etcd, ETCD_TIMEOUT).await;
     let n = endpoints.len();
     let quorum = n / 2 + 1;
     // A member that answers but sees no leader is cut off from the quorum.
@@ -64,24 +64,6 @@ pub(super) async fn checks(cfg: &Config, opts: &Options) -> (Vec<Check>, Option<
         }
     }
     (out, etcd)
-}
-
-/// Every member's status, in the order of `etcd.endpoints`, probed at once.
-async fn probe_members(cfg: &Config) -> Vec<Probe> {
-    let endpoints = &cfg.etcd.endpoints;
-    let mut probes = tokio::task::JoinSet::new();
-    for (i, ep) in endpoints.iter().enumerate() {
-        let ecfg = cfg.etcd.clone();
-        let ep = ep.clone();
-        probes.spawn(async move { (i, Etcd::member_status(&ecfg, &ep, ETCD_TIMEOUT).await) });
-    }
-    let mut results: Vec<Probe> = (0..endpoints.len()).map(|_| None).collect();
-    while let Some(r) = probes.join_next().await {
-        if let Ok((i, r)) = r {
-            results[i] = Some(r);
-        }
-    }
-    results
 }
 
 /// `etcd.member ENDPOINT`: a member that is down is a `warn` while the

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::checks::{cached_checks, Endpoints, CHECK_TIMEOUT};
+use super::checks::{cached_checks, Endpoints, MemberProbe, CHECK_TIMEOUT};
 use crate::dispatch::App;
 use crate::etcd::Etcd;
 
@@ -86,7 +86,7 @@ pub(super) async fn metrics(State(s): State<Arc<Endpoints>>) -> Response {
 /// Every member of `etcd.endpoints`, probed at once (a connection each),
 /// at most [`MEMBER_CACHE`] old: up when it answers a status request and
 /// sees a leader (a member cut off from the quorum sees none).
-async fn etcd_members(s: &Endpoints) -> Vec<(String, bool)> {
+async fn etcd_members(s: &Endpoints) -> MemberProbe {
     let mut cached = s.members.lock().await;
     if let Some((at, m)) = cached.as_ref() {
         if at.elapsed() < MEMBER_CACHE {
@@ -94,22 +94,12 @@ async fn etcd_members(s: &Endpoints) -> Vec<(String, bool)> {
         }
     }
     let cfg = &s.app.cfg.etcd;
-    let mut probes = tokio::task::JoinSet::new();
-    for (i, ep) in cfg.endpoints.iter().enumerate() {
-        let (one, ep) = (cfg.clone(), ep.clone());
-        probes.spawn(async move {
-            let up = Etcd::member_status(&one, &ep, CHECK_TIMEOUT)
-                .await
-                .is_ok_and(|st| st.leader != 0);
-            (i, up)
-        });
-    }
-    let mut out: Vec<(String, bool)> = cfg.endpoints.iter().map(|e| (e.clone(), false)).collect();
-    while let Some(r) = probes.join_next().await {
-        if let Ok((i, up)) = r {
-            out[i].1 = up;
-        }
-    }
+    let out: MemberProbe = Etcd::member_statuses(cfg, CHECK_TIMEOUT)
+        .await
+        .into_iter()
+        .zip(&cfg.endpoints)
+        .map(|(r, ep)| (ep.clone(), matches!(r, Some(Ok(st)) if st.leader != 0)))
+        .collect();
     *cached = Some((Instant::now(), out.clone()));
     out
 }

@@ -230,19 +230,8 @@ fn monitoring_objects(env: &Env) {
     assert_eq!(versions[0].split_whitespace().count(), 3, "{}", versions[0]);
 
     // The ServiceMonitor selects the broker's Service, by a port it has.
-    let sm: Value = serde_json::from_slice(&k.ok(&[
-        "get",
-        "servicemonitor",
-        "vaultgram",
-        "-n",
-        NS,
-        "-o",
-        "json",
-    ]))
-    .unwrap();
-    let svc: Value =
-        serde_json::from_slice(&k.ok(&["get", "service", "vaultgram", "-n", NS, "-o", "json"]))
-            .unwrap();
+    let sm: Value = get_json(k, "servicemonitor", "vaultgram");
+    let svc: Value = get_json(k, "service", "vaultgram");
     for (key, want) in sm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
         assert_eq!(
             &svc["metadata"]["labels"][key], want,
@@ -260,16 +249,7 @@ fn monitoring_objects(env: &Env) {
     );
 
     // Every alert of monitoring/rules.yml is in the PrometheusRule.
-    let pr: Value = serde_json::from_slice(&k.ok(&[
-        "get",
-        "prometheusrule",
-        "vaultgram",
-        "-n",
-        NS,
-        "-o",
-        "json",
-    ]))
-    .unwrap();
+    let pr: Value = get_json(k, "prometheusrule", "vaultgram");
     let alerts: Vec<&str> = pr["spec"]["groups"]
         .as_array()
         .unwrap()
@@ -289,16 +269,7 @@ fn monitoring_objects(env: &Env) {
     assert!(e.contains("spec.groups[0].rules[0].for"), "{e}");
 
     // The ConfigMap is the dashboard.
-    let cm: Value = serde_json::from_slice(&k.ok(&[
-        "get",
-        "configmap",
-        "vaultgram-dashboard",
-        "-n",
-        NS,
-        "-o",
-        "json",
-    ]))
-    .unwrap();
+    let cm: Value = get_json(k, "configmap", "vaultgram-dashboard");
     assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1", "{cm}");
     let live: Value = serde_json::from_str(cm["data"]["vaultgram.json"].as_str().unwrap()).unwrap();
     let file: Value = serde_json::from_str(
@@ -312,11 +283,14 @@ fn monitoring_objects(env: &Env) {
     );
 }
 
+/// One object of namespace `vaultgram`, as JSON.
+fn get_json(k: &KubeApi, kind: &str, name: &str) -> Value {
+    serde_json::from_slice(&k.ok(&["get", kind, name, "-n", NS, "-o", "json"])).unwrap()
+}
+
 /// A Pod made from the Deployment's template (no controllers run here).
 fn pod_from_template(k: &KubeApi, name: &str, edit: impl FnOnce(&mut Value)) -> Value {
-    let d: Value =
-        serde_json::from_slice(&k.ok(&["get", "deployment", "vaultgram", "-n", NS, "-o", "json"]))
-            .unwrap();
+    let d: Value = get_json(k, "deployment", "vaultgram");
     let t = &d["spec"]["template"];
     let mut pod = json!({
         "apiVersion": "v1",

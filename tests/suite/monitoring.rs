@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::telegram_failover::{ctl_json, Group};
+use super::telegram_failover::{ctl_json, tail, Group};
 use super::TestFn;
 use crate::common::cluster::{random_hex, repo_root};
 use crate::common::prometheus::Prometheus;
@@ -159,11 +159,6 @@ impl Watch<'_> {
             self.prom.alerts()
         );
     }
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Runs `fault`, waits for each alert of `alerts` to fire, runs `recover`

@@ -179,7 +179,7 @@ fn wait_for<T>(
 
 /// The last `n` lines of `text` (failure messages stay readable; the
 /// whole logs are in the cluster directory's `console-output`).
-fn tail(text: &str, n: usize) -> String {
+pub(super) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let skip = lines.len().saturating_sub(n);
     let mut s = String::new();
