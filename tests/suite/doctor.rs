@@ -308,7 +308,10 @@ fn vault_sealed(env: &Env) {
 }
 
 /// Two of three members down: quorum lost → fail, exit 2; Vault is still
-/// checked and fine.
+/// checked — and fine on OpenBao (raft). HashiCorp Vault keeps its data in
+/// this very etcd: once it loses its HA lock it steps down, so under load
+/// its checks may fail too (seen in a full run: "login failed: vault
+/// unavailable"), and only that they ran is asserted there.
 fn etcd_quorum_lost(env: &Env) {
     let c = env.cluster();
     let dir = tempfile::tempdir().unwrap();
@@ -329,5 +332,13 @@ fn etcd_quorum_lost(env: &Env) {
             "fail"
         );
     }
-    assert_eq!(check(&v, "vault.transit_key")["status"], "ok", "{v:#}");
+    let transit_key = check(&v, "vault.transit_key");
+    if c.server == crate::common::cluster::Server::Vault {
+        assert!(
+            ["ok", "warn", "fail"].contains(&transit_key["status"].as_str().unwrap_or("")),
+            "{v:#}"
+        );
+    } else {
+        assert_eq!(transit_key["status"], "ok", "{v:#}");
+    }
 }
