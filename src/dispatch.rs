@@ -31,9 +31,9 @@ use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 
-use crate::approvals::{Approval, Approvals};
+use crate::approvals::{Approval, Approvals, Filing, HeldGrant};
 use crate::audit::AuditLog;
-use crate::command::Command;
+use crate::command::{Command, GateFlags};
 use crate::config::{Config, Operator};
 use crate::context::{CommandError, CommandResult, Ctx, Reply, Services};
 use crate::error::ErrorKind;
@@ -164,13 +164,13 @@ impl App {
             return None;
         };
         let parse_started = std::time::Instant::now();
-        let parsed = Command::parse(text);
+        let parsed = Command::parse_with_gate_flags(text);
         crate::metrics::observe_stage("parse", parse_started);
         let (name, target, result) = match parsed {
             Err(e) => ("-".to_string(), None, Err(CommandError::from(e))),
-            Ok(cmd) => {
+            Ok((cmd, flags)) => {
                 let ctx = Ctx::new(&self.svc, op, transport, &rid).with_line(text.trim());
-                let r = self.run_gated(&ctx, &cmd).await;
+                let r = self.run_gated(&ctx, &cmd, &flags).await;
                 (cmd.name(), cmd.target(), r)
             }
         };
@@ -205,7 +205,7 @@ impl App {
     /// measured in docs/PERFORMANCE.md); its reply is dropped
     /// unseen when either refuses, and it changes nothing that would need
     /// undoing.
-    async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
+    async fn run_gated(&self, ctx: &Ctx<'_>, cmd: &Command, flags: &GateFlags) -> CommandResult {
         if cmd.is_read_only() {
             // The read runs while the check is made; it mints no token and
             // counts no reveal until the check has cleared the operator.
@@ -218,17 +218,18 @@ impl App {
                 let _ = tx.send(Some(matches!(s, Ok(Standing::Active))));
                 s
             };
-            let (standing, result) = tokio::join!(check, self.authorize_and_run(&rctx, cmd, true));
+            let (standing, result) =
+                tokio::join!(check, self.authorize_and_run(&rctx, cmd, flags, true));
             standing?;
             return result;
         }
         match self.check_suspension(ctx, cmd).await? {
-            Standing::Active => self.authorize_and_run(ctx, cmd, false).await,
+            Standing::Active => self.authorize_and_run(ctx, cmd, flags, false).await,
             Standing::HostRecovery => {
                 let rctx = Ctx::new(ctx.svc, ctx.op, ctx.transport, ctx.request_id)
                     .with_line(ctx.line)
                     .in_host_recovery();
-                self.authorize_and_run(&rctx, cmd, false).await
+                self.authorize_and_run(&rctx, cmd, flags, false).await
             }
         }
     }
@@ -287,10 +288,11 @@ impl App {
         &self,
         ctx: &Ctx<'_>,
         cmd: &Command,
+        flags: &GateFlags,
         overlap: bool,
     ) -> CommandResult {
         let authorize_started = std::time::Instant::now();
-        let recovery = self.authorize(ctx, cmd).await?;
+        let (recovery, grant) = self.authorize(ctx, cmd, flags).await?;
         crate::metrics::observe_stage("authorize", authorize_started);
         if recovery && !ctx.host_recovery {
             // An admin at the broker's host resumes without a second admin:
@@ -301,6 +303,27 @@ impl App {
             return crate::metrics::time_stage("execute", self.execute(&rctx, cmd)).await;
         }
         let run = crate::metrics::time_stage("execute", self.execute(ctx, cmd));
+        let result = self.budget_and_run(ctx, cmd, overlap, run).await;
+        match grant {
+            // An approval is spent only by a reply: a refusal (the budget)
+            // or a failure (Vault) leaves it for the rest of its window.
+            Some(g) if result.is_ok() => {
+                self.approvals.spend(ctx, g).await?;
+                result
+            }
+            _ => result,
+        }
+    }
+
+    /// The reveal budget for a secret reply, then `run` (side by side for
+    /// a read-only command, `overlap`).
+    async fn budget_and_run(
+        &self,
+        ctx: &Ctx<'_>,
+        cmd: &Command,
+        overlap: bool,
+        run: impl std::future::Future<Output = CommandResult>,
+    ) -> CommandResult {
         if !cmd.reply_is_secret() {
             return run.await;
         }
@@ -319,9 +342,15 @@ impl App {
         run.await
     }
 
-    /// Role, step-up, effects and the approval gate. `Ok(true)`: the
-    /// command passes the gate on the host recovery path.
-    async fn authorize(&self, ctx: &Ctx<'_>, cmd: &Command) -> Result<bool, CommandError> {
+    /// Role, step-up, effects and the approval gate. `Ok((true, _))`: the
+    /// command passes the gate on the host recovery path; `Some` grant:
+    /// an earlier approval lets it through, to be spent by its reply.
+    async fn authorize(
+        &self,
+        ctx: &Ctx<'_>,
+        cmd: &Command,
+        flags: &GateFlags,
+    ) -> Result<(bool, Option<HeldGrant>), CommandError> {
         if !cmd.allowed_for(ctx.op.role) {
             return Err(CommandError::denied(format!(
                 "/{} is not available to {} operators",
@@ -348,22 +377,50 @@ impl App {
                 cmd.name()
             )));
         }
-        let gated = effects
+        let gated: Vec<crate::config::Effect> = effects
             .iter()
-            .any(|e| self.cfg.approvals.required.iter().any(|r| r == e.name()));
-        if gated {
+            .copied()
+            .filter(|e| self.cfg.approvals.required.iter().any(|r| r == e.name()))
+            .collect();
+        if gated.is_empty() && !flags.is_empty() {
+            return Err(CommandError::invalid(format!(
+                "-reason and -break-glass are for commands that need approval; /{} does not",
+                cmd.name()
+            )));
+        }
+        if flags.code.is_some() && !flags.break_glass {
+            return Err(CommandError::invalid(
+                "-code=CODE goes with -break-glass (approvers give theirs with /approve ID CODE)",
+            ));
+        }
+        if !gated.is_empty() {
             if self.host_resume(ctx, cmd).await? {
-                return Ok(true);
+                return Ok((true, None));
             }
             // Validate, then gate: a request that could not run is never
             // filed, and an approver never spends a code on it. The
             // canonical line is what /pending shows and /approve runs.
-            let line = crate::command::prepare(ctx, cmd).await?;
-            // Either a grant from an earlier approval is consumed here, or a
+            // Boxed: every group's preparation inlined in this future made
+            // it too large for a worker's stack in debug builds.
+            let prepared = Box::pin(crate::command::prepare(ctx, cmd)).await?;
+            if flags.break_glass {
+                Box::pin(self.approvals.break_glass(ctx, cmd, &prepared, flags)).await?;
+                return Ok((false, None));
+            }
+            // Either a grant from an earlier approval lets it through, or a
             // pending request is created and the command stops.
-            self.approvals.gate(ctx, cmd, &line).await?;
+            let filing = Filing {
+                quorum: self.cfg.approvals.quorum_for(&gated),
+                reason: flags.reason.as_deref(),
+                effect: &prepared.effect,
+            };
+            let grant = self
+                .approvals
+                .gate(ctx, cmd, &prepared.line, &filing)
+                .await?;
+            return Ok((false, grant));
         }
-        Ok(false)
+        Ok((false, None))
     }
 
     /// The way back that a stolen Telegram account alone cannot use: at
@@ -449,12 +506,8 @@ impl App {
     async fn execute(&self, ctx: &Ctx<'_>, cmd: &Command) -> CommandResult {
         match cmd {
             Command::Approve { id, code } => {
-                match self
-                    .approvals
-                    .approve(ctx, id, code.0.expose_secret())
-                    .await?
-                {
-                    Approval::Granted(reply) => Ok(reply),
+                match Box::pin(self.approvals.approve(ctx, id, code.0.expose_secret())).await? {
+                    Approval::Granted(reply) | Approval::Counted(reply) => Ok(reply),
                     Approval::Run(run) => {
                         let requester = run.requester(ctx.cfg())?;
                         let rctx = Ctx::new(&self.svc, requester, ctx.transport, &run.request.id)
@@ -466,8 +519,11 @@ impl App {
                     }
                 }
             }
-            Command::Deny { id } => self.approvals.deny(ctx, id).await,
+            Command::Deny { id, reason } => self.approvals.deny(ctx, id, reason).await,
             Command::Pending => self.approvals.list(ctx).await,
+            Command::Review { id, verdict, note } => {
+                self.approvals.review(ctx, id, *verdict, note).await
+            }
             other => other.execute(ctx).await,
         }
     }

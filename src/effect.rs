@@ -202,6 +202,8 @@ mod tests {
             ("approve", "/approve 0a1b 123456", &[]),
             ("deny", "/deny 0a1b", &[]),
             ("pending", "/pending", &[]),
+            // `bad` suspends, as `/operator suspend` does (not gated).
+            ("review", "/review 0a1b bad", &[]),
             ("health", "/health", &[]),
             ("audit", "/audit 5", &[]),
             ("unlock", "/unlock 123456", &[]),

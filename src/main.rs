@@ -430,7 +430,9 @@ fn run_ctl(socket: &std::path::Path, json: bool, words: &[String]) -> anyhow::Re
         // carries a secret is refused there, so that no script gets used to
         // it. (A line that does not parse goes to the broker, which refuses
         // it without echoing a word.)
-        if vaultgram::command::Command::parse(&line).is_ok_and(|c| c.input_is_secret()) {
+        let secret = vaultgram::command::Command::parse_with_gate_flags(&line)
+            .is_ok_and(|(c, flags)| c.input_is_secret() || flags.code.is_some());
+        if secret {
             eprintln!(
                 "error (invalid): this command carries a secret, and a command line is visible to every local user; give it on stdin instead: `vaultgram ctl -` and type it (nothing was sent)"
             );

@@ -128,7 +128,8 @@ async fn recheck_confinement(app: Arc<App>, stop: CancellationToken) {
 }
 
 /// Approval requests whose lease ran out unseen are audited as expired,
-/// by the service itself (no transport carried them to an end).
+/// by the service itself (no transport carried them to an end); overdue
+/// break-glass reviews remind the admins.
 async fn sweep_expired_approvals(app: Arc<App>, stop: CancellationToken) {
     // Often enough that an expiry is recorded within half a TTL.
     let every = (app.cfg.approvals.ttl_secs / 2).clamp(5, 30);
@@ -140,6 +141,7 @@ async fn sweep_expired_approvals(app: Arc<App>, stop: CancellationToken) {
                 app.approvals
                     .sweep_expired(app.audit.as_ref(), crate::transport_kind::Transport::Service)
                     .await;
+                app.approvals.remind_unreviewed().await;
             }
         }
     }

@@ -34,6 +34,7 @@
 //! command line carries no value (commands whose input is secret are
 //! refused by the gate), and the TOTP code is never stored or logged.
 
+mod break_glass;
 mod store;
 
 use crate::clock::now_rfc3339_millis as now_rfc3339;
@@ -58,10 +59,15 @@ pub const MAX_WRONG_CODES: u32 = 3;
 /// How long an outcome message may wait for a Telegram leader.
 const OUTCOME_NOTICE_TTL: u64 = 86_400;
 
+/// A one-time grant found by [`Approvals::gate`], not spent yet.
+pub struct HeldGrant(Entry);
+
 /// What an approval leads to.
 pub enum Approval {
     /// A one-time grant: the requester runs the command itself.
     Granted(Reply),
+    /// One more approval, short of the quorum: nothing runs yet.
+    Counted(Reply),
     /// A request the dispatcher runs now, as its requester.
     Run(Box<ApprovedRun>),
 }
@@ -70,8 +76,46 @@ pub enum Approval {
 pub struct ApprovedRun {
     pub request: Request,
     pub cmd: Command,
-    /// Who approved it.
+    /// Who approved it (the quorum's admins, in order).
     pub approver: String,
+}
+
+/// What a new request carries besides its line.
+pub struct Filing<'a> {
+    /// Distinct approvals it needs (`approvals.quorum`).
+    pub quorum: u32,
+    /// `-reason="…"`, checked by [`check_reason`].
+    pub reason: Option<&'a str>,
+    /// What it will do, resolved now (`command::Prepared::effect`).
+    pub effect: &'a str,
+}
+
+/// A reason is for a person to read in a notice: one or two sentences.
+pub const MAX_REASON_CHARS: usize = 280;
+
+/// A reason fit to store: not blank, not longer than [`MAX_REASON_CHARS`].
+/// Its characters are kept as typed and escaped wherever it is shown.
+pub fn check_reason(reason: &str) -> Result<&str, CommandError> {
+    let r = reason.trim();
+    if r.is_empty() {
+        return Err(CommandError::invalid(
+            "-reason is empty: say why, e.g. -reason=\"ticket 42\"",
+        ));
+    }
+    let n = r.chars().count();
+    if n > MAX_REASON_CHARS {
+        return Err(CommandError::invalid(format!(
+            "-reason is too long ({n} characters, at most {MAX_REASON_CHARS})"
+        )));
+    }
+    Ok(r)
+}
+
+/// " (reason: …)", escaped, or nothing.
+fn reason_suffix(reason: Option<&str>) -> String {
+    reason
+        .map(|r| format!(" (reason: {})", escape_line(r)))
+        .unwrap_or_default()
 }
 
 impl ApprovedRun {
@@ -84,6 +128,11 @@ impl ApprovedRun {
 pub struct Approvals {
     store: Store,
     ttl_secs: u64,
+    require_reason: bool,
+    /// `approvals.break_glass`, `break_glass_per_day`, `review_within_secs`.
+    break_glass: Vec<String>,
+    per_day: u32,
+    review_within: u64,
     max_pending: u32,
     /// Who hears of a new request (all admins but its requester).
     admins: Vec<String>,
@@ -105,6 +154,10 @@ impl Approvals {
         Approvals {
             store: Store::new(etcd, cfg),
             ttl_secs: cfg.approvals.ttl_secs,
+            require_reason: cfg.approvals.require_reason,
+            break_glass: cfg.approvals.break_glass.clone(),
+            per_day: cfg.approvals.break_glass_per_day,
+            review_within: cfg.approvals.review_within_secs,
             max_pending: cfg.approvals.max_pending_per_operator,
             admins: cfg.admin_names(),
         }
@@ -130,6 +183,32 @@ impl Approvals {
         }
     }
 
+    /// A vote short of the quorum: the requester and the admins who may
+    /// still approve hear the tally.
+    fn vote_notice<'a>(&'a self, req: &'a Request) -> Notice<'a> {
+        Notice {
+            kind: "approval_vote",
+            to: std::iter::once(req.requester.as_str())
+                .chain(
+                    self.admins
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|a| *a != req.requester && !req.votes.iter().any(|v| v == a)),
+                )
+                .collect(),
+            text: format!(
+                "request {}: {} asks to run {}{}: {}\napprove: /approve {} CODE",
+                req.id,
+                req.requester,
+                escape_line(&req.line),
+                reason_suffix(req.reason.as_deref()),
+                req.tally(),
+                req.id
+            ),
+            expires_at: req.expires_at,
+        }
+    }
+
     /// The requester's message about `req` ending with `status`.
     fn outcome_notice<'a>(&self, req: &'a Request, status: Status, by: &str) -> Notice<'a> {
         Notice {
@@ -143,15 +222,25 @@ impl Approvals {
     /// Lets `cmd` through when an approval grants it, otherwise files a
     /// pending request for its canonical `line` and answers
     /// `approval_required`.
-    pub async fn gate(&self, ctx: &Ctx<'_>, cmd: &Command, line: &str) -> Result<(), CommandError> {
-        if self.store.take_grant(&ctx.op.name, line).await? {
-            tracing::info!(
-                request_id = %ctx.request_id,
-                operator = %ctx.op.name,
-                command = %cmd.name(),
-                "approval grant used"
-            );
-            return Ok(());
+    ///
+    /// A grant is only found here, not spent: the caller spends it with
+    /// [`Approvals::spend`] once the reply exists.
+    pub async fn gate(
+        &self,
+        ctx: &Ctx<'_>,
+        cmd: &Command,
+        line: &str,
+        filing: &Filing<'_>,
+    ) -> Result<Option<HeldGrant>, CommandError> {
+        if let Some(e) = self.store.find_grant(&ctx.op.name, line).await? {
+            return Ok(Some(HeldGrant(e)));
+        }
+        let reason = filing.reason.map(check_reason).transpose()?;
+        if reason.is_none() && self.require_reason {
+            return Err(CommandError::invalid(format!(
+                "/{} needs approval, and approvals.require_reason asks why: add -reason=\"…\"",
+                cmd.name()
+            )));
         }
         if line.is_empty() || cmd.input_is_secret() {
             // Never store a line that carries a value.
@@ -180,6 +269,15 @@ impl Approvals {
                 expires_at: unix_secs() + self.ttl_secs,
                 ttl_secs: self.ttl_secs,
                 wrong_codes: 0,
+                quorum: filing.quorum.max(1),
+                votes: Vec::new(),
+                reason: reason.map(str::to_string),
+                effect: Some(filing.effect.to_string()),
+            };
+            let needs = if req.quorum > 1 {
+                format!(" (needs {} approvals)", req.quorum)
+            } else {
+                String::new()
             };
             // Every admin who may approve it hears of it, in the same
             // transaction: a filed request is always announced, once.
@@ -192,14 +290,16 @@ impl Approvals {
                     .filter(|a| *a != ctx.op.name)
                     .collect(),
                 text: format!(
-                    "approval request {id}: {} asks to run {}{} (expires in {} s)\napprove: /approve {id} CODE\ndeny: /deny {id}",
+                    "approval request {id}: {} asks to run {}{}{}{needs} (expires in {} s)\nit {}\napprove: /approve {id} CODE\ndeny: /deny {id}",
                     req.requester,
                     escape_line(&req.line),
                     req.target
                         .as_deref()
                         .map(|t| format!(" on {}", escape_line(t)))
                         .unwrap_or_default(),
-                    self.ttl_secs
+                    reason_suffix(req.reason.as_deref()),
+                    self.ttl_secs,
+                    escape_line(filing.effect)
                 ),
                 expires_at: req.expires_at,
             };
@@ -211,10 +311,15 @@ impl Approvals {
                     command = %req.command,
                     "approval requested"
                 );
+                let who = if req.quorum > 1 {
+                    format!("{} more admins", req.quorum)
+                } else {
+                    "a second admin".to_string()
+                };
                 return Err(CommandError::new(
                     ErrorKind::ApprovalRequired,
                     format!(
-                        "request {id} waits for a second admin: /approve {id} CODE (expires in {} s)",
+                        "request {id} waits for {who}: /approve {id} CODE (expires in {} s)",
                         self.ttl_secs
                     ),
                 ));
@@ -224,6 +329,24 @@ impl Approvals {
         Err(CommandError::unavailable(
             "could not file the approval request (concurrent requests); try again",
         ))
+    }
+
+    /// Spends `grant` now that its command produced a reply. A concurrent
+    /// run of the same line that spent it first wins: this reply is then
+    /// withheld, so a grant still yields one reply.
+    pub async fn spend(&self, ctx: &Ctx<'_>, grant: HeldGrant) -> Result<(), CommandError> {
+        if self.store.spend_grant(&grant.0).await? {
+            tracing::info!(
+                request_id = %ctx.request_id,
+                operator = %ctx.op.name,
+                "approval grant used"
+            );
+            Ok(())
+        } else {
+            Err(CommandError::conflict(
+                "the approval for this command was used meanwhile by another run of it; this reply is withheld",
+            ))
+        }
     }
 
     /// The pending request `id`, or why there is none.
@@ -272,14 +395,17 @@ impl Approvals {
         let notice = self.outcome_notice(r, Status::Expired, "-");
         if self.store.mark_expired(e, log, Some(&notice)).await {
             audit
-                .record(AuditRecord::new(
-                    &r.id,
-                    &r.requester,
-                    transport,
-                    &r.command,
-                    r.target.clone(),
-                    Status::Expired.as_str(),
-                ))
+                .record(
+                    AuditRecord::new(
+                        &r.id,
+                        &r.requester,
+                        transport,
+                        &r.command,
+                        r.target.clone(),
+                        Status::Expired.as_str(),
+                    )
+                    .reason(r.reason.as_deref()),
+                )
                 .await;
         }
     }
@@ -305,7 +431,8 @@ impl Approvals {
         status: Status,
         by: &str,
     ) -> Result<bool, CommandError> {
-        let notice = (by != req.requester).then(|| self.outcome_notice(req, status, by));
+        let notice = (!by.starts_with(&format!("{} ", req.requester)) && by != req.requester)
+            .then(|| self.outcome_notice(req, status, by));
         self.store
             .take(req, pending, status, by, notice.as_ref())
             .await
@@ -333,6 +460,9 @@ impl Approvals {
             return Err(CommandError::denied(format!(
                 "you cannot approve your own request {id}: a second admin must"
             )));
+        }
+        if req.votes.contains(&approver.name) {
+            return Err(already_voted(&req));
         }
         let Some(totp_key) = approver.totp_key.as_deref() else {
             return Err(CommandError::denied(format!(
@@ -395,14 +525,52 @@ impl Approvals {
                 requester.name
             )));
         }
-        if !self
-            .take(&req, &entry, Status::Approved, &approver.name)
-            .await?
-        {
-            return Err(CommandError::conflict(format!(
-                "request {id} was approved, denied or expired meanwhile"
-            )));
-        }
+        self.check_unchanged(ctx, &req, &entry, requester, &cmd)
+            .await?;
+        // A quorum counts distinct admins. Each vote is written over the
+        // pending request (compare and swap); the vote that completes it
+        // takes the request, exactly once across replicas. A lost race
+        // reads the request again: the code was good, it is not asked twice.
+        let (mut req, mut entry) = (req, entry);
+        let mut tries = 0;
+        let by = loop {
+            if req.votes.contains(&approver.name) {
+                return Err(already_voted(&req));
+            }
+            let mut voted = req.clone();
+            voted.votes.push(approver.name.clone());
+            if (voted.votes.len() as u32) < req.quorum {
+                let notice = self.vote_notice(&voted);
+                if self.store.replace(&entry, &voted, Some(&notice)).await? {
+                    audit_request(ctx, &voted, "voted", &approver.name).await;
+                    return Ok(Approval::Counted(
+                        Reply::text(format!(
+                            "counted: request {id} has {}; it runs when {} more admin(s) approve",
+                            voted.tally(),
+                            voted.quorum as usize - voted.votes.len()
+                        ))
+                        .with_data(serde_json::json!({
+                            "id": voted.id, "votes": voted.votes, "quorum": voted.quorum,
+                        })),
+                    ));
+                }
+            } else {
+                let by = voted.votes.join(", ");
+                if self.take(&voted, &entry, Status::Approved, &by).await? {
+                    req = voted;
+                    break by;
+                }
+            }
+            tries += 1;
+            match self.store.lookup(id).await? {
+                Lookup::Pending(r, e) if tries < 5 => (req, entry) = (r, e),
+                _ => {
+                    return Err(CommandError::conflict(format!(
+                        "request {id} was approved, denied or expired meanwhile"
+                    )))
+                }
+            }
+        };
         let name = cmd.name();
         let target = cmd.target();
         if cmd.reply_is_secret() {
@@ -412,11 +580,11 @@ impl Approvals {
                 id: req.id.clone(),
                 requester: req.requester.clone(),
                 line: req.line.clone(),
-                approved_by: approver.name.clone(),
+                approved_by: by.clone(),
                 expires_at: unix_secs() + secs,
             };
             self.store.put_grant(&grant, secs).await?;
-            audit_request(ctx, &req, Status::Approved.as_str(), &approver.name).await;
+            audit_request(ctx, &req, Status::Approved.as_str(), &by).await;
             return Ok(Approval::Granted(
                 Reply::text(format!(
                     "approved: {} may now run {} once within {secs} s",
@@ -432,8 +600,47 @@ impl Approvals {
         Ok(Approval::Run(Box::new(ApprovedRun {
             request: req,
             cmd,
-            approver: approver.name.clone(),
+            approver: by,
         })))
+    }
+
+    /// What was approved is what runs: the request's effect is resolved
+    /// again, as its requester, and compared with what the approvers were
+    /// shown when it was filed. Changed (a new version, a rotated key, a
+    /// record gone): the request is cancelled and nothing runs. Vault
+    /// unreachable: refused, the request still waits.
+    async fn check_unchanged(
+        &self,
+        ctx: &Ctx<'_>,
+        req: &Request,
+        entry: &Entry,
+        requester: &Operator,
+        cmd: &Command,
+    ) -> Result<(), CommandError> {
+        let Some(filed) = req.effect.as_deref() else {
+            return Ok(());
+        };
+        let rctx = Ctx::new(ctx.svc, requester, ctx.transport, &req.id).with_line(&req.line);
+        let now = match Box::pin(crate::command::prepare(&rctx, cmd)).await {
+            Ok(p) if p.effect == filed => return Ok(()),
+            Ok(p) => format!("it {}", p.effect),
+            Err(e) if e.kind == ErrorKind::Unavailable => return Err(e),
+            Err(e) => format!("it cannot run: {}", e.message),
+        };
+        let by = format!("{} (target changed)", ctx.op.name);
+        if !matches!(self.take(req, entry, Status::Denied, &by).await, Ok(true)) {
+            return Err(CommandError::conflict(format!(
+                "request {} was approved, denied or expired meanwhile",
+                req.id
+            )));
+        }
+        audit_request(ctx, req, Status::Denied.as_str(), &by).await;
+        Err(CommandError::conflict(format!(
+            "request {} changed since it was filed: then it {}; now {}. Nothing runs and the request is cancelled; file it again if it is still wanted",
+            req.id,
+            escape_line(filed),
+            escape_line(&now)
+        )))
     }
 
     /// After the dispatcher ran an approved request: its audit record, and
@@ -524,26 +731,38 @@ impl Approvals {
             return n;
         };
         for (req, e) in waiting {
-            if req.requester == requester
-                && matches!(self.take(&req, &e, Status::Denied, by).await, Ok(true))
-            {
-                n += 1;
+            if req.requester == requester {
+                if matches!(self.take(&req, &e, Status::Denied, by).await, Ok(true)) {
+                    n += 1;
+                }
+            } else if req.votes.iter().any(|v| v == requester) {
+                // A suspended admin's approvals no longer count.
+                let mut r = req.clone();
+                r.votes.retain(|v| v != requester);
+                if matches!(self.store.replace(&e, &r, None).await, Ok(true)) {
+                    n += 1;
+                }
             }
         }
         n
     }
 
-    /// `/deny ID`: any admin, including the requester (cancelling).
-    pub async fn deny(&self, ctx: &Ctx<'_>, id: &str) -> CommandResult {
+    /// `/deny ID [REASON…]`: any admin, including the requester
+    /// (cancelling); one denial ends a request whatever its quorum. The
+    /// reason goes to the requester with the outcome.
+    pub async fn deny(&self, ctx: &Ctx<'_>, id: &str, reason: &[String]) -> CommandResult {
         check_id(id)?;
+        let reason = if reason.is_empty() {
+            None
+        } else {
+            Some(check_reason(&reason.join(" "))?.to_string())
+        };
         let (req, entry) = self.pending(ctx, id).await?;
         if ctx.op.role != Role::Admin && ctx.op.name != req.requester {
             return Err(CommandError::denied("only admins deny requests"));
         }
-        if !self
-            .take(&req, &entry, Status::Denied, &ctx.op.name)
-            .await?
-        {
+        let by = format!("{}{}", ctx.op.name, reason_suffix(reason.as_deref()));
+        if !self.take(&req, &entry, Status::Denied, &by).await? {
             return Err(CommandError::conflict(format!(
                 "request {id} was approved, denied or expired meanwhile"
             )));
@@ -564,6 +783,10 @@ impl Approvals {
 
     /// `/pending`: every request still waiting (admins see all).
     pub async fn list(&self, _ctx: &Ctx<'_>) -> CommandResult {
+        // Whoever looks is reminded of what waits for review (and so are
+        // the other admins, once per `review_within_secs`).
+        self.remind_unreviewed().await;
+        let (glass_lines, glass_data) = self.unreviewed().await?;
         let mut reqs: Vec<Request> = self
             .store
             .pending_requests(500)
@@ -572,7 +795,7 @@ impl Approvals {
             .map(|(r, _)| r)
             .collect();
         reqs.sort_by_key(|r| r.expires_at);
-        let text = if reqs.is_empty() {
+        let text = if reqs.is_empty() && glass_lines.is_empty() {
             "no pending requests".to_string()
         } else {
             // Every field escaped on its own line: what an approver reads is
@@ -581,14 +804,21 @@ impl Approvals {
             reqs.iter()
                 .map(|r| {
                     format!(
-                        "{} {} {} ({} s left): {}",
+                        "{} {} {} ({} s left, {}): {}{}{}",
                         escape_line(&r.id),
                         escape_line(&r.requester),
                         escape_line(r.target.as_deref().unwrap_or("-")),
                         r.seconds_left(),
-                        escape_line(&r.line)
+                        escape_line(&r.tally()),
+                        escape_line(&r.line),
+                        reason_suffix(r.reason.as_deref()),
+                        r.effect
+                            .as_deref()
+                            .map(|e| format!(" — it {}", escape_line(e)))
+                            .unwrap_or_default()
                     )
                 })
+                .chain(glass_lines)
                 .collect::<Vec<_>>()
                 .join("\n")
         };
@@ -613,13 +843,26 @@ impl Approvals {
                 serde_json::json!({
                     "id": r.id, "requester": r.requester, "command": r.command,
                     "target": r.target, "line": r.line, "expires_in": r.seconds_left(),
-                    "created_at": r.created_at,
+                    "created_at": r.created_at, "quorum": r.quorum, "votes": r.votes,
+                    "reason": r.reason.as_deref().map(|x| escape_line(x).into_owned()),
+                    "effect": r.effect,
                 })
             })
             .collect();
-        Ok(Reply::text(text)
-            .with_data(serde_json::json!({ "pending": data, "not_reachable": unreachable })))
+        Ok(Reply::text(text).with_data(serde_json::json!({
+            "pending": data, "break_glass": glass_data, "not_reachable": unreachable,
+        })))
     }
+}
+
+/// The approver voted for `req` already: one admin counts once.
+fn already_voted(req: &Request) -> CommandError {
+    CommandError::conflict(format!(
+        "you already approved request {} ({}); it needs {} more from other admins",
+        req.id,
+        req.tally(),
+        (req.quorum as usize).saturating_sub(req.votes.len())
+    ))
 }
 
 /// An audit record about request `req` (`approved`, `denied`, or the
@@ -636,7 +879,8 @@ async fn audit_request(ctx: &Ctx<'_>, req: &Request, result: &str, by: &str) {
                 req.target.clone(),
                 result,
             )
-            .approved_by(by),
+            .approved_by(by)
+            .reason(req.reason.as_deref()),
         )
         .await;
 }
@@ -662,6 +906,45 @@ impl crate::context::PendingRequests for Approvals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_are_bounded_not_blank() {
+        assert_eq!(check_reason("  ticket 42 ").unwrap(), "ticket 42");
+        assert_eq!(
+            check_reason(&"é".repeat(MAX_REASON_CHARS))
+                .unwrap()
+                .chars()
+                .count(),
+            MAX_REASON_CHARS
+        );
+        assert_eq!(
+            check_reason(&"x".repeat(5000)).unwrap_err().message,
+            "-reason is too long (5000 characters, at most 280)"
+        );
+        assert_eq!(check_reason(" \t ").unwrap_err().kind, ErrorKind::Invalid);
+        assert_eq!(reason_suffix(Some("a\u{202e}b")), " (reason: a\\u{202e}b)");
+        assert_eq!(reason_suffix(None), "");
+    }
+
+    #[test]
+    fn requests_filed_before_quorums_need_one_approval() {
+        let old = r#"{"id":"0a0b0c0d","requester":"alice","command":"transit rotate","target":"k",
+            "line":"/transit rotate k","request_id":"r","transport":"console",
+            "created_at":"t","expires_at":1,"ttl_secs":600}"#;
+        let r: Request = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (r.quorum, r.votes.len(), r.reason.clone(), r.effect.clone()),
+            (1, 0, None, None)
+        );
+        assert_eq!(r.tally(), "0 of 1 approvals");
+        let mut v = r.clone();
+        v.quorum = 3;
+        v.votes = vec!["dave".into(), "erin".into()];
+        assert_eq!(v.tally(), "2 of 3 approvals (dave, erin)");
+        assert!(already_voted(&v)
+            .message
+            .contains("it needs 1 more from other admins"));
+    }
 
     #[test]
     fn ids_are_hex() {

@@ -14,6 +14,10 @@
 //!   requester, on the request's lease (the per-operator cap).
 //! - `approvals/grants/<requester>/<ID>` — a one-time grant ([`Grant`]
 //!   JSON), leased with the rest of the request's TTL.
+//! - `approvals/reviews/<ID>` — a break-glass run and its review
+//!   ([`Review`] JSON), on the log's lease.
+//! - `approvals/break-glass/<admin>/<n>` — one key per break-glass run, on
+//!   a 24-hour lease (the per-day cap).
 //! - `leases/approvals-log` — the shared lease of the log.
 //!
 //! Every change that someone should hear of writes its notification
@@ -60,11 +64,37 @@ pub struct Request {
     /// Wrong `/approve` codes so far (`MAX_WRONG_CODES` cancel it).
     #[serde(default)]
     pub wrong_codes: u32,
+    /// Distinct approvals it needs (`approvals.quorum`).
+    #[serde(default = "one")]
+    pub quorum: u32,
+    /// The admins who approved so far, in order (fewer than `quorum`).
+    #[serde(default)]
+    pub votes: Vec<String>,
+    /// Why the requester asks (`-reason="…"`): shown escaped, never run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What it does to what existed when it was filed
+    /// (`command::Prepared::effect`); `/approve` refuses when that changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Request {
     pub fn seconds_left(&self) -> u64 {
         self.expires_at.saturating_sub(unix_secs())
+    }
+
+    /// "1 of 2 approvals (dave)", for notices and `/pending`.
+    pub fn tally(&self) -> String {
+        let mut t = format!("{} of {} approvals", self.votes.len(), self.quorum);
+        if !self.votes.is_empty() {
+            t.push_str(&format!(" ({})", self.votes.join(", ")));
+        }
+        t
     }
 }
 
@@ -110,6 +140,37 @@ pub struct Grant {
     pub line: String,
     pub approved_by: String,
     pub expires_at: u64,
+}
+
+/// `approvals/reviews/<ID>`: a break-glass run and its review. Kept on
+/// the log's lease (7 days).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Review {
+    pub id: String,
+    /// The admin who broke the glass.
+    pub author: String,
+    pub command: String,
+    pub target: Option<String>,
+    /// The canonical line that ran.
+    pub line: String,
+    pub reason: String,
+    /// The request id of the run (its audit records carry it).
+    pub request_id: String,
+    pub at: String,
+    /// Unix seconds: the review is due by then.
+    pub due: u64,
+    /// Unix seconds: the next reminder, while unreviewed.
+    pub next_alert: u64,
+    /// Reminders sent so far.
+    #[serde(default)]
+    pub reminders: u32,
+    /// `ok` or `bad`, once reviewed.
+    #[serde(default)]
+    pub verdict: Option<String>,
+    #[serde(default)]
+    pub reviewer: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 /// A message queued in the same transaction as the change it tells of.
@@ -245,13 +306,18 @@ impl Store {
 
     /// The lowest free slot number of `requester` below `max`, if any.
     pub async fn free_slot(&self, requester: &str, max: u32) -> Result<Option<u32>, CommandError> {
-        let prefix = self.slots_prefix(requester);
+        self.free_slot_under(&self.slots_prefix(requester), max)
+            .await
+    }
+
+    /// The lowest number below `max` with no key `<prefix><n>`.
+    async fn free_slot_under(&self, prefix: &str, max: u32) -> Result<Option<u32>, CommandError> {
         let taken: BTreeSet<u32> = self
             .etcd
-            .list_prefix(&prefix, i64::from(max) + 1, false)
+            .list_prefix(prefix, i64::from(max) + 1, false)
             .await?
             .iter()
-            .filter_map(|e| e.key.strip_prefix(&prefix)?.parse().ok())
+            .filter_map(|e| e.key.strip_prefix(prefix)?.parse().ok())
             .collect();
         Ok((0..max).find(|n| !taken.contains(n)))
     }
@@ -297,28 +363,36 @@ impl Store {
         Ok(created)
     }
 
-    /// Consumes the requester's grant for exactly `line`, if there is one.
-    pub async fn take_grant(&self, requester: &str, line: &str) -> Result<bool, CommandError> {
+    /// The requester's grant for exactly `line`, if there is one. It is
+    /// only looked at here: [`Store::spend_grant`] spends it once the
+    /// reply exists, so a refusal or a failed run after the approval does
+    /// not waste the second admin's approval.
+    pub async fn find_grant(
+        &self,
+        requester: &str,
+        line: &str,
+    ) -> Result<Option<Entry>, CommandError> {
         let grants = self
             .etcd
             .list_prefix(&self.grants_prefix(requester), 100, false)
             .await?;
-        for e in grants {
-            let Ok(g) = serde_json::from_slice::<Grant>(&e.value) else {
-                continue;
-            };
-            if g.requester == requester
-                && g.line == line
-                && self
-                    .etcd
-                    .delete_if_unchanged(&e.key, e.mod_revision, None)
-                    .await?
-            {
-                self.revoke_quietly(e.lease).await;
-                return Ok(true);
-            }
+        Ok(grants.into_iter().find(|e| {
+            serde_json::from_slice::<Grant>(&e.value)
+                .is_ok_and(|g| g.requester == requester && g.line == line)
+        }))
+    }
+
+    /// Spends a grant found by [`Store::find_grant`] (compare and delete):
+    /// `false` when a concurrent run spent it first, or it was withdrawn.
+    pub async fn spend_grant(&self, e: &Entry) -> Result<bool, CommandError> {
+        let spent = self
+            .etcd
+            .delete_if_unchanged(&e.key, e.mod_revision, None)
+            .await?;
+        if spent {
+            self.revoke_quietly(e.lease).await;
         }
-        Ok(false)
+        Ok(spent)
     }
 
     /// Deletes every unused grant of `requester` (a suspension); how many.
@@ -476,6 +550,109 @@ impl Store {
             self.revoke_quietly(pending.lease).await;
         }
         Ok(taken)
+    }
+
+    /// Writes `value` over the record `entry` was read from (its lease
+    /// kept), with `notice`, if nothing changed it since. `false`: another
+    /// change came first (a vote, a decision, the expiry); read it again.
+    pub async fn replace<T: Serialize>(
+        &self,
+        entry: &Entry,
+        value: &T,
+        notice: Option<&Notice<'_>>,
+    ) -> Result<bool, CommandError> {
+        let value = encode(value);
+        let notes = self.notes(notice)?;
+        self.with_leases(&notes, |(_, note_lease)| {
+            let puts = with_notes(
+                vec![(entry.key.as_str(), value.as_slice(), entry.lease)],
+                &notes,
+                note_lease,
+            );
+            async move {
+                self.etcd
+                    .commit_if_unchanged(&entry.key, entry.mod_revision, false, &puts)
+                    .await
+            }
+        })
+        .await
+    }
+
+    fn review_key(&self, id: &str) -> String {
+        format!("{}reviews/{id}", self.prefix)
+    }
+    /// One key per break-glass run of `admin`, each on a 24-hour lease:
+    /// at most `break_glass_per_day` exist.
+    fn break_glass_prefix(&self, admin: &str) -> String {
+        format!("{}break-glass/{admin}/", self.prefix)
+    }
+
+    /// Records a break-glass run of `review.author`: a free per-day slot,
+    /// the review record and `notice`, in one transaction. `None`: all
+    /// `max` slots of the last 24 hours are used.
+    pub async fn file_break_glass(
+        &self,
+        review: &Review,
+        max: u32,
+        notice: &Notice<'_>,
+    ) -> Result<Option<u32>, CommandError> {
+        let prefix = self.break_glass_prefix(&review.author);
+        let rk = self.review_key(&review.id);
+        let rv = encode(review);
+        let notes = self.notes(Some(notice))?;
+        for _ in 0..5 {
+            let Some(slot) = self.free_slot_under(&prefix, max).await? else {
+                return Ok(None);
+            };
+            let lease = self.etcd.lease_grant(86_400).await?;
+            let sk = format!("{prefix}{slot}");
+            let created = self
+                .with_leases(&notes, |(log_lease, note_lease)| {
+                    let puts = with_notes(
+                        vec![
+                            (sk.as_str(), review.id.as_bytes(), lease),
+                            (rk.as_str(), rv.as_slice(), log_lease),
+                        ],
+                        &notes,
+                        note_lease,
+                    );
+                    async move { self.etcd.create_if_absent(&puts).await }
+                })
+                .await?;
+            if created {
+                return Ok(Some(slot));
+            }
+            self.revoke_quietly(lease).await;
+        }
+        Err(CommandError::unavailable(
+            "could not record the break-glass run (concurrent runs); try again",
+        ))
+    }
+
+    /// Whether `admin` has a break-glass run left in the last 24 hours.
+    pub async fn break_glass_left(&self, admin: &str, max: u32) -> Result<bool, CommandError> {
+        Ok(self
+            .free_slot_under(&self.break_glass_prefix(admin), max)
+            .await?
+            .is_some())
+    }
+
+    pub async fn lookup_review(&self, id: &str) -> Result<Option<(Review, Entry)>, CommandError> {
+        match self.etcd.get_entry(&self.review_key(id)).await? {
+            Some(e) => Ok(Some((decode(&e.value, "break-glass review")?, e))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every break-glass run still remembered (undecodable ones skipped).
+    pub async fn reviews(&self) -> Result<Vec<(Review, Entry)>, CommandError> {
+        Ok(self
+            .etcd
+            .list_prefix(&format!("{}reviews/", self.prefix), 1000, false)
+            .await?
+            .into_iter()
+            .filter_map(|e| Some((serde_json::from_slice(&e.value).ok()?, e)))
+            .collect())
     }
 
     /// Writes `counted` (one more wrong code) over the pending request if

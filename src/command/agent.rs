@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use super::args::{kv_path, op_agent, quote, wrap_ttl, ListArgs, WrapArg};
 use super::reply::{headed, list_or_empty, wrapped_reply};
+use super::reply::{record_state, Prepared};
 use crate::clock::now_rfc3339;
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
@@ -90,22 +91,26 @@ impl AgentCommand {
 impl AgentCommand {
     /// `/agent revoke ID`, checked before a request is filed: a valid id
     /// with a record.
-    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<Prepared, CommandError> {
         match self {
             AgentCommand::Revoke { id } => {
                 check_agent_id(id)?;
                 let path = kv_path(ctx, &agent::path(id))?;
-                ctx.vault()
-                    .await?
-                    .kv_metadata_get(&path)
-                    .await
-                    .map_err(|e| match e {
-                        VaultError::NotFound(_) => {
-                            CommandError::not_found(format!("no agent {id}"))
-                        }
-                        other => other.into(),
-                    })?;
-                Ok(format!("/agent revoke {id}"))
+                let meta =
+                    ctx.vault()
+                        .await?
+                        .kv_metadata_get(&path)
+                        .await
+                        .map_err(|e| match e {
+                            VaultError::NotFound(_) => {
+                                CommandError::not_found(format!("no agent {id}"))
+                            }
+                            other => other.into(),
+                        })?;
+                Ok(Prepared {
+                    line: format!("/agent revoke {id}"),
+                    effect: format!("revokes agent {id}'s API token ({})", record_state(&meta)),
+                })
             }
             // A new token ends the current one (effect `agent revoke`): the
             // agent must have a live record to rotate.
@@ -137,7 +142,13 @@ impl AgentCommand {
                     Some(t) => format!(" {}", quote(&format!("-wrap-ttl={t}"))),
                     None => String::new(),
                 };
-                Ok(format!("/agent token{wrap} {id}"))
+                Ok(Prepared {
+                    line: format!("/agent token{wrap} {id}"),
+                    effect: format!(
+                        "replaces agent {id}'s API token, the old one stops working ({})",
+                        record_state(&meta)
+                    ),
+                })
             }
             _ => Err(CommandError::invalid(format!(
                 "/agent {} cannot wait for approval",

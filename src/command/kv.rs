@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::args::{path_error, quote, wrap_ttl, Pair, WrapArg};
 use super::reply::{concat, table, wrapped_reply};
+use super::reply::{record_state, Prepared};
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::vault::kv::{KvData, KvMetadata, KvPath};
 use crate::vault::wrap::WrapTtl;
@@ -144,7 +145,7 @@ impl KvCommand {
 impl KvCommand {
     /// The gated `/kv` commands, checked before a request is filed: the
     /// secret and every version named exist for the requester.
-    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<Prepared, CommandError> {
         let path = self.path();
         path.secret().map_err(path_error)?;
         let shown = quote(&path.to_string());
@@ -171,11 +172,35 @@ impl KvCommand {
                     }
                 }
                 let list: Vec<String> = vs.iter().map(u64::to_string).collect();
-                Ok(format!("/kv destroy -versions={} {shown}", list.join(",")))
+                let each: Vec<String> = vs
+                    .iter()
+                    .map(|v| {
+                        let at = meta
+                            .versions
+                            .get(v)
+                            .map_or("?", |m| m.created_time.as_str());
+                        format!("{v} (created {at})")
+                    })
+                    .collect();
+                Ok(Prepared {
+                    line: format!("/kv destroy -versions={} {shown}", list.join(",")),
+                    effect: format!(
+                        "destroys version(s) {} of {path} for good; current version {}",
+                        each.join(", "),
+                        meta.current_version
+                    ),
+                })
             }
             KvCommand::Metadata(KvMetadataCommand::Delete { .. }) => {
-                ctx.vault().await?.kv_metadata_get(path).await?;
-                Ok(format!("/kv metadata delete {shown}"))
+                let meta = ctx.vault().await?.kv_metadata_get(path).await?;
+                Ok(Prepared {
+                    line: format!("/kv metadata delete {shown}"),
+                    effect: format!(
+                        "deletes {path} with all {} version(s) for good ({})",
+                        meta.versions.len(),
+                        record_state(&meta)
+                    ),
+                })
             }
             _ => Err(CommandError::invalid(format!(
                 "/kv {} cannot wait for approval",

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod args;
+mod gate_flags;
 pub mod info;
 pub mod kv;
 pub mod lexer;
@@ -19,9 +20,11 @@ pub mod transit;
 
 pub use agent::AgentCommand;
 pub use args::{ListArgs, Page, Pair, SecretArg, WrapArg};
+pub use gate_flags::{GateFlags, ReviewVerdict};
 pub use kv::KvCommand;
 pub use mtproto::MtprotoCommand;
 pub use operator::OperatorCommand;
 pub use panel::PanelCommand;
+pub use reply::Prepared;
 pub use table::{all_command_words, help, prepare, Command, ParseError};
 pub use transit::TransitCommand;

@@ -10,6 +10,7 @@ use zeroize::Zeroizing;
 
 use super::args::{kv_path, op_agent, wrap_ttl, ListArgs, WrapArg};
 use super::reply::{headed, list_or_empty, wrapped_reply};
+use super::reply::{record_state, Prepared};
 use crate::clock::now_rfc3339;
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
@@ -209,7 +210,7 @@ impl MtprotoCommand {
     /// `/mtproto revoke USER`, checked before a request is filed: the user
     /// is the requester's to revoke (an agent: its own users) and has a
     /// live secret. The canonical line names the owner explicitly.
-    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<Prepared, CommandError> {
         match self {
             MtprotoCommand::Revoke { user } => {
                 let t = target(ctx, user)?;
@@ -233,7 +234,14 @@ impl MtprotoCommand {
                         t.shown()
                     )));
                 }
-                Ok(format!("/mtproto revoke {}", t.shown()))
+                Ok(Prepared {
+                    line: format!("/mtproto revoke {}", t.shown()),
+                    effect: format!(
+                        "revokes the MTProto secret of {} ({})",
+                        t.shown(),
+                        record_state(&meta)
+                    ),
+                })
             }
             _ => Err(CommandError::invalid(format!(
                 "/mtproto {} cannot wait for approval",

@@ -5,6 +5,7 @@ use clap::Subcommand;
 use secrecy::ExposeSecret;
 
 use super::args::SecretArg;
+use super::reply::Prepared;
 use crate::config::{Operator, Role, UnlockScope};
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::security::{Attempt, Event, RECOVERY_ATTEMPTS};
@@ -53,17 +54,25 @@ impl OperatorCommand {
 
     /// `/operator resume NAME` waits for approval: checked and made
     /// canonical first.
-    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<Prepared, CommandError> {
         match self {
             OperatorCommand::Resume { name } => {
                 let op = operator(ctx, name)?;
-                if ctx.svc.security.suspension(&op.name).await?.is_none() {
+                let Some(s) = ctx.svc.security.suspension(&op.name).await? else {
                     return Err(CommandError::invalid(format!(
                         "{} is not suspended",
                         op.name
                     )));
-                }
-                Ok(format!("/operator resume {}", op.name))
+                };
+                Ok(Prepared {
+                    line: format!("/operator resume {}", op.name),
+                    effect: format!(
+                        "resumes {}, suspended since {} by {}",
+                        op.name,
+                        when(s.since),
+                        escape_line(&s.by)
+                    ),
+                })
             }
             _ => Err(CommandError::invalid(format!(
                 "/operator {} cannot wait for approval",
@@ -276,6 +285,13 @@ pub async fn contain(ctx: &Ctx<'_>, name: &str) {
             "suspend: pending requests cancelled"
         );
     }
+}
+
+/// A break-glass run reviewed `bad` suspends its author exactly as
+/// `/operator suspend NAME REASON` by the reviewer would (the reviewer's
+/// own step-up included).
+pub async fn suspend_by_review(ctx: &Ctx<'_>, name: &str, reason: &str) -> CommandResult {
+    suspend(ctx, name, reason).await
 }
 
 async fn suspend(ctx: &Ctx<'_>, name: &str, reason: &str) -> CommandResult {

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::args::{kv_path, op_agent, quote, wrap_ttl, SecretArg, WrapArg};
 use super::reply::{headed, list_or_empty, wrapped_reply};
+use super::reply::{record_state, Prepared};
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::records::agent::{self, check_id as check_agent_id};
@@ -142,7 +143,7 @@ impl PanelCommand {
 impl PanelCommand {
     /// `/panel show --reveal NAME`, checked before a request is filed: the
     /// panel exists for the requester (an agent: it is assigned to it).
-    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<Prepared, CommandError> {
         match self {
             PanelCommand::Show {
                 reveal: true,
@@ -159,19 +160,31 @@ impl PanelCommand {
                         CommandError::not_found(format!("no panel {name} is assigned to you")),
                     )
                 };
-                ctx.vault()
-                    .await?
-                    .kv_metadata_get(&path)
-                    .await
-                    .map_err(|e| match e {
-                        VaultError::NotFound(_) => missing,
-                        other => other.into(),
-                    })?;
+                let meta =
+                    ctx.vault()
+                        .await?
+                        .kv_metadata_get(&path)
+                        .await
+                        .map_err(|e| match e {
+                            VaultError::NotFound(_) => missing,
+                            other => other.into(),
+                        })?;
                 let wrap = match &wrap.wrap_ttl {
                     Some(t) => format!(" {}", quote(&format!("-wrap-ttl={t}"))),
                     None => String::new(),
                 };
-                Ok(format!("/panel show --reveal{wrap} {name}"))
+                let whose = match ctx.op.agent.as_deref() {
+                    Some(a) if ctx.op.role != Role::Admin => format!("agent {a}'s copy of "),
+                    _ => String::new(),
+                };
+                Ok(Prepared {
+                    line: format!("/panel show --reveal{wrap} {name}"),
+                    effect: format!(
+                        "shows {} the password of {whose}panel {name} ({})",
+                        ctx.op.name,
+                        record_state(&meta)
+                    ),
+                })
             }
             // Deletes the record and every copy with all their versions:
             // checked to exist (as something to remove) before a request is
@@ -183,7 +196,25 @@ impl PanelCommand {
                 if !canonical && holders.is_empty() {
                     return Err(not_found(name));
                 }
-                Ok(format!("/panel remove {name}"))
+                let copies = if holders.is_empty() {
+                    "no agent copies".to_string()
+                } else {
+                    format!(
+                        "the copies of agent(s) {}",
+                        holders.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                };
+                Ok(Prepared {
+                    line: format!("/panel remove {name}"),
+                    effect: format!(
+                        "deletes panel {name}{} and {copies}, with all versions",
+                        if canonical {
+                            ""
+                        } else {
+                            " (its record is gone already)"
+                        }
+                    ),
+                })
             }
             _ => Err(CommandError::invalid(format!(
                 "/panel {} cannot wait for approval",

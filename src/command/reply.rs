@@ -130,6 +130,27 @@ pub fn headed(headline: &str, mut r: Reply) -> Reply {
     }
 }
 
+/// A gated command checked and resolved before it waits: the canonical
+/// line `/approve` runs, and what it will concretely do to what exists
+/// now (versions and their creation times, the record's version, the key's
+/// version). The approver reads `effect`; `/approve` resolves it again and
+/// refuses when it changed, so what was approved is what runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub line: String,
+    pub effect: String,
+}
+
+/// "record version 3, created 2026-…": a KV record's current state.
+pub fn record_state(meta: &crate::vault::kv::KvMetadata) -> String {
+    let created = meta
+        .versions
+        .get(&meta.current_version)
+        .map(|v| v.created_time.as_str())
+        .unwrap_or("?");
+    format!("record version {}, created {created}", meta.current_version)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,12 +9,14 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::agent::AgentCommand;
 use super::args::{Pair, SecretArg, WrapArg};
+use super::gate_flags::{GateFlags, ReviewVerdict};
 use super::info;
 use super::kv::KvCommand;
 use super::lexer;
 use super::mtproto::MtprotoCommand;
 use super::operator::{self, OperatorCommand};
 use super::panel::PanelCommand;
+use super::reply::Prepared;
 use super::rules;
 use super::transit::TransitCommand;
 use crate::config::Role;
@@ -63,12 +65,25 @@ pub enum Command {
     /// Approve a pending request with your TOTP code.
     #[command(override_usage = "/approve ID CODE")]
     Approve { id: String, code: SecretArg },
-    /// Deny a pending request.
-    #[command(override_usage = "/deny ID")]
-    Deny { id: String },
-    /// Requests waiting for approval.
+    /// Deny a pending request (the reason goes to its requester).
+    #[command(override_usage = "/deny ID [REASON…]")]
+    Deny {
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        reason: Vec<String>,
+    },
+    /// Requests waiting for approval, and break-glass runs waiting for review.
     #[command(override_usage = "/pending")]
     Pending,
+    /// Review another admin's break-glass run (`bad` suspends its author).
+    #[command(override_usage = "/review ID ok|bad [NOTE…]")]
+    Review {
+        id: String,
+        #[arg(value_enum)]
+        verdict: ReviewVerdict,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        note: Vec<String>,
+    },
     /// Vault, etcd and Telegram status.
     #[command(override_usage = "/health")]
     Health,
@@ -130,15 +145,33 @@ pub struct ParseError(pub String);
 impl Command {
     /// Parses one chat line (`/kv get secret/x`, with or without the slash).
     pub fn parse(line: &str) -> Result<Command, ParseError> {
-        Self::parse_with(line, tree_for)
+        let words = lexer::split(line).map_err(|e| ParseError(e.to_string()))?;
+        Self::parse_words(words, tree_for)
+    }
+
+    /// A line as an operator sends it: the command, and the approval
+    /// flags (`-reason="…"`, `-break-glass`) taken out of it first, so
+    /// that they are never part of the command that runs or waits.
+    pub fn parse_with_gate_flags(line: &str) -> Result<(Command, GateFlags), ParseError> {
+        let mut words = lexer::split(line).map_err(|e| ParseError(e.to_string()))?;
+        let flags = GateFlags::take_from(&mut words).map_err(ParseError)?;
+        Ok((Self::parse_words(words, tree_for)?, flags))
     }
 
     /// [`Command::parse`] with `tree(name)` as the clap tree.
+    #[cfg(test)]
     fn parse_with(
         line: &str,
         tree: impl FnOnce(&str) -> clap::Command,
     ) -> Result<Command, ParseError> {
-        let mut words = lexer::split(line).map_err(|e| ParseError(e.to_string()))?;
+        let words = lexer::split(line).map_err(|e| ParseError(e.to_string()))?;
+        Self::parse_words(words, tree)
+    }
+
+    fn parse_words(
+        mut words: Vec<String>,
+        tree: impl FnOnce(&str) -> clap::Command,
+    ) -> Result<Command, ParseError> {
         let Some(first) = words.first_mut() else {
             return Err(ParseError("empty command; try /help".into()));
         };
@@ -186,6 +219,7 @@ impl Command {
             Command::Approve { .. } => "approve".into(),
             Command::Deny { .. } => "deny".into(),
             Command::Pending => "pending".into(),
+            Command::Review { .. } => "review".into(),
             Command::Health => "health".into(),
             Command::Audit { .. } => "audit".into(),
             Command::Unlock { .. } => "unlock".into(),
@@ -204,7 +238,9 @@ impl Command {
             Command::Panel(c) => c.target(),
             Command::Mtproto(c) => c.target(),
             Command::Operator(c) => c.target(),
-            Command::Approve { id, .. } | Command::Deny { id } => Some(id.clone()),
+            Command::Approve { id, .. } | Command::Deny { id, .. } | Command::Review { id, .. } => {
+                Some(id.clone())
+            }
             Command::GetKeys(_) => Some("telegram".into()),
             _ => None,
         }
@@ -309,12 +345,13 @@ impl Command {
             Command::Unlock { code } => operator::unlock(ctx, code).await,
             Command::Lock => operator::lock(ctx).await,
             Command::Operator(c) => c.execute(ctx).await,
-            Command::Approve { .. } | Command::Deny { .. } | Command::Pending => {
-                Err(CommandError::invalid(format!(
-                    "/{} is run by the dispatcher's approval gate",
-                    self.name()
-                )))
-            }
+            Command::Approve { .. }
+            | Command::Deny { .. }
+            | Command::Pending
+            | Command::Review { .. } => Err(CommandError::invalid(format!(
+                "/{} is run by the dispatcher's approval gate",
+                self.name()
+            ))),
         }
     }
 }
@@ -333,7 +370,7 @@ impl From<ParseError> for CommandError {
 pub async fn prepare(
     ctx: &crate::context::Ctx<'_>,
     cmd: &Command,
-) -> Result<String, crate::context::CommandError> {
+) -> Result<Prepared, crate::context::CommandError> {
     match cmd {
         Command::Kv(c) => c.prepare(ctx).await,
         Command::Transit(c) => c.prepare(ctx).await,

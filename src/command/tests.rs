@@ -151,6 +151,7 @@ fn help_usage_lines_round_trip_through_the_parser() {
             "…" => String::new(),
             "ID" => "ab12cd34".into(),
             "CODE" => "123456".into(),
+            "ok|bad" => "ok".into(),
             "N" => "3".into(),
             "KEY" => "k1".into(),
             "TEXT" => "hello".into(),

@@ -6,6 +6,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::args::{quote, wrap_ttl, SecretArg, WrapArg};
+use super::reply::Prepared;
 use super::reply::{concat, table, take, wrapped_reply};
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 
@@ -79,12 +80,19 @@ impl TransitCommand {
 impl TransitCommand {
     /// `/transit rotate KEY`, checked before a request is filed: the key
     /// exists and the requester may read it.
-    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<String, CommandError> {
+    pub async fn prepare(&self, ctx: &Ctx<'_>) -> Result<Prepared, CommandError> {
         match self {
             TransitCommand::Rotate { key } => {
                 let mount = ctx.cfg().vault.transit_mount.as_str();
-                ctx.vault().await?.transit_key_info(mount, key).await?;
-                Ok(format!("/transit rotate {}", quote(key)))
+                let info = ctx.vault().await?.transit_key_info(mount, key).await?;
+                Ok(Prepared {
+                    line: format!("/transit rotate {}", quote(key)),
+                    effect: format!(
+                        "rotates transit key {key} from version {} to {}",
+                        info.latest_version,
+                        info.latest_version + 1
+                    ),
+                })
             }
             _ => Err(CommandError::invalid(format!(
                 "/transit {} cannot wait for approval",

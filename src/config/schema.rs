@@ -431,6 +431,32 @@ pub struct ApprovalsConfig {
     /// Tell the admins of a new request and the requester of its outcome
     /// in Telegram (sent by the leader).
     pub notify: bool,
+    /// Gated commands need `-reason="…"` when they file a request.
+    pub require_reason: bool,
+    /// Distinct approving admins per effect (`approvals.required` names);
+    /// an effect not listed needs one.
+    pub quorum: std::collections::BTreeMap<String, u32>,
+    /// Admins who may run a gated command at once (`-break-glass
+    /// -reason="…" -code=CODE`); every other admin is alerted and one must
+    /// `/review` it.
+    pub break_glass: Vec<String>,
+    /// Break-glass runs per admin in any 24 hours.
+    pub break_glass_per_day: u32,
+    /// A break-glass run unreviewed this long alerts again (and again).
+    pub review_within_secs: u64,
+}
+
+impl ApprovalsConfig {
+    /// Approvals a command with `effects` needs: the largest quorum of
+    /// the gated ones (at least 1).
+    pub fn quorum_for(&self, effects: &[Effect]) -> u32 {
+        effects
+            .iter()
+            .filter_map(|e| self.quorum.get(e.name()).copied())
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
 }
 
 impl Default for ApprovalsConfig {
@@ -440,6 +466,11 @@ impl Default for ApprovalsConfig {
             ttl_secs: 600,
             max_pending_per_operator: 5,
             notify: true,
+            require_reason: false,
+            quorum: std::collections::BTreeMap::new(),
+            break_glass: Vec::new(),
+            break_glass_per_day: 1,
+            review_within_secs: 86_400,
         }
     }
 }

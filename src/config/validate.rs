@@ -335,6 +335,50 @@ impl Config {
                 ));
             }
         }
+        // Every gated effect can be requested by an admin, who cannot
+        // approve their own request: more than the other admins can never
+        // be met, and such a command could never run.
+        let others = self.admin_names().len().saturating_sub(1);
+        for (effect, &n) in &a.quorum {
+            let key = format!("approvals.quorum.\"{effect}\"");
+            if Effect::from_name(effect).is_none() {
+                let allowed: Vec<&str> = Effect::ALL.iter().map(|e| e.name()).collect();
+                return Err(invalid(
+                    key,
+                    format!(
+                        "`{effect}` is not an effect; allowed: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if n == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+            if n as usize > others {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{n} approvers can never be found: a requesting admin has {others} other admin(s) to approve"
+                    ),
+                ));
+            }
+        }
+        let admins = self.admin_names();
+        for (i, name) in a.break_glass.iter().enumerate() {
+            if !admins.contains(name) {
+                return Err(invalid(
+                    format!("approvals.break_glass[{i}]"),
+                    format!("`{name}` is not an admin operator"),
+                ));
+            }
+        }
+        if !(1..=100).contains(&a.break_glass_per_day) {
+            return Err(invalid(
+                "approvals.break_glass_per_day",
+                "must be between 1 and 100",
+            ));
+        }
+        check_at_least("approvals.review_within_secs", a.review_within_secs, 10)?;
         check_at_least("approvals.ttl_secs", a.ttl_secs, 10)?;
         if !(1..=100).contains(&a.max_pending_per_operator) {
             return Err(invalid(
@@ -1096,6 +1140,62 @@ mod tests {
             fx.err(&with_table("[approvals]\nrequired = [\"kv destroy\", \"kv get\"]"), &[]),
             "config key `approvals.required[1]`: `kv get` cannot require approval; allowed: kv destroy, kv metadata delete, transit rotate, agent revoke, mtproto revoke, panel show --reveal, operator resume"
         );
+    }
+
+    #[test]
+    fn approvals_quorum_must_be_reachable() {
+        let fx = Fixture::new();
+        let admins = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    format!(
+                        "\n[[operators]]\nname = \"adm{i}\"\ntelegram_id = {}\nrole = \"admin\"\n",
+                        900 + i
+                    )
+                })
+                .collect::<String>()
+        };
+        // alice plus two more admins: two others approve alice's request.
+        let c = fx.ok(
+            &with_table(&format!(
+                "[approvals.quorum]\n\"kv destroy\" = 2\n{}",
+                admins(2)
+            )),
+            &[],
+        );
+        assert_eq!(
+            c.approvals
+                .quorum_for(&[crate::config::Effect::DestroyVersions]),
+            2
+        );
+        assert_eq!(
+            c.approvals.quorum_for(&[crate::config::Effect::RotateKey]),
+            1
+        );
+        for (table, want) in [
+            (
+                format!("[approvals.quorum]\n\"kv destroy\" = 3\n{}", admins(2)),
+                "config key `approvals.quorum.\"kv destroy\"`: 3 approvers can never be found: a requesting admin has 2 other admin(s) to approve",
+            ),
+            (
+                "[approvals]\nbreak_glass = [\"bob\"]".to_string(),
+                "config key `approvals.break_glass[0]`: `bob` is not an admin operator",
+            ),
+            (
+                "[approvals]\nbreak_glass_per_day = 0".to_string(),
+                "config key `approvals.break_glass_per_day`: must be between 1 and 100",
+            ),
+            (
+                "[approvals.quorum]\n\"kv destroy\" = 0".to_string(),
+                "config key `approvals.quorum.\"kv destroy\"`: must be at least 1",
+            ),
+            (
+                "[approvals.quorum]\n\"kv get\" = 1".to_string(),
+                "config key `approvals.quorum.\"kv get\"`: `kv get` is not an effect; allowed: kv destroy, kv metadata delete, transit rotate, agent revoke, mtproto revoke, panel show --reveal, operator resume",
+            ),
+        ] {
+            assert_eq!(fx.err(&with_table(&table), &[]), want, "{table}");
+        }
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct AuditRecord {
     /// The admin who approved (or denied) the request this record is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// The requester's `-reason="…"` for an approval-gated request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// `time` in nanoseconds since the epoch: orders the etcd keys exactly
     /// as `time` orders the records.
     #[serde(skip)]
@@ -50,6 +53,7 @@ impl AuditRecord {
             target,
             result: result.to_string(),
             approved_by: None,
+            reason: None,
         }
     }
 
@@ -62,6 +66,12 @@ impl AuditRecord {
     /// Names the second admin of an approval-gated request.
     pub fn approved_by(mut self, admin: &str) -> AuditRecord {
         self.approved_by = Some(admin.to_string());
+        self
+    }
+
+    /// The reason the requester gave (`-reason="…"`), if any.
+    pub fn reason(mut self, reason: Option<&str>) -> AuditRecord {
+        self.reason = reason.map(str::to_string);
         self
     }
 
@@ -82,6 +92,9 @@ impl AuditRecord {
         );
         if let Some(a) = &self.approved_by {
             line.push_str(&format!(" (by {})", e(a)));
+        }
+        if let Some(r) = &self.reason {
+            line.push_str(&format!(" (reason: {})", e(r)));
         }
         line
     }

@@ -78,7 +78,7 @@ fn message(r: &ConsoleRun, i: usize) -> String {
 }
 
 /// The request ID of an `approval_required` reply.
-fn request_id(r: &ConsoleRun, i: usize) -> String {
+pub(super) fn request_id(r: &ConsoleRun, i: usize) -> String {
     assert_eq!(r.err_kind(i), "approval_required", "{}", r.replies[i]);
     let m = message(r, i);
     let id = m
@@ -94,7 +94,7 @@ fn request_id(r: &ConsoleRun, i: usize) -> String {
     id
 }
 
-fn transit_key_version(env: &Env, key: &str) -> u64 {
+pub(super) fn transit_key_version(env: &Env, key: &str) -> u64 {
     let c = env.cluster();
     let (code, body) = c
         .vault_api(
@@ -108,7 +108,7 @@ fn transit_key_version(env: &Env, key: &str) -> u64 {
     body["data"]["latest_version"].as_u64().unwrap()
 }
 
-fn create_transit_key(env: &Env, key: &str) {
+pub(super) fn create_transit_key(env: &Env, key: &str) {
     let path = format!("transit/keys/{key}");
     env.cluster()
         .root_call(Method::POST, &path, Some(json!({})));
@@ -116,7 +116,7 @@ fn create_transit_key(env: &Env, key: &str) {
 }
 
 /// The etcd keys under `prefix`, read as the etcd root user.
-fn etcd_keys(env: &Env, prefix: &str) -> Vec<String> {
+pub(super) fn etcd_keys(env: &Env, prefix: &str) -> Vec<String> {
     let out = env
         .cluster()
         .etcdctl(&["get", "--prefix", "--keys-only", prefix], true);
@@ -128,7 +128,7 @@ fn etcd_keys(env: &Env, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-fn pending_ids(r: &ConsoleRun, i: usize) -> Vec<String> {
+pub(super) fn pending_ids(r: &ConsoleRun, i: usize) -> Vec<String> {
     r.replies[i]["data"]["pending"]
         .as_array()
         .unwrap_or_else(|| panic!("no pending list: {}", r.replies[i]))

@@ -384,12 +384,17 @@ fn pending_and_audit_escaped(env: &Env) {
             .unwrap()
             .to_string()
     };
+    // The canonical line, then what it does to what exists now.
     assert!(
-        line_of(&a).ends_with(&format!(": /kv destroy -versions=1 secret/{rel}")),
+        line_of(&a).contains(&format!(
+            "): /kv destroy -versions=1 secret/{rel} — it destroys version(s) 1 (created "
+        )),
         "{text}"
     );
     assert!(
-        line_of(&b).ends_with(&format!(": /kv metadata delete secret/{rel}")),
+        line_of(&b).contains(&format!(
+            "): /kv metadata delete secret/{rel} — it deletes secret/{rel} with all 1 version(s)"
+        )),
         "{text}"
     );
     run(

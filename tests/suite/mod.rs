@@ -3,6 +3,7 @@
 use crate::common::Env;
 
 mod approvals;
+mod approvals_quorum;
 mod cli;
 mod commands;
 mod commands_domain;
@@ -42,6 +43,7 @@ pub fn all() -> Vec<(&'static str, TestFn)> {
     t.extend(commands_domain::TESTS);
     t.extend(commands_kv::TESTS);
     t.extend(approvals::TESTS);
+    t.extend(approvals_quorum::TESTS);
     t.extend(gate::TESTS);
     t.extend(socket::TESTS);
     t.extend(dev_stack::TESTS);

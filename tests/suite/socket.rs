@@ -229,6 +229,16 @@ fn run_ctl_peercred_and_sigterm(env: &Env) {
         text(&out.stderr)
     );
     assert!(!text(&out.stderr).contains(&pw));
+    // So is a break-glass line: it carries its author's TOTP code.
+    let out = b.ctl(&[
+        "/transit",
+        "rotate",
+        "-break-glass",
+        "-reason=drill",
+        "-code=123456",
+        "k",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = b.ctl(&["--json", "/kv", "get", &path]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "not_found", "sent anyway: {v}");

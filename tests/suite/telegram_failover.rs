@@ -63,6 +63,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         "disruptive::telegram::approvals_are_announced_once_across_failover",
         approvals_are_announced_once_across_failover,
     ),
+    (
+        "disruptive::telegram::quorum_round_in_chat",
+        quorum_round_in_chat,
+    ),
 ];
 
 /// `etcd.lease_ttl_secs` in these tests.
@@ -1673,5 +1677,154 @@ fn hung_start_hands_over(env: &Env) {
         "hung start: /health said so ({health:.80}…); /readyz 503 after {} ms; the other replica answered {} ms after the route died",
         not_ready_after.as_millis(),
         handed_after.as_millis()
+    );
+}
+
+/// A quorum round as operators live it (issue 32): alice files on the
+/// broker's socket with a reason; dave and erin, in their Telegram chats
+/// (the stand-in), are told what it does and why; dave's `/approve` in
+/// chat is counted and alice and erin hear the tally; erin's completes
+/// it and it runs once; alice hears who approved. The approvers' codes
+/// never appear in any message sent.
+fn quorum_round_in_chat(env: &Env) {
+    let c = env.cluster();
+    let me = vaultgram::transport::socket::user_name(unsafe { libc::getuid() }).unwrap();
+    let tag = random_hex(3);
+    let dave_key = crate::common::totp::create_totp_key(env, &format!("chat-q-dave-{tag}"));
+    let erin_key = crate::common::totp::create_totp_key(env, &format!("chat-q-erin-{tag}"));
+    let (dk, ek) = (dave_key.name.clone(), erin_key.name.clone());
+    let erin: i64 = 556_677;
+    let g = Group::start_with(env, "quorum", 1, false, |t| {
+        let t = t.replacen(
+            "role = \"admin\"\n",
+            &format!("role = \"admin\"\nunix_user = \"{me}\"\n"),
+            1,
+        );
+        let t = t.replace(
+            "name = \"dave\"\n",
+            &format!("name = \"dave\"\ntotp_key = \"{dk}\"\n"),
+        );
+        format!(
+            "{t}\n[[operators]]\nname = \"erin\"\ntelegram_id = {erin}\nrole = \"admin\"\ntotp_key = \"{ek}\"\n\n[approvals.quorum]\n\"transit rotate\" = 2\n"
+        )
+    });
+    let dave = telegram_id(&g.base_config, "dave");
+    let leader = g.wait_single_leader(Duration::from_secs(20));
+    g.wait_client_started(leader, Duration::from_secs(15));
+    let sock = g.socket(&format!("n{leader}"));
+    let key = format!("it-chat-quorum-{}", g.hex);
+    c.root_call(
+        reqwest::Method::POST,
+        &format!("transit/keys/{key}"),
+        Some(json!({})),
+    );
+    let outbox_path = g.file_dir.join("outbox.jsonl");
+    let sent = || -> Vec<Value> {
+        std::fs::read_to_string(&outbox_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["op"] == "send")
+            .collect()
+    };
+    let to = |chat: i64, needle: &str| -> Vec<Value> {
+        sent()
+            .into_iter()
+            .filter(|v| v["chat"] == chat && v["text"].as_str().is_some_and(|t| t.contains(needle)))
+            .collect()
+    };
+    // Everyone has written to the userbot once (their access hashes).
+    g.inbox_lines(&[
+        json!({"id": 9100, "chat": g.alice, "sender": g.alice, "users": true, "text": "hi"}),
+        json!({"id": 9101, "chat": dave, "sender": dave, "users": true, "text": "hi"}),
+        json!({"id": 9102, "chat": erin, "sender": erin, "users": true, "text": "hi"}),
+    ]);
+    let filed = ctl_json(
+        &sock,
+        &["/transit", "rotate", "-reason=rotation drill", &key],
+    );
+    let id = request_id_of(&filed);
+    for (who, chat) in [("dave", dave), ("erin", erin)] {
+        let notice = wait_for(
+            Duration::from_secs(20),
+            &format!("request announced to {who}"),
+            || to(chat, &format!("approval request {id}")).pop(),
+            || g.dump(),
+        );
+        let text = notice["text"].as_str().unwrap();
+        assert!(
+            text.contains("(reason: rotation drill)")
+                && text.contains("(needs 2 approvals)")
+                && text.contains(&format!("it rotates transit key {key} from version 1 to 2")),
+            "{text}"
+        );
+    }
+    let d = crate::common::totp::fresh_code(&dave_key);
+    g.inbox_lines(&[json!({"id": 9103, "chat": dave, "sender": dave, "users": true, "text": format!("/approve {id} {d}")})]);
+    wait_for(
+        Duration::from_secs(20),
+        "dave's approval counted, alice and erin told",
+        || {
+            (to(
+                dave,
+                &format!("counted: request {id} has 1 of 2 approvals (dave)"),
+            )
+            .len()
+                == 1
+                && to(g.alice, &format!("request {id}")).iter().any(|v| {
+                    v["text"]
+                        .as_str()
+                        .unwrap()
+                        .contains("1 of 2 approvals (dave)")
+                })
+                && to(erin, "1 of 2 approvals (dave)").len() == 1)
+                .then_some(())
+        },
+        || g.dump(),
+    );
+    let v = c
+        .vault_api(
+            reqwest::Method::GET,
+            &format!("transit/keys/{key}"),
+            Some(&c.root_token),
+            None,
+        )
+        .unwrap()
+        .1;
+    assert_eq!(
+        v["data"]["latest_version"], 1,
+        "one approval of two runs nothing"
+    );
+    let e = crate::common::totp::fresh_code(&erin_key);
+    g.inbox_lines(&[json!({"id": 9104, "chat": erin, "sender": erin, "users": true, "text": format!("/approve {id} {e}")})]);
+    wait_for(
+        Duration::from_secs(20),
+        "erin's approval runs it and alice hears who approved",
+        || {
+            (to(erin, &format!("approved {id}: ran")).len() == 1
+                && to(g.alice, &format!("your request {id}")).iter().any(|v| {
+                    v["text"]
+                        .as_str()
+                        .unwrap()
+                        .contains("approved by dave, erin")
+                }))
+            .then_some(())
+        },
+        || g.dump(),
+    );
+    let v = c
+        .vault_api(
+            reqwest::Method::GET,
+            &format!("transit/keys/{key}"),
+            Some(&c.root_token),
+            None,
+        )
+        .unwrap()
+        .1;
+    assert_eq!(v["data"]["latest_version"], 2, "rotated once");
+    let all = std::fs::read_to_string(&outbox_path).unwrap();
+    assert!(
+        !all.contains(&d) && !all.contains(&e),
+        "an approval code in a sent message"
     );
 }

@@ -199,8 +199,9 @@ pub fn route<'a>(
 /// command word: a typo (`/panel ad NAME KIND URL USER PASSWORD`, a secret
 /// pasted after a wrong command) must not leave a value in the chat.
 pub fn input_carries_secret(text: &str) -> bool {
-    match Command::parse(text) {
-        Ok(cmd) => cmd.input_is_secret(),
+    match Command::parse_with_gate_flags(text) {
+        // A break-glass line carries its author's TOTP code.
+        Ok((cmd, flags)) => cmd.input_is_secret() || flags.code.is_some(),
         Err(_) => {
             let mut words = text.split_whitespace();
             let first = words.next();
@@ -524,6 +525,7 @@ mod tests {
             "/panel add de1 marzban https://p.example.com admin pw",
             "/transit encrypt vaultgram hello",
             "/approve 0123abcd 123456",
+            "/transit rotate -break-glass -reason=\"outage\" -code=123456 k",
             // Typos: still deleted.
             "/kv put",
             "/kv pt secret/a password=hunter2",
@@ -539,6 +541,7 @@ mod tests {
             "/whoami",
             "/mtproto issue 42",
             "/kv get -field=password secret/a",
+            "/transit rotate -reason=\"ticket 4\" k",
             "/agent list",
             "/nope",
         ] {
