@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use super::args::{kv_path, op_agent, quote, wrap_ttl, ListArgs, WrapArg};
 use super::reply::{headed, list_or_empty, wrapped_reply};
-use super::reply::{record_state, Prepared};
+use super::reply::{record_meta, record_state, Prepared};
 use crate::clock::now_rfc3339;
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
@@ -96,17 +96,10 @@ impl AgentCommand {
             AgentCommand::Revoke { id } => {
                 check_agent_id(id)?;
                 let path = kv_path(ctx, &agent::path(id))?;
-                let meta =
-                    ctx.vault()
-                        .await?
-                        .kv_metadata_get(&path)
-                        .await
-                        .map_err(|e| match e {
-                            VaultError::NotFound(_) => {
-                                CommandError::not_found(format!("no agent {id}"))
-                            }
-                            other => other.into(),
-                        })?;
+                let meta = record_meta(ctx, &path, || {
+                    CommandError::not_found(format!("no agent {id}"))
+                })
+                .await?;
                 Ok(Prepared {
                     line: format!("/agent revoke {id}"),
                     effect: format!("revokes agent {id}'s API token ({})", record_state(&meta)),
@@ -118,17 +111,10 @@ impl AgentCommand {
                 check_agent_id(id)?;
                 wrap_ttl(ctx, wrap)?;
                 let path = kv_path(ctx, &agent::path(id))?;
-                let meta =
-                    ctx.vault()
-                        .await?
-                        .kv_metadata_get(&path)
-                        .await
-                        .map_err(|e| match e {
-                            VaultError::NotFound(_) => CommandError::not_found(format!(
-                                "no agent {id}; /agent add {id} creates it"
-                            )),
-                            other => other.into(),
-                        })?;
+                let meta = record_meta(ctx, &path, || {
+                    CommandError::not_found(format!("no agent {id}; /agent add {id} creates it"))
+                })
+                .await?;
                 let live = meta
                     .versions
                     .get(&meta.current_version)

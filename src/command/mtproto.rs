@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use super::args::{kv_path, op_agent, wrap_ttl, ListArgs, WrapArg};
 use super::reply::{headed, list_or_empty, wrapped_reply};
-use super::reply::{record_state, Prepared};
+use super::reply::{record_meta, record_state, Prepared};
 use crate::clock::now_rfc3339;
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
@@ -215,15 +215,7 @@ impl MtprotoCommand {
             MtprotoCommand::Revoke { user } => {
                 let t = target(ctx, user)?;
                 let path = kv_path(ctx, &mtproto::path(&t.owner, &t.user))?;
-                let meta =
-                    ctx.vault()
-                        .await?
-                        .kv_metadata_get(&path)
-                        .await
-                        .map_err(|e| match e {
-                            VaultError::NotFound(_) => not_found(&t),
-                            other => other.into(),
-                        })?;
+                let meta = record_meta(ctx, &path, || not_found(&t)).await?;
                 let live = meta
                     .versions
                     .values()

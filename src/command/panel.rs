@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::args::{kv_path, op_agent, quote, wrap_ttl, SecretArg, WrapArg};
 use super::reply::{headed, list_or_empty, wrapped_reply};
-use super::reply::{record_state, Prepared};
+use super::reply::{record_meta, record_state, Prepared};
 use crate::config::Role;
 use crate::context::{CommandError, CommandResult, Ctx, Reply};
 use crate::records::agent::{self, check_id as check_agent_id};
@@ -160,15 +160,7 @@ impl PanelCommand {
                         CommandError::not_found(format!("no panel {name} is assigned to you")),
                     )
                 };
-                let meta =
-                    ctx.vault()
-                        .await?
-                        .kv_metadata_get(&path)
-                        .await
-                        .map_err(|e| match e {
-                            VaultError::NotFound(_) => missing,
-                            other => other.into(),
-                        })?;
+                let meta = record_meta(ctx, &path, || missing).await?;
                 let wrap = match &wrap.wrap_ttl {
                     Some(t) => format!(" {}", quote(&format!("-wrap-ttl={t}"))),
                     None => String::new(),

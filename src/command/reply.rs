@@ -141,6 +141,23 @@ pub struct Prepared {
     pub effect: String,
 }
 
+/// The KV metadata of the record at `path` (read as the operator);
+/// `missing()` when there is none.
+pub async fn record_meta(
+    ctx: &crate::context::Ctx<'_>,
+    path: &crate::vault::kv::KvPath,
+    missing: impl FnOnce() -> CommandError,
+) -> Result<crate::vault::kv::KvMetadata, CommandError> {
+    ctx.vault()
+        .await?
+        .kv_metadata_get(path)
+        .await
+        .map_err(|e| match e {
+            VaultError::NotFound(_) => missing(),
+            other => other.into(),
+        })
+}
+
 /// "record version 3, created 2026-…": a KV record's current state.
 pub fn record_state(meta: &crate::vault::kv::KvMetadata) -> String {
     let created = meta

@@ -1782,17 +1782,9 @@ fn quorum_round_in_chat(env: &Env) {
         },
         || g.dump(),
     );
-    let v = c
-        .vault_api(
-            reqwest::Method::GET,
-            &format!("transit/keys/{key}"),
-            Some(&c.root_token),
-            None,
-        )
-        .unwrap()
-        .1;
     assert_eq!(
-        v["data"]["latest_version"], 1,
+        super::approvals::transit_key_version(env, &key),
+        1,
         "one approval of two runs nothing"
     );
     let e = crate::common::totp::fresh_code(&erin_key);
@@ -1812,16 +1804,11 @@ fn quorum_round_in_chat(env: &Env) {
         },
         || g.dump(),
     );
-    let v = c
-        .vault_api(
-            reqwest::Method::GET,
-            &format!("transit/keys/{key}"),
-            Some(&c.root_token),
-            None,
-        )
-        .unwrap()
-        .1;
-    assert_eq!(v["data"]["latest_version"], 2, "rotated once");
+    assert_eq!(
+        super::approvals::transit_key_version(env, &key),
+        2,
+        "rotated once"
+    );
     let all = std::fs::read_to_string(&outbox_path).unwrap();
     assert!(
         !all.contains(&d) && !all.contains(&e),
