@@ -10,7 +10,7 @@
 use secrecy::ExposeSecret;
 
 use super::store::{new_id, Review};
-use super::{check_id, check_reason, Approvals, Notice};
+use super::{check_id, check_reason, storable, Approvals, Notice};
 use crate::clock::{now_rfc3339_millis as now_rfc3339, unix_secs};
 use crate::command::{Command, GateFlags, Prepared, ReviewVerdict as Verdict};
 use crate::config::Role;
@@ -65,12 +65,7 @@ impl Approvals {
                 op.name
             )));
         };
-        if line.is_empty() || cmd.input_is_secret() {
-            return Err(CommandError::invalid(format!(
-                "/{} cannot break glass: its line carries a secret",
-                cmd.name()
-            )));
-        }
+        storable(cmd, line, "break glass")?;
         let used_up = || {
             CommandError::denied(format!(
                 "{} broke glass {} time(s) in the last 24 hours, the most allowed (approvals.break_glass_per_day); file the request for approval instead",

@@ -242,13 +242,7 @@ impl Approvals {
                 cmd.name()
             )));
         }
-        if line.is_empty() || cmd.input_is_secret() {
-            // Never store a line that carries a value.
-            return Err(CommandError::invalid(format!(
-                "/{} cannot wait for approval: its line carries a secret",
-                cmd.name()
-            )));
-        }
+        storable(cmd, line, "wait for approval")?;
         for _ in 0..5 {
             let Some(slot) = self.store.free_slot(&ctx.op.name, self.max_pending).await? else {
                 return Err(CommandError::conflict(format!(
@@ -431,8 +425,21 @@ impl Approvals {
         status: Status,
         by: &str,
     ) -> Result<bool, CommandError> {
-        let notice = (!by.starts_with(&format!("{} ", req.requester)) && by != req.requester)
-            .then(|| self.outcome_notice(req, status, by));
+        self.take_telling(req, pending, status, by, by != req.requester)
+            .await
+    }
+
+    /// [`Self::take`] where the caller says whether the requester is told
+    /// (`by` may carry more than a name: a denial's reason).
+    async fn take_telling(
+        &self,
+        req: &Request,
+        pending: &Entry,
+        status: Status,
+        by: &str,
+        tell_requester: bool,
+    ) -> Result<bool, CommandError> {
+        let notice = tell_requester.then(|| self.outcome_notice(req, status, by));
         self.store
             .take(req, pending, status, by, notice.as_ref())
             .await
@@ -762,17 +769,17 @@ impl Approvals {
             return Err(CommandError::denied("only admins deny requests"));
         }
         let by = format!("{}{}", ctx.op.name, reason_suffix(reason.as_deref()));
-        if !self.take(&req, &entry, Status::Denied, &by).await? {
+        let cancelled = ctx.op.name == req.requester;
+        if !self
+            .take_telling(&req, &entry, Status::Denied, &by, !cancelled)
+            .await?
+        {
             return Err(CommandError::conflict(format!(
                 "request {id} was approved, denied or expired meanwhile"
             )));
         }
         audit_request(ctx, &req, Status::Denied.as_str(), &ctx.op.name).await;
-        let verb = if ctx.op.name == req.requester {
-            "cancelled"
-        } else {
-            "denied"
-        };
+        let verb = if cancelled { "cancelled" } else { "denied" };
         Ok(Reply::text(format!(
             "{verb}: request {id} ({} by {}) will not run",
             escape_line(&req.line),
@@ -853,6 +860,18 @@ impl Approvals {
             "pending": data, "break_glass": glass_data, "not_reachable": unreachable,
         })))
     }
+}
+
+/// Never store a line that carries a value (a pending request, a
+/// break-glass review): `/{cmd} cannot {what}` otherwise.
+fn storable(cmd: &Command, line: &str, what: &str) -> Result<(), CommandError> {
+    if line.is_empty() || cmd.input_is_secret() {
+        return Err(CommandError::invalid(format!(
+            "/{} cannot {what}: its line carries a secret",
+            cmd.name()
+        )));
+    }
+    Ok(())
 }
 
 /// The approver voted for `req` already: one admin counts once.
