@@ -76,6 +76,13 @@ ensure_tools() {
   # kube-apiserver + kubectl (v1.37.2, matching k8s-openapi's v1_37), built
   # once per machine; the Kubernetes tests run against them.
   kube_binaries >/dev/null || return 1
+  # The node test (tests/node/run.sh): a kubelet of the same release, the
+  # container runtime and CNI plugins from Debian, and kube-router to
+  # enforce NetworkPolicy inside the test's own network namespace.
+  apt_ensure containerd=containerd runc=runc /usr/lib/cni/bridge=containernetworking-plugins \
+    iptables=iptables ipset=ipset nsenter=util-linux || return 1
+  kubelet_binary >/dev/null || return 1
+  kube_router_binary >/dev/null || return 1
   # promtool for the alert rules' unit tests, Prometheus for the tests'
   # scrape; the prometheus-operator CRDs the Kubernetes tests install.
   prometheus_binaries >/dev/null || return 1
@@ -362,16 +369,29 @@ vault_binary() { # the version: $VAULT_VERSION, default 1.14.1
 # module requires kubernetes and points each staging module at its published
 # v0.X.Y twin instead.
 kube_binaries() { # the version: $KUBE_VERSION, default 1.37.2
+  kube_build kube-apiserver kubectl
+}
+
+# kubelet of the same release, for the node test (tests/node/run.sh): built
+# the same way into the same directory; prints that directory.
+kubelet_binary() { # the version: $KUBE_VERSION, default 1.37.2
+  kube_build kubelet
+}
+
+# Builds the named k8s.io/kubernetes commands (kube-apiserver, kubectl,
+# kubelet) once per machine into kube-<version>/; prints that directory.
+kube_build() { # command...
   local version=${KUBE_VERSION:-1.37.2}
   version=${version#v}
   local root="${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram-tools"
-  local out="$root/kube-$version"
-  if [[ -x $out/kube-apiserver && -x $out/kubectl ]]; then
+  local out="$root/kube-$version" name have=1
+  for name in "$@"; do [[ -x $out/$name ]] || have=0; done
+  if ((have)); then
     printf '%s\n' "$out"
     return 0
   fi
   if [[ ! $version =~ ^1\.([0-9]+)\.([0-9]+)$ ]]; then
-    echo "kube_binaries: version check: '$version' is not a release version like 1.37.2" >&2
+    echo "kube_build: version check: '$version' is not a release version like 1.37.2" >&2
     return 1
   fi
   local staging="0.${BASH_REMATCH[1]}.${BASH_REMATCH[2]}" minor=${BASH_REMATCH[1]}
@@ -380,55 +400,101 @@ kube_binaries() { # the version: $KUBE_VERSION, default 1.37.2
   cargo_toml="$(dirname "${BASH_SOURCE[0]}")/../Cargo.toml"
   feature=$(sed -n 's/^k8s-openapi = .*features = \["v1_\([0-9]*\)"\].*/\1/p' "$cargo_toml" 2>/dev/null)
   if [[ -n $feature && $feature != "$minor" ]]; then
-    echo "kube_binaries: version check: Kubernetes $version but Cargo.toml's k8s-openapi feature is v1_$feature: set KUBE_VERSION to a 1.$feature.x release" >&2
+    echo "kube_build: version check: Kubernetes $version but Cargo.toml's k8s-openapi feature is v1_$feature: set KUBE_VERSION to a 1.$feature.x release" >&2
     return 1
   fi
   local go
   go=$(command -v go || true)
   [[ -n $go ]] || go=/usr/local/go/bin/go
   if [[ ! -x $go ]]; then
-    echo "kube_binaries: toolchain check: no go on PATH nor at /usr/local/go/bin/go" >&2
+    echo "kube_build: toolchain check: no go on PATH nor at /usr/local/go/bin/go" >&2
     return 1
   fi
   local tmp
   if ! mkdir -p "$root" || ! tmp=$(mktemp -d "$root/.kube-$version.XXXXXX"); then
-    echo "kube_binaries: cache dir: cannot create a build dir under $root" >&2
+    echo "kube_build: cache dir: cannot create a build dir under $root" >&2
     return 1
   fi
   (
     set -o pipefail
     trap 'rm -rf "$tmp"' EXIT
-    fail() { echo "kube_binaries: step '$1' failed for k8s.io/kubernetes@v$version${2:+: $2}" >&2; exit 1; }
+    fail() { echo "kube_build: step '$1' failed for k8s.io/kubernetes@v$version${2:+: $2}" >&2; exit 1; }
     local gorun=(nice -n 19 env GOTOOLCHAIN=local GOWORK=off GOFLAGS=-modcacherw CGO_ENABLED=0 "$go")
     local start=$SECONDS
     cd "$tmp" || fail "cd $tmp"
-    echo "kube_binaries: building kube-apiserver and kubectl v$version from the Go module proxy (nice 19; ~15 min on a cold cache)" >&2
+    echo "kube_build: building $* v$version from the Go module proxy (nice 19; ~15 min on a cold cache)" >&2
     "${gorun[@]}" mod init vaultgram.local/kubebuild >/dev/null 2>&1 || fail "go mod init"
     local modfile
     modfile=$("${gorun[@]}" mod download -json "k8s.io/kubernetes@v$version" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
     [[ -f $modfile ]] || fail "go mod download" "no go.mod for k8s.io/kubernetes@v$version"
-    local edits=(-require="k8s.io/kubernetes@v$version") name
+    local edits=(-require="k8s.io/kubernetes@v$version") mod
     # Each `k8s.io/<name> => ./staging/src/k8s.io/<name>` becomes the published module.
-    while read -r name; do
-      edits+=(-replace="$name=$name@v$staging")
+    while read -r mod; do
+      edits+=(-replace="$mod=$mod@v$staging")
     done < <(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/.*#\1#p' "$modfile")
     ((${#edits[@]} > 10)) || fail "read staging replaces" "found only $((${#edits[@]} - 1)) in $modfile"
     "${gorun[@]}" mod edit "${edits[@]}" || fail "go mod edit"
-    printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubectl/pkg/cmd"\n)\n' >tools.go
+    local pkgs=()
+    for name in "$@"; do
+      case $name in
+        kube-apiserver) pkgs+=(k8s.io/kubernetes/cmd/kube-apiserver/app) ;;
+        kubelet) pkgs+=(k8s.io/kubernetes/cmd/kubelet/app) ;;
+        kubectl) pkgs+=(k8s.io/kubectl/pkg/cmd) ;;
+        *) fail "pick command" "unknown command $name" ;;
+      esac
+    done
+    { printf 'package tools\n\nimport (\n'; printf '\t_ "%s"\n' "${pkgs[@]}"; printf ')\n'; } >tools.go
     "${gorun[@]}" mod tidy >"$tmp/tidy.log" 2>&1 || fail "go mod tidy" "$(grep -v '^go: downloading' "$tmp/tidy.log" | head -n 5 | tr '\n' ' ')"
     local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v$version -X k8s.io/client-go/pkg/version.gitVersion=v$version"
     ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${version#1.}"
-    local cmd
-    for cmd in k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl; do
-      "${gorun[@]}" build -trimpath -ldflags="$ldflags" -o "$tmp/bin/${cmd##*/}" "$cmd" >"$tmp/build.log" 2>&1 ||
-        fail "go build $cmd" "$(grep -E '^(# |go: )|:[0-9]+:[0-9]+: ' "$tmp/build.log" | grep -v '^go: downloading' | head -n 6 | tr '\n' ' ')"
+    for name in "$@"; do
+      "${gorun[@]}" build -trimpath -ldflags="$ldflags" -o "$tmp/bin/$name" "k8s.io/kubernetes/cmd/$name" >"$tmp/build.log" 2>&1 ||
+        fail "go build $name" "$(grep -E '^(# |go: )|:[0-9]+:[0-9]+: ' "$tmp/build.log" | grep -v '^go: downloading' | head -n 6 | tr '\n' ' ')"
+      local got
+      if [[ $name == kubectl ]]; then
+        got=$("$tmp/bin/$name" version --client 2>&1 | head -n 1) || fail "run $name version" "$got"
+      else
+        got=$("$tmp/bin/$name" --version 2>&1 | head -n 1) || fail "run $name --version" "$got"
+      fi
+      [[ $got == *"v$version"* ]] || fail "version check" "built $name says: $got"
+      mkdir -p "$out" && mv -f "$tmp/bin/$name" "$out/" || fail "install into $out"
+      echo "kube_build: $name $got -> $out ($((SECONDS - start))s)" >&2
     done
-    local got
-    got=$("$tmp/bin/kube-apiserver" --version 2>&1) || fail "run kube-apiserver --version" "$got"
-    [[ $got == "Kubernetes v$version" ]] || fail "version check" "built kube-apiserver says: $got"
-    mkdir -p "$out" && mv -f "$tmp/bin/kube-apiserver" "$tmp/bin/kubectl" "$out/" || fail "install into $out"
-    echo "kube_binaries: $got -> $out ($((SECONDS - start))s)" >&2
   ) || return 1
+  printf '%s\n' "$out"
+}
+
+# kube-router, the NetworkPolicy enforcer of the node test, built once per
+# machine from the Go module proxy into vaultgram-tools/kube-router-<v>/;
+# prints the binary's path. The proxy's listing flags v2.1.0 with reported
+# security issues: it only ever runs inside the node test's own network
+# namespace, never on the host's firewall. (sigs.k8s.io/kube-network-policies
+# needs the kernel's NFT_QUEUE, which this kind of machine lacks: its rules
+# fail to load and it lets everything through.)
+kube_router_binary() { # the version: $KUBE_ROUTER_VERSION, default 2.1.0
+  local version=${KUBE_ROUTER_VERSION:-2.1.0}
+  version=${version#v}
+  local root="${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram-tools"
+  local out="$root/kube-router-$version/kube-router"
+  if [[ -x $out ]]; then
+    printf '%s\n' "$out"
+    return 0
+  fi
+  local go
+  go=$(command -v go || true)
+  [[ -n $go ]] || go=/usr/local/go/bin/go
+  [[ -x $go ]] || { echo "kube_router_binary: toolchain check: no go on PATH nor at /usr/local/go/bin/go" >&2; return 1; }
+  local tmp start=$SECONDS
+  mkdir -p "$root" && tmp=$(mktemp -d "$root/.kube-router.XXXXXX") || return 1
+  echo "kube_router_binary: building github.com/cloudnativelabs/kube-router/v2@v$version (nice 19; ~2 min cold)" >&2
+  if ! (cd "$tmp" && nice -n 19 env GOTOOLCHAIN=local GOWORK=off GOFLAGS=-modcacherw CGO_ENABLED=0 GOBIN="$tmp/bin" \
+    "$go" install -trimpath -ldflags="-s -w" "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@v$version" >"$tmp/build.log" 2>&1); then
+    echo "kube_router_binary: go install failed: $(grep -v '^go: downloading' "$tmp/build.log" | head -n 6 | tr '\n' ' ')" >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  mkdir -p "${out%/*}" && mv -f "$tmp/bin/kube-router" "$out" && rm -rf "$tmp" || return 1
+  echo "kube_router_binary: -> $out ($((SECONDS - start))s)" >&2
   printf '%s\n' "$out"
 }
 

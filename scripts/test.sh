@@ -36,6 +36,11 @@ vault-policies/selftest.sh
 # documented keys, OpenBao transit auto-unseal, and the whole stack deployed
 # with Ansible on loopback (twice: changed=0), smoke-tested and torn down.
 tests/k8s/run.sh
+# The broker's pod on a real node (kubelet, containerd, CNI) in a network
+# namespace of its own, its NetworkPolicies enforced by kube-router: the
+# destination matrix without and with the enforcer, policy changes, and the
+# test failing on a policy set with Vault's rule removed or egress widened.
+tests/node/run.sh
 # Alert rules: shape, metric names, rendered PrometheusRule, promtool
 # check and unit tests (docs/MONITORING.md).
 tests/monitoring/run.sh

@@ -1,0 +1,3 @@
+module vaultgram.local/netprobe
+
+go 1.22
