@@ -46,7 +46,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         return Err(ServiceError::Unconfined(confinement.detail));
     }
     log_confinement(&confinement);
-    let app = App::start(cfg).await?;
+    tokio::pin!(shutdown);
+    let app = tokio::select! {
+        app = start_app(cfg) => app?,
+        // SIGTERM while still waiting for Vault or etcd: nothing to stop.
+        () = &mut shutdown => return Ok(()),
+    };
     // Long-lived: reveals are reserved in blocks (security::count_reveal).
     app.security.reserve_ahead();
     let in_pod = confinement.state != Confinement::NotInPod;
@@ -85,7 +90,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         false => None,
     };
     tracing::info!(socket = %socket_path.display(), "vaultgram running");
-    shutdown.await;
+    (&mut shutdown).await;
     stop.cancel();
     if let Some(t) = telegram {
         t.await?;
@@ -107,6 +112,46 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     renewer.await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long `run` keeps trying a Vault or etcd that cannot be reached
+/// before it gives up. A new pod's first connections can be refused until
+/// the NetworkPolicy enforcer has programmed its address into the peers'
+/// allow-lists (about a second with kube-router, tests/node/); exiting
+/// would cost a restart and the kubelet's back-off. Nothing is served
+/// meanwhile: the socket and HTTP listeners only answer once started.
+const START_RETRY: Duration = Duration::from_secs(15);
+/// A failed attempt shorter than this was refused, not timed out.
+const QUICK: Duration = Duration::from_secs(2);
+
+async fn start_app(cfg: Config) -> Result<Arc<App>, ServiceError> {
+    use crate::dispatch::StartError;
+    let deadline = tokio::time::Instant::now() + START_RETRY;
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let attempt = tokio::time::Instant::now();
+        match App::start(cfg.clone()).await {
+            Ok(app) => return Ok(app),
+            Err(
+                e @ (StartError::Vault(crate::vault::VaultError::Unavailable(_))
+                | StartError::Etcd(
+                    crate::etcd::EtcdError::Unavailable(_)
+                    | crate::etcd::EtcdError::LeaderChanged(_),
+                )),
+                // Only a quick refusal: an attempt that timed out has waited
+                // already, and a silent peer is not one that is starting.
+            ) if attempt.elapsed() < QUICK && tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(
+                    error = %e,
+                    retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "start: cannot reach it yet; trying again"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(4));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Policies change under a running pod: checked again every

@@ -77,7 +77,13 @@ impl TcpProxy {
 
     /// Forwards each connection to the first of `upstreams` that accepts.
     pub fn start_any(upstreams: Vec<SocketAddr>) -> TcpProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("tcpproxy bind");
+        Self::start_at(([127, 0, 0, 1], 0).into(), upstreams)
+    }
+
+    /// As [`TcpProxy::start_any`], listening on `listen` (a port a client
+    /// was given before anything listened there: it was refused until now).
+    pub fn start_at(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> TcpProxy {
+        let listener = TcpListener::bind(listen).expect("tcpproxy bind");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {

@@ -39,6 +39,10 @@ pub const TESTS: &[(&str, TestFn)] = &[
         run_does_not_hang_on_a_silent_etcd,
     ),
     (
+        "containment::run_waits_for_a_vault_that_refuses_at_first",
+        run_waits_for_a_refusing_vault,
+    ),
+    (
         "containment::a_stolen_account_cannot_lock_out_the_defenders",
         no_lockout,
     ),
@@ -261,36 +265,11 @@ fn run_does_not_hang_on_a_silent_etcd(env: &Env) {
         .collect::<Vec<_>>()
         .join(", ");
     let dir = tempfile::tempdir().unwrap();
-    let base = std::fs::read_to_string(&c.config_path).unwrap();
-    let mut text = String::new();
-    for l in base.lines() {
-        let t = l.trim_start();
-        if t.starts_with("endpoints = [") {
-            text.push_str(&format!("endpoints = [{eps}]\n"));
-        } else if t.starts_with("socket = ") {
-            text.push_str(&format!(
-                "socket = \"{}\"\n",
-                dir.path().join("v.sock").display()
-            ));
-        } else {
-            text.push_str(l);
-            text.push('\n');
-        }
-    }
-    let config = dir.path().join("silent-etcd.toml");
-    std::fs::write(&config, text).unwrap();
-    let out_dir = c.path().join("console-output");
-    std::fs::create_dir_all(&out_dir).unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vaultgram"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap())
-        .args(["--config"])
-        .arg(&config)
-        .arg("run");
-    let mut proc = crate::common::process::Proc::spawn(
-        "run-silent-etcd",
-        cmd,
-        &out_dir.join("run-silent-etcd.err"),
+    let mut proc = spawn_run(
+        env,
+        &dir,
+        "silent-etcd",
+        &[("endpoints = [", format!("endpoints = [{eps}]"))],
     );
     let t = Instant::now();
     let status = proc.wait_timeout(Duration::from_secs(120));
@@ -304,6 +283,104 @@ fn run_does_not_hang_on_a_silent_etcd(env: &Env) {
         took.as_millis()
     );
     drop(proxies);
+}
+
+/// `vaultgram run` on the cluster's broker config with its own socket in
+/// `dir`, every line starting with one of `replace`'s prefixes replaced.
+fn spawn_run(
+    env: &Env,
+    dir: &tempfile::TempDir,
+    name: &str,
+    replace: &[(&str, String)],
+) -> crate::common::process::Proc {
+    let c = env.cluster();
+    let base = std::fs::read_to_string(&c.config_path).unwrap();
+    let mut text = String::new();
+    let mut replaced = 0;
+    for l in base.lines() {
+        let t = l.trim_start();
+        if let Some((_, new)) = replace.iter().find(|(p, _)| t.starts_with(p)) {
+            text.push_str(new);
+            replaced += 1;
+        } else if t.starts_with("socket = ") {
+            text.push_str(&format!(
+                "socket = \"{}\"",
+                dir.path().join("v.sock").display()
+            ));
+        } else {
+            text.push_str(l);
+        }
+        text.push('\n');
+    }
+    assert_eq!(replaced, replace.len(), "{text}");
+    let config = dir.path().join(format!("{name}.toml"));
+    std::fs::write(&config, text).unwrap();
+    let out_dir = c.path().join("console-output");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vaultgram"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .args(["--config"])
+        .arg(&config)
+        .arg("run");
+    crate::common::process::Proc::spawn(
+        &format!("run-{name}"),
+        cmd,
+        &out_dir.join(format!("run-{name}.err")),
+    )
+}
+
+/// A new pod's first connections are refused until the NetworkPolicy
+/// enforcer has put its address into the peers' allow-lists (tests/node/
+/// saw it against HashiCorp Vault: one restart of the broker in its pod).
+/// `run` tries again for a while instead of exiting: here Vault's address
+/// refuses for 2 s, then answers, and the broker starts. On
+/// 911f8a7 `run` exited at once with "vault unavailable".
+fn run_waits_for_a_refusing_vault(env: &Env) {
+    let c = env.cluster();
+    let port = crate::common::process::free_port();
+    let vault: std::net::SocketAddr = c
+        .vault_addr()
+        .trim_start_matches("https://")
+        .parse()
+        .expect("vault addr host:port");
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = spawn_run(
+        env,
+        &dir,
+        "refusing-vault",
+        &[(
+            "addr = \"https://",
+            format!("addr = \"https://127.0.0.1:{port}\""),
+        )],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    if let Some(status) = proc.wait_timeout(Duration::from_millis(1)) {
+        panic!(
+            "`run` gave up on a Vault that refused for 2 s ({status}):\n{}",
+            proc.log_text()
+        );
+    }
+    let t = Instant::now();
+    let _proxy = TcpProxy::start_at(([127, 0, 0, 1], port).into(), vec![vault]);
+    while !proc.log_text().contains("vaultgram running") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no answer after Vault came up:\n{}",
+            proc.log_text()
+        );
+        if let Some(status) = proc.wait_timeout(Duration::from_millis(1)) {
+            panic!("`run` exited ({status}):\n{}", proc.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = proc.log_text();
+    assert!(log.contains("trying again"), "{log}");
+    eprintln!(
+        "refusing Vault: `run` running {} ms after Vault answered",
+        t.elapsed().as_millis()
+    );
+    proc.terminate(Duration::from_secs(15));
 }
 
 /// Item 2: With etcd unreachable, a command that reveals or changes anything is
