@@ -80,7 +80,7 @@ ensure_tools() {
   # container runtime and CNI plugins from Debian, and kube-router to
   # enforce NetworkPolicy inside the test's own network namespace.
   apt_ensure containerd=containerd runc=runc /usr/lib/cni/bridge=containernetworking-plugins \
-    iptables=iptables ipset=ipset nsenter=util-linux || return 1
+    iptables=iptables ipset=ipset nsenter=util-linux curl=curl || return 1
   kubelet_binary >/dev/null || return 1
   kube_router_binary >/dev/null || return 1
   # promtool for the alert rules' unit tests, Prometheus for the tests'
@@ -202,6 +202,10 @@ tool_versions() {
     k8s-validate "$("$(k8s_venv)/bin/pip" show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p')" \
     kubectl "$(kubectl version --client 2>/dev/null | head -1)" \
     kube-apiserver "$("$(kube_binaries 2>/dev/null)/kube-apiserver" --version 2>/dev/null)" \
+    kubelet "$("$(kubelet_binary 2>/dev/null)/kubelet" --version 2>/dev/null)" \
+    kube-router "v${KUBE_ROUTER_VERSION:-2.1.0} ($(kube_router_binary 2>/dev/null))" \
+    containerd "$(containerd --version 2>/dev/null)" \
+    runc "$(runc --version 2>/dev/null | head -1)" \
     promtool "$("$(prometheus_binaries 2>/dev/null)/promtool" --version 2>&1 | head -1)" \
     prometheus "$("$(prometheus_binaries 2>/dev/null)/prometheus" --version 2>&1 | head -1)" \
     prom-op-crds "prometheus-operator $PROMETHEUS_OPERATOR_VERSION ($(prometheus_operator_crds 2>/dev/null))" \

@@ -33,6 +33,7 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -55,11 +56,17 @@ TELEGRAM_IP = "149.154.167.50"  # inside a Telegram range, simulated here
 POD_CIDR = "10.88.0.0/24"
 SERVICE_CIDR = "10.96.0.0/24"
 KUBERNETES_SVC = "10.96.0.1"
+CLUSTER_DNS = "10.96.0.10"  # the kubelet's clusterDNS: DNAT to the DNS pod
+# Stand-ins for the Vault and etcd Services' addresses (no kube-proxy):
+# DNAT to whichever server pod runs, as kube-proxy would.
+VAULT_SVC = "10.96.1.20"
+ETCD_SVC = "10.96.1.21"
 API_PORT = 6443
 KUBELET_PORT = 10250
 PAUSE_IMAGE = "vaultgram.local/pause:node-test"
 NETPROBE_IMAGE = "vaultgram.local/netprobe:node-test"
 BROKER_IMAGE = "vaultgram.local/vaultgram:node-test"
+SERVER_IMAGE = "vaultgram.local/{}:node-test"  # openbao, vault, etcd
 LOCK = "/run/vaultgram-node-test.lock"
 
 T0 = time.monotonic()
@@ -71,6 +78,10 @@ def log(msg):
 
 class Fail(Exception):
     pass
+
+
+class Fatal(Fail):
+    """Raised inside a wait: no point waiting any longer."""
 
 
 class Mismatch(Fail):
@@ -211,6 +222,8 @@ class Node:
                 got = fn()
                 if got:
                     return got
+            except Fatal:
+                raise
             except Fail as e:
                 last = e
             for name, p in self.procs.items():
@@ -279,7 +292,7 @@ class Node:
             [
                 "etcd", "--name", "node-etcd", "--data-dir", os.path.join(d, "etcd"),
                 "--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379",
-                "--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+                "--listen-peer-urls", "http://0.0.0.0:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
                 "--initial-cluster", "node-etcd=http://127.0.0.1:2380",
                 "--cert-file", etcd_crt, "--key-file", etcd_key, "--trusted-ca-file", pki.ca, "--client-cert-auth",
             ],
@@ -373,7 +386,15 @@ state = "{d}/containerd/state"
         run(img + [f"{d}/netprobe.tar", NETPROBE_IMAGE, "--file", f"{np}=/netprobe:755",
                    "--entrypoint", '["/netprobe"]'])
         run(img + [f"{d}/broker.tar", BROKER_IMAGE] + broker_image_args(self.args.broker, d))
-        for t in ("pause", "netprobe", "broker"):
+        servers = {"openbao": (self.args.bao, "/bin/bao"), "vault": (self.args.vault, "/bin/vault"),
+                   "etcd": (shutil.which("etcd"), "/bin/etcd")}
+        for t, (binary, dest) in servers.items():
+            spec = []
+            for f in binary_files(binary, dest):
+                spec += ["--file", f]
+            run(img + [f"{d}/{t}.tar", SERVER_IMAGE.format(t), *spec, "--user", "65534:65534",
+                       "--entrypoint", json.dumps([dest])])
+        for t in ("pause", "netprobe", "broker", *servers):
             run(self.ctr("images", "import", "--no-unpack=false", f"{d}/{t}.tar"), ns=True, timeout=300)
 
     def kubelet(self):
@@ -411,6 +432,7 @@ state = "{d}/containerd/state"
             "registerNode": True,
             "protectKernelDefaults": False,
             "makeIPTablesUtilChains": False,
+            "podLogsDir": os.path.join(d, "pod-logs"),
         }
         path = os.path.join(d, "kubelet.json")
         with open(path, "w") as f:
@@ -439,6 +461,19 @@ state = "{d}/containerd/state"
         self.kubectl("patch", "node", NODE, "--type=merge", "-p", json.dumps({"spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]}}))
         run(["iptables", "-t", "nat", "-A", "PREROUTING", "-d", KUBERNETES_SVC, "-p", "tcp", "--dport", "443",
              "-j", "DNAT", "--to-destination", f"{NODE_IP}:{API_PORT}"], ns=True)
+        run(["iptables", "-t", "nat", "-N", "VG-SERVICES"], ns=True)
+        run(["iptables", "-t", "nat", "-A", "PREROUTING", "-j", "VG-SERVICES"], ns=True)
+        run(["iptables", "-t", "nat", "-A", "OUTPUT", "-j", "VG-SERVICES"], ns=True)  # the node's own clients
+
+    def service(self, addr, port, pod_ip, protos=("tcp",)):
+        """Points a Service stand-in address at a pod (replacing the last)."""
+        rules = run(["iptables", "-t", "nat", "-S", "VG-SERVICES"], ns=True).stdout.splitlines()
+        for r in rules:
+            if r.startswith("-A ") and f"-d {addr}/32" in r and f"--dport {port} " in r:
+                run(["iptables", "-t", "nat", "-D", *r.split()[1:]], ns=True)
+        for proto in protos:
+            run(["iptables", "-t", "nat", "-A", "VG-SERVICES", "-d", addr, "-p", proto, "--dport", str(port),
+                 "-j", "DNAT", "--to-destination", f"{pod_ip}:{port}"], ns=True)
 
     # -- workloads
     def namespaces(self):
@@ -463,11 +498,16 @@ state = "{d}/containerd/state"
         etcd_crt, etcd_key = self.pki.leaf("broker-etcd", "vaultgram")
         files = {"ca.crt": self.pki.ca, "tls.crt": etcd_crt, "tls.key": etcd_key}
         args = ["create", "secret", "generic", "vaultgram-etcd-client", "-n", "vaultgram"]
-        args += [f"--from-file={k}={v}" for k, v in files.items()] + ["--from-literal=password=node-test"]
+        self.etcd_pw = {u: os.path.join(self.dir, f"etcd-{u}-password") for u in ("root", "vaultgram", "vault")}
+        for path in self.etcd_pw.values():
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(secrets.token_hex(16) + "\n")
+        files["password"] = self.etcd_pw["vaultgram"]
+        args += [f"--from-file={k}={v}" for k, v in files.items()]
         self.kubectl(*args)
         self.kubectl("create", "secret", "generic", "vault-ca", "-n", "vaultgram", f"--from-file=ca.crt={self.pki.ca}")
 
-    def listener(self, ns, name, labels, ports):
+    def listener(self, ns, name, labels, ports, args=None):
         self.apply(
             {
                 "apiVersion": "v1",
@@ -485,7 +525,7 @@ state = "{d}/containerd/state"
                             "name": "netprobe",
                             "image": NETPROBE_IMAGE,
                             "imagePullPolicy": "Never",
-                            "args": ["listen", *ports] if ports else ["pause"],
+                            "args": args or (["listen", *ports] if ports else ["pause"]),
                             "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                                 "capabilities": {"drop": ["ALL"]}},
                         }
@@ -494,14 +534,14 @@ state = "{d}/containerd/state"
             }
         )
 
-    def broker_pod(self):
+    def broker_pod(self, name="vaultgram-0"):
         """The Deployment's own pod template, as a pod on this node."""
         dep = json.loads(self.kubectl("get", "deployment", "vaultgram", "-n", "vaultgram", "-o", "json").stdout)
         tmpl = dep["spec"]["template"]
         spec = dict(tmpl["spec"], nodeName=NODE)
         spec.pop("affinity", None)  # scheduling hints; nothing schedules here
         pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": "vaultgram-0", "namespace": "vaultgram", "labels": tmpl["metadata"]["labels"]},
+               "metadata": {"name": name, "namespace": "vaultgram", "labels": tmpl["metadata"]["labels"]},
                "spec": spec}
         c = spec["containers"][0]
         if c["image"] != BROKER_IMAGE or c.get("imagePullPolicy") != "Never":
@@ -532,6 +572,15 @@ state = "{d}/containerd/state"
         raise Fail(f"no network namespace holds {ip}")
 
 
+def binary_files(binary, dest):
+    """image.py --file specs: a binary and the shared libraries it loads."""
+    files = [f"{binary}={dest}:755"]
+    p = run(["ldd", binary], check=False)  # "not a dynamic executable": static
+    for lib in re.findall(r"(/\S+) \(0x", p.stdout):
+        files.append(f"{os.path.realpath(lib)}={lib}:755")
+    return files
+
+
 def broker_image_args(binary, workdir):
     """The broker's image: what userbot/Containerfile's final stage ships
     (its USER, ENTRYPOINT, CMD and EXPOSE are read from it, so the two cannot
@@ -548,9 +597,7 @@ def broker_image_args(binary, workdir):
     dest = re.search(r"^COPY --from=builder \S+ \S+ /out/vaultgram (\S+)$", final, re.M).group(1)
     if json.loads(entry) != [dest]:
         raise Fail(f"Containerfile: ENTRYPOINT {entry} is not the copied binary {dest}")
-    files = [f"{binary}={dest}:755"]
-    for lib in re.findall(r"(/\S+) \(0x", run(["ldd", binary]).stdout):
-        files.append(f"{os.path.realpath(lib)}={lib}:755")
+    files = binary_files(binary, dest)
     uid, gid = user.split(":")
     passwd, group = os.path.join(workdir, "passwd"), os.path.join(workdir, "group")
     with open(passwd, "w") as f:
@@ -640,6 +687,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--netprobe", required=True)
     ap.add_argument("--broker", required=True)
+    ap.add_argument("--bao", required=True, help="the OpenBao server binary")
+    ap.add_argument("--vault", required=True, help="the HashiCorp Vault server binary")
     ap.add_argument("--mutate", choices=["drop-vault-egress", "widen-egress"],
                     help="break the policy first: the run must fail with exit 3 (a mismatch)")
     ap.add_argument("--keep", action="store_true", help="leave the node running (debugging; the next run cleans up)")
@@ -690,11 +739,10 @@ def scenario(node):
     node.namespaces()
     if node.args.mutate:
         mutate(node, node.args.mutate)
-    # Listeners the matrix probes (every one alive: checked without the enforcer).
-    node.listener("vaultgram", "vault-0", {"app.kubernetes.io/name": "vault"}, ["tcp:8200", "tcp:8201"])
-    node.listener("vaultgram", "etcd-0", {"app.kubernetes.io/name": "etcd"}, ["tcp:2379", "tcp:2380"])
+    # The cluster DNS first (the servers' names), then the listeners the
+    # matrix probes (every one alive: checked without the enforcer).
+    node.listener("kube-system", "kube-dns", {"k8s-app": "kube-dns"}, [], args=["dns", *dns_records()])
     node.listener("vaultgram", "bystander", {"app.kubernetes.io/name": "bystander"}, ["tcp:8080"])
-    node.listener("kube-system", "kube-dns", {"k8s-app": "kube-dns"}, ["udp:53", "tcp:53"])
     node.listener("elsewhere", "vault-elsewhere", {"app.kubernetes.io/name": "vault"}, ["tcp:8200"])
     node.listener("elsewhere", "dns-elsewhere", {"k8s-app": "kube-dns"}, ["udp:53", "tcp:53"])
     node.listener("monitoring", "scraper", {"app.kubernetes.io/name": "prometheus"}, [])
@@ -702,19 +750,22 @@ def scenario(node):
     # Host-side listeners in the node's namespace: the node's other ports.
     np = node.args.netprobe
     node.spawn("host-listeners", [np, "listen", "tcp:443", "tcp:80", "tcp:12379"])
-    node.broker_secrets()
-    node.broker_pod()
     t = time.monotonic()
-    pods = [("vaultgram", "vault-0"), ("vaultgram", "etcd-0"), ("vaultgram", "bystander"), ("kube-system", "kube-dns"),
-            ("elsewhere", "vault-elsewhere"), ("elsewhere", "dns-elsewhere"), ("monitoring", "scraper"),
-            ("elsewhere", "intruder")]
+    pods = [("vaultgram", "bystander"), ("kube-system", "kube-dns"), ("elsewhere", "vault-elsewhere"),
+            ("elsewhere", "dns-elsewhere"), ("monitoring", "scraper"), ("elsewhere", "intruder")]
     for ns, name in pods:
         node.wait_running(ns, name)
-    node.timings["8 listener pods Running"] = time.monotonic() - t
-    node.wait("the broker pod's address", lambda: node.pod_ip("vaultgram", "vaultgram-0"), 60)
+    node.timings["6 listener pods Running"] = time.monotonic() - t
+    node.service(CLUSTER_DNS, 53, node.pod_ip("kube-system", "kube-dns"), ("udp", "tcp"))
+    # The real servers the broker uses: etcd and OpenBao, each in a pod.
+    node.broker_secrets()
+    broker_config(node)
+    etcd_ip = start_etcd(node)
+    vault_env, vault_cli, vault_ip = start_vault(node, "openbao")
+    broker_ready(node, "openbao", "vaultgram-0", vault_env, vault_cli)
     ips = {
-        "vault": node.pod_ip("vaultgram", "vault-0"),
-        "etcd": node.pod_ip("vaultgram", "etcd-0"),
+        "vault": vault_ip,
+        "etcd": etcd_ip,
         "bystander": node.pod_ip("vaultgram", "bystander"),
         "dns": node.pod_ip("kube-system", "kube-dns"),
         "vault-elsewhere": node.pod_ip("elsewhere", "vault-elsewhere"),
@@ -766,10 +817,11 @@ def scenario(node):
     seen = []
 
     def settled():
-        # In force once something is blocked and two probes agree (the
-        # policy may be wrong: waiting for the expected matrix would hide it).
+        # In force once something is blocked and three probes in a row agree
+        # (the policy may be wrong: waiting for the expected matrix would
+        # hide that).
         seen.append((probe_from_broker(), probe_ingress()))
-        return len(seen) > 1 and seen[-1] == seen[-2] and not all(seen[-1][0].values())
+        return len(seen) > 2 and seen[-1] == seen[-2] == seen[-3] and not all(seen[-1][0].values())
 
     node.wait("kube-router's rules in force", settled, 60, every=0.3)
     node.timings["enforcer start -> rules in force"] = time.monotonic() - t
@@ -810,9 +862,244 @@ def scenario(node):
     node.wait("the exact matrix after the policy is restored",
               lambda: probe_from_broker() == expect and probe_ingress() == expect_ing, 30, every=0.2)
     log("restored: the matrix is exact again")
+    # -- /readyz follows the policies (OpenBao), then the same broker pod
+    # template against HashiCorp Vault, with the enforcer running.
+    readyz_follows_policies(node, "openbao", "vaultgram-0")
+    node.kubectl("delete", "pod", "vaultgram-0", "openbao-server", "-n", "vaultgram", "--wait=true", "--timeout=60s")
+    vault_env, vault_cli, _ = start_vault(node, "vault")
+    broker_ready(node, "vault", "vaultgram-1", vault_env, vault_cli)
+    readyz_follows_policies(node, "vault", "vaultgram-1")
     for k, v in node.timings.items():
         log(f"timing: {k}: {v:.2f}s")
     return True
+
+
+def server_pod(node, name, image, labels, args, volumes, mounts, sa=None):
+    spec = {
+        "nodeName": NODE,
+        "automountServiceAccountToken": sa is not None,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 1,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534, "fsGroup": 65534,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "server", "image": image, "imagePullPolicy": "Never", "args": args,
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": mounts + [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
+        }],
+        "volumes": volumes + [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+    }
+    if sa:
+        spec["serviceAccountName"] = sa
+    node.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "vaultgram", "labels": labels},
+                "spec": spec})
+    node.wait_running("vaultgram", name)
+    return node.pod_ip("vaultgram", name)
+
+
+def tls_secret(node, name, crt, key):
+    node.kubectl("create", "secret", "generic", name, "-n", "vaultgram", f"--from-file=tls.crt={crt}",
+                 f"--from-file=tls.key={key}", f"--from-file=ca.crt={node.pki.ca}")
+    # 0444 in the pod: the servers run as 65534 (test-only key material).
+    return {"name": "tls", "secret": {"secretName": name, "defaultMode": 0o444}}
+
+
+def start_etcd(node):
+    names = [f"etcd-{i}.etcd.vaultgram.svc" for i in range(3)]
+    crt, key = node.pki.leaf("etcd-server", "etcd-0", ips=["127.0.0.1", ETCD_SVC], dns=names)
+    vol = tls_secret(node, "node-etcd-tls", crt, key)
+    ip = server_pod(
+        node, "etcd-server", SERVER_IMAGE.format("etcd"), {"app.kubernetes.io/name": "etcd"},
+        ["--name", "etcd-0", "--data-dir", "/data/etcd", "--listen-client-urls", "https://0.0.0.0:2379",
+         "--advertise-client-urls", f"https://{names[0]}:2379", "--listen-peer-urls", "http://0.0.0.0:2380",
+         "--initial-advertise-peer-urls", "http://127.0.0.1:2380", "--initial-cluster", "etcd-0=http://127.0.0.1:2380",
+         "--cert-file", "/tls/tls.crt", "--key-file", "/tls/tls.key", "--trusted-ca-file", "/tls/ca.crt",
+         "--client-cert-auth"],
+        [vol], [{"name": "tls", "mountPath": "/tls", "readOnly": True}])
+    node.service(ETCD_SVC, 2379, ip)
+    root = node.pki.leaf("etcd-root", "root")
+    env = dict(os.environ, ETCDCTL_API="3", ETCDCTL_ENDPOINTS=f"https://{ETCD_SVC}:2379", ETCDCTL_CACERT=node.pki.ca,
+               ETCDCTL_CERT=root[0], ETCDCTL_KEY=root[1], ETCD_ROOT_PASSWORD_FILE=node.etcd_pw["root"],
+               ETCD_VAULTGRAM_PASSWORD_FILE=node.etcd_pw["vaultgram"], ETCD_VAULT_PASSWORD_FILE=node.etcd_pw["vault"])
+    node.wait("etcd in its pod", lambda: run(["etcdctl", "--command-timeout=2s", "endpoint", "health"], ns=True,
+                                            check=False, env=env).returncode == 0, 30, every=0.5)
+    # The deployment's own RBAC bootstrap (what Ansible runs).
+    p = run([os.path.join(ROOT, "etcd", "bootstrap-rbac.sh")], ns=True, env=env)
+    log(f"etcd pod {ip}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else 'rbac ok'}")
+    return ip
+
+
+def start_vault(node, server):
+    """OpenBao or HashiCorp Vault (raft, TLS) in a Vault-labelled pod, its
+    ServiceAccount `vault` (system:auth-delegator) mounted: Vault reviews the
+    broker's token with its own, as in a real deployment."""
+    cli = node.args.bao if server == "openbao" else node.args.vault
+    crt, key = node.pki.leaf(f"{server}-server", "vault", ips=["127.0.0.1"], dns=["vault.vaultgram.svc"])
+    vol = tls_secret(node, f"node-{server}-tls", crt, key)
+    hcl = """ui = false
+disable_mlock = true
+storage "raft" {
+  path    = "/data"
+  node_id = "vault-0"
+}
+listener "tcp" {
+  address         = "0.0.0.0:8200"
+  cluster_address = "0.0.0.0:8201"
+  tls_cert_file   = "/tls/tls.crt"
+  tls_key_file    = "/tls/tls.key"
+}
+api_addr     = "https://vault.vaultgram.svc:8200"
+cluster_addr = "https://127.0.0.1:8201"
+"""
+    node.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"node-{server}-config", "namespace": "vaultgram"},
+                "data": {"server.hcl": hcl}})
+    ip = server_pod(
+        node, f"{server}-server", SERVER_IMAGE.format(server), {"app.kubernetes.io/name": "vault"},
+        ["server", "-config=/config/server.hcl"],
+        [vol, {"name": "config", "configMap": {"name": f"node-{server}-config"}}],
+        [{"name": "tls", "mountPath": "/tls", "readOnly": True}, {"name": "config", "mountPath": "/config", "readOnly": True}],
+        sa="vault")
+    node.service(VAULT_SVC, 8200, ip)
+    env = dict(os.environ, VAULT_ADDR=f"https://{VAULT_SVC}:8200", VAULT_CACERT=node.pki.ca,
+               VAULT_TLS_SERVER_NAME="vault.vaultgram.svc", HOME=node.dir)
+    for k in ("VAULT_TOKEN", "BAO_ADDR", "BAO_TOKEN"):
+        env.pop(k, None)
+    node.wait(f"{server} listening", lambda: run([cli, "status"], ns=True, check=False, env=env).returncode == 2,
+              30, every=0.3)
+    init = json.loads(run([cli, "operator", "init", "-key-shares=1", "-key-threshold=1", "-format=json"],
+                          ns=True, env=env).stdout)
+    unseal = init.get("unseal_keys_b64") or init["keys_base64"]
+    # The key goes on stdin, never on a command line.
+    run(["curl", "-sSf", "--cacert", node.pki.ca, "--resolve", f"vault.vaultgram.svc:8200:{VAULT_SVC}", "-X", "PUT",
+         "--data-binary", "@-", "https://vault.vaultgram.svc:8200/v1/sys/unseal"], ns=True,
+        input=json.dumps({"key": unseal[0]}))
+    env["VAULT_TOKEN"] = init["root_token"]
+    node.wait(f"{server} active", lambda: run([cli, "read", "-format=json", "sys/leader"], ns=True, check=False,
+                                              env=env).stdout.count('"is_self": true') == 1, 60, every=0.5)
+    t = time.monotonic()
+    apply_env = dict(env, VAULT_CLI=cli, VAULTGRAM_K8S_HOST=f"https://{KUBERNETES_SVC}:443")
+    run([os.path.join(ROOT, "vault-policies", "apply.sh")], ns=True, env=apply_env, timeout=300)
+    log(f"{server} pod {ip}: initialised, unsealed, vault-policies/apply.sh in {time.monotonic() - t:.1f}s")
+    return env, cli, ip
+
+
+def broker_config(node):
+    """The ConfigMap as shipped, but Telegram off (no Telegram here: /readyz
+    would rightly fail a leader without a client) and the confinement
+    re-checked every 10 s (the least allowed) instead of 300: the test
+    measures the reaction."""
+    cm = json.loads(node.kubectl("get", "configmap", "vaultgram-config", "-n", "vaultgram", "-o", "json").stdout)
+    toml = cm["data"]["vaultgram.toml"]
+    for old, new in (("\n[telegram]\n", "\n[telegram]\nenabled = false\n"),
+                     ("\nrecheck_secs = 300\n", "\nrecheck_secs = 10\n")):
+        if toml.count(old) != 1:
+            raise Fail(f"k8s/ ConfigMap changed: {old.strip()!r} is not there once; update the node test")
+        toml = toml.replace(old, new)
+    cm["data"]["vaultgram.toml"] = toml
+    for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+        cm["metadata"].pop(k, None)
+    node.apply(cm)
+
+
+def readyz(node, ip):
+    p = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", f"http://{ip}:9090/readyz"],
+            ns=True, check=False)
+    return p.stdout.strip()
+
+
+def broker_ready(node, server, name, env, cli):
+    """The Deployment's pod template as pod NAME, Ready against SERVER: its
+    Vault token came from auth/kubernetes/login with the projected token."""
+    t = time.monotonic()
+    node.broker_pod(name)
+
+    def ready():
+        pod = json.loads(node.kubectl("get", "pod", name, "-n", "vaultgram", "-o", "json").stdout)
+        cs = pod.get("status", {}).get("containerStatuses", [])
+        # `run` waits for a Vault or etcd that refuses at first (a new pod's
+        # address reaches the peers' allow-lists about a second late): it
+        # must not need a restart.
+        if cs and cs[0].get("restartCount", 0) > 0:
+            raise Fatal(f"the broker restarted in its pod:\n{broker_log(node, name)}")
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+    try:
+        node.wait(f"the broker pod Ready against {server}", ready, 120, every=0.5)
+    except Fail as e:
+        raise Fail(f"{e}\n--- broker log\n{broker_log(node, name)}") from None
+    node.timings[f"{server}: broker pod created -> Ready (kubernetes login, etcd, confinement)"] = time.monotonic() - t
+    pod = json.loads(node.kubectl("get", "pod", name, "-n", "vaultgram", "-o", "json").stdout)
+    restarts = pod["status"]["containerStatuses"][0].get("restartCount", 0)
+    lines = broker_log(node, name, 400).splitlines()
+    retries = [json.loads(l).get("error") for l in lines if "trying again" in l]
+    if retries:
+        log(f"{server}: the broker waited for a refusing peer {len(retries)} time(s) at start: {retries[0]}")
+    logins = [json.loads(l) for l in lines if '"logged in to Vault"' in l]
+    if not logins or logins[-1].get("method") != "kubernetes":
+        raise Fail(f"{server}: no kubernetes login in the broker's log:\n{broker_log(node, name)}")
+    # Vault's side: the token came from auth/kubernetes/login for the
+    # vaultgram ServiceAccount.
+    accessors = json.loads(run([cli, "list", "-format=json", "auth/token/accessors"], ns=True, env=env).stdout)
+    found = []
+    for a in accessors:
+        info = json.loads(run([cli, "token", "lookup", "-format=json", "-accessor", a], ns=True, env=env).stdout)["data"]
+        if info.get("path", "").startswith("auth/kubernetes/login"):
+            found.append(info)
+    if not found:
+        raise Fail(f"{server}: no token issued by auth/kubernetes/login")
+    tok = found[-1]
+    meta = tok.get("meta") or {}
+    if meta.get("service_account_name") != "vaultgram" or meta.get("service_account_namespace") != "vaultgram":
+        raise Fail(f"{server}: the login token is not the vaultgram ServiceAccount's: {meta}")
+    log(f"{server}: broker Ready in {node.timings[f'{server}: broker pod created -> Ready (kubernetes login, etcd, confinement)']:.1f}s, "
+        f"{restarts} restart(s); kubernetes login: {len(found)} token(s) for vaultgram/vaultgram, policies "
+        f"{tok.get('policies')}, ttl {tok.get('ttl')}s, period {tok.get('period')}, renewable {tok.get('renewable')}")
+    return tok
+
+
+def readyz_follows_policies(node, server, name):
+    ip = node.pod_ip("vaultgram", name)
+    if readyz(node, ip) != "200":
+        raise Fail(f"{server}: /readyz is {readyz(node, ip)} on a Ready pod")
+    # The egress policies deleted: the broker notices (recheck 10 s) and
+    # turns unready; restored: ready again.
+    policies = {}
+    for pol in ("vaultgram-egress", "default-deny-egress"):
+        obj = json.loads(node.kubectl("get", "networkpolicy", pol, "-n", "vaultgram", "-o", "json").stdout)
+        for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields", "generation"):
+            obj["metadata"].pop(k, None)
+        policies[pol] = obj
+    t = time.monotonic()
+    node.kubectl("delete", "networkpolicy", *policies, "-n", "vaultgram")
+    node.wait("/readyz 503 without egress policies", lambda: readyz(node, ip) == "503", 30, every=0.2)
+    node.timings[f"{server}: egress policies deleted -> /readyz 503"] = time.monotonic() - t
+    t = time.monotonic()
+    for obj in policies.values():
+        node.apply(obj)
+    node.wait("/readyz 200 with the policies restored", lambda: readyz(node, ip) == "200", 30, every=0.2)
+    node.timings[f"{server}: egress policies restored -> /readyz 200"] = time.monotonic() - t
+    log(f"{server}: /readyz followed the policies (503 without, 200 restored)")
+
+
+def broker_log(node, name, n=30):
+    logs = glob.glob(os.path.join(node.dir, "pod-logs", f"vaultgram_{name}_*", "vaultgram", "*.log"))
+    out = []
+    for path in sorted(logs):
+        with open(path) as f:
+            for line in f.readlines()[-n:]:
+                # CRI log format: TIME STREAM TAG MESSAGE
+                out.append(line.split(" ", 3)[-1])
+    return "".join(out)
+
+
+def dns_records():
+    names = {"vault.vaultgram.svc": VAULT_SVC}
+    names.update({f"etcd-{i}.etcd.vaultgram.svc": ETCD_SVC for i in range(3)})
+    out = []
+    for name, ip in names.items():
+        out += [f"{name}={ip}", f"{name}.cluster.local={ip}"]
+    return out
 
 
 def mutate(node, how):

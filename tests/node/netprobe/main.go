@@ -6,6 +6,7 @@
 //	netprobe pause
 //	netprobe listen tcp:8200 udp:53 ...
 //	netprobe probe [-timeout 1s] tcp:172.30.0.1:6443 udp:10.88.0.5:53 ...
+//	netprobe dns NAME=IPV4 ...   (a DNS server on :53, UDP and TCP)
 //
 // A listener answers every TCP connection and every UDP datagram with
 // "netprobe-ok\n". The prober calls a TCP destination reachable when the
@@ -40,6 +41,8 @@ func main() {
 		listen(os.Args[2:])
 	case "probe":
 		os.Exit(probe(os.Args[2:]))
+	case "dns":
+		serveDNS(os.Args[2:])
 	default:
 		fmt.Fprintf(os.Stderr, "netprobe: unknown mode %q\n", os.Args[1])
 		os.Exit(2)
