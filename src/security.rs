@@ -154,6 +154,10 @@ fn decode<T: for<'de> Deserialize<'de>>(v: &[u8]) -> Option<T> {
     serde_json::from_slice(v).ok()
 }
 
+/// How long a counter update keeps retrying its compare-and-swap against
+/// other writers before it fails closed (`unavailable`).
+const COUNTER_PATIENCE: Duration = Duration::from_secs(3);
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
@@ -501,7 +505,21 @@ impl Security {
             Some(e) => Some(e),
             None => self.etcd.get_entry(key).await?,
         };
-        for _ in 0..8 {
+        let deadline = tokio::time::Instant::now() + COUNTER_PATIENCE;
+        let mut lost = 0u32;
+        loop {
+            if lost > 0 {
+                // Many writers at once (replicas, consoles): retrying at
+                // once would collide again; a random pause that grows
+                // spreads them out. Bounded in time, then fail closed.
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                let cap_ms = 1u64 << lost.min(6);
+                let pause = crate::ids::random_u64().map_or(cap_ms, |r| r % (cap_ms + 1));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            lost += 1;
             match seen {
                 None => {
                     let first = next(0);
@@ -548,7 +566,10 @@ impl Security {
             }
         }
         self.counters().remove(key);
-        Err(EtcdError::Unavailable("counter kept changing".into()))
+        Err(EtcdError::Unavailable(format!(
+            "counter kept changing ({lost} attempts in {} s)",
+            COUNTER_PATIENCE.as_secs()
+        )))
     }
 
     fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {

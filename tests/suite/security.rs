@@ -24,6 +24,10 @@ use crate::common::{canary, Env};
 
 pub const TESTS: &[(&str, TestFn)] = &[
     (
+        "security::concurrent_reveals_are_all_counted",
+        concurrent_reveals_are_all_counted,
+    ),
+    (
         "security::step_up_unlock_is_shared_and_ends",
         step_up_unlock_is_shared_and_ends,
     ),
@@ -738,4 +742,72 @@ fn suspensions_are_checked_from_memory_within_the_bound(env: &Env) {
         drop(b);
         drop(a);
     });
+}
+
+/// The reveal budget is one compare-and-swap counter per operator that
+/// every replica and console shares. Many of them revealing at the same
+/// moment must all be counted — none refused as `unavailable` for losing
+/// the race too often, and the count exactly the number of reveals. On
+/// dbb873e some of 24 simultaneous reveals failed with "etcd unavailable:
+/// counter kept changing" (8 immediate retries; seen once in CI as a
+/// refused `/kv get` in `gate::agent_cancels_its_own_request`).
+fn concurrent_reveals_are_all_counted(env: &Env) {
+    use vaultgram::security::{Reveal, Security};
+    const N: usize = 24;
+    let cfg = env.config();
+    let prefix = format!("/vaultgram/it-race-{}/", random_hex(4));
+    let sec_cfg = vaultgram::config::SecurityConfig {
+        reveal_budget: 1000,
+        reveal_window_secs: 86_400,
+        ..Default::default()
+    };
+    let (results, stored) = env.rt.block_on(async {
+        // Every contender connected first, then all at once.
+        let mut all = Vec::new();
+        for _ in 0..N {
+            let etcd = vaultgram::etcd::Etcd::connect(&cfg.etcd).await.unwrap();
+            all.push(Security::new(etcd, &prefix, sec_cfg.clone(), vec![]));
+        }
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(N));
+        let mut set = tokio::task::JoinSet::new();
+        for sec in all {
+            let barrier = barrier.clone();
+            set.spawn(async move {
+                barrier.wait().await;
+                sec.count_reveal("racer").await.map_err(|e| e.to_string())
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(r) = set.join_next().await {
+            results.push(r.unwrap());
+        }
+        let etcd = vaultgram::etcd::Etcd::connect(&cfg.etcd).await.unwrap();
+        let window = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        let stored = etcd
+            .get(&format!("{prefix}security/reveal/racer/{window}"))
+            .await
+            .unwrap()
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        (results, stored)
+    });
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {N} reveals refused: {failed:?}",
+        failed.len()
+    );
+    assert!(
+        results.iter().all(|r| *r == Ok(Reveal::Allowed)),
+        "{results:?}"
+    );
+    assert_eq!(
+        stored.as_deref(),
+        Some(N.to_string().as_str()),
+        "the counter"
+    );
+    eprintln!("reveal budget: {N} simultaneous reveals from {N} clients, all counted");
 }
