@@ -871,7 +871,19 @@ def scenario(node):
     readyz_follows_policies(node, "vault", "vaultgram-1")
     for k, v in node.timings.items():
         log(f"timing: {k}: {v:.2f}s")
+    log(f"memory: {node_rss_mib():.0f} MiB resident in the node's namespace (daemons, shims, listeners)")
     return True
+
+
+def node_rss_mib():
+    total = 0
+    for pid in run(["ip", "netns", "pids", NETNS], check=False).stdout.split():
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next((int(l.split()[1]) for l in f if l.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+    return total / 1024
 
 
 def server_pod(node, name, image, labels, args, volumes, mounts, sa=None):
@@ -1035,6 +1047,16 @@ def broker_ready(node, server, name, env, cli):
     retries = [json.loads(l).get("error") for l in lines if "trying again" in l]
     if retries:
         log(f"{server}: the broker waited for a refusing peer {len(retries)} time(s) at start: {retries[0]}")
+    # Its confinement check read its own Pod and the policies through the
+    # projected ServiceAccount token before it logged in.
+    confined = [json.loads(l) for l in lines if '"vaultgram::service"' in l and "confinement: pod" in l]
+    if not confined or f"vaultgram/{name}:" not in confined[-1]["message"]:
+        raise Fail(f"{server}: no confinement check of vaultgram/{name} in the broker's log:\n{broker_log(node, name)}")
+    if confined[-1].get("state") != "ok":
+        # A broken policy set (--mutate) is seen by the broker too.
+        log(f"{server}: the broker's own confinement check: {confined[-1]['message']}")
+        if not node.args.mutate:
+            raise Fail(f"{server}: the broker finds its confinement {confined[-1].get('state')!r}")
     logins = [json.loads(l) for l in lines if '"logged in to Vault"' in l]
     if not logins or logins[-1].get("method") != "kubernetes":
         raise Fail(f"{server}: no kubernetes login in the broker's log:\n{broker_log(node, name)}")
