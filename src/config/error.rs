@@ -13,9 +13,15 @@ pub enum ConfigError {
     },
     /// TOML syntax or type error; `message` starts with the key path
     /// (`` `operators[1].telegram_id`: ``) whenever it can be recovered.
-    #[error("config file {path}: {message}")]
+    // Both echo text from the file (a value, a snippet, an unknown key):
+    // shown to a person, so never with raw control characters.
+    #[error("config file {path}: {}", crate::text::escape_text(message))]
     Parse { path: PathBuf, message: String },
-    #[error("config key `{key}`: {reason}")]
+    #[error(
+        "config key `{}`: {}",
+        crate::text::escape_line(key),
+        crate::text::escape_text(reason)
+    )]
     Invalid { key: String, reason: String },
 }
 

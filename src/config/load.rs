@@ -534,6 +534,34 @@ mod tests {
         );
     }
 
+    /// Found by the `config` fuzz target: a NUL inside a value came back
+    /// raw in the refusal (`vault.addr = "ht\0as://…"`); text from the
+    /// file is shown escaped, in values and in unknown keys alike.
+    #[test]
+    fn refusals_never_carry_raw_control_characters() {
+        let fx = Fixture::new();
+        for (from, to) in [
+            (
+                "addr = \"https://127.0.0.1:8200\"",
+                "addr = \"ht\0as://124.0.0.1:8200\"",
+            ),
+            (
+                "addr = \"https://127.0.0.1:8200\"",
+                "addr = \"https://127.0.0.1:8200\"\n\"a\u{1b}[2Jb\" = 1",
+            ),
+            ("telegram_id = 222222", "telegram_id = \"\u{202e}x\t\""),
+        ] {
+            let text = base_with(from, to);
+            assert_ne!(text, BASE, "{from}");
+            let msg = fx.load(&text, &[]).unwrap_err().to_string();
+            assert!(!msg.chars().any(|c| c.is_control() && c != '\n'), "{msg:?}");
+            assert!(
+                crate::text::find_forbidden(&msg.replace('\n', " ")).is_none(),
+                "{msg:?}"
+            );
+        }
+    }
+
     #[test]
     fn type_error_is_a_parse_error_naming_the_key() {
         let fx = Fixture::new();
