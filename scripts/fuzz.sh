@@ -1,20 +1,47 @@
 #!/usr/bin/env bash
-# Fuzzes the chat-command parser for a bounded time (default 60 s):
-#   scripts/fuzz.sh [SECONDS]
-# cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 enables them on the
-# machine's stable toolchain (the only one we can install here).
+# Fuzzes the parsers of outside input (cargo-fuzz, fuzz/fuzz_targets/):
+#   scripts/fuzz.sh TARGET [SECONDS]   one target (default 60 s)
+#   scripts/fuzz.sh --list             the targets
+#   scripts/fuzz.sh --smoke [SECONDS]  every target briefly (CI: 10 s each)
+# Seeds are committed under fuzz/corpus/TARGET/ (small); what a run finds
+# goes to a corpus under $FUZZ_WORK (default ~/.cache/vaultgram-fuzz-work),
+# never into the repository. A crash leaves its input in fuzz/artifacts/
+# and fails the run. cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1
+# enables them on the machine's stable toolchain.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$ROOT/scripts/lib.sh"
-ensure_fuzz_tools
 cd "$ROOT"
+targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^vaultgram-fuzz$')
+case ${1:-} in
+  --list) printf '%s\n' "$targets"; exit 0 ;;
+  --smoke) smoke=1; seconds=${2:-10} ;;
+  "") echo "usage: scripts/fuzz.sh TARGET [SECONDS] | --smoke [SECONDS] | --list" >&2; exit 2 ;;
+  *)
+    smoke=0; seconds=${2:-60}
+    grep -qx -- "$1" <<<"$targets" || { echo "scripts/fuzz.sh: no target '$1' (--list)" >&2; exit 2; }
+    targets=$1
+    ;;
+esac
+ensure_fuzz_tools
 export RUSTC_BOOTSTRAP=1
 # Keep the fuzz build (sanitizer flags) apart from the normal target dir.
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/vaultgram-fuzz-target}
-mkdir -p fuzz/corpus/parse
-for seed in "/kv get secret/x" "/kv put secret/a/b k=v \"x=y z\"" "/kv delete -versions=1,2 secret/x" \
-  "/panel show --reveal p1" "/mtproto issue 42" "/approve ab12 123456" "/transit encrypt k \"a b\""; do
-  printf '%s' "$seed" >"fuzz/corpus/parse/$(printf '%s' "$seed" | sha1sum | cut -c1-16)"
+work=${FUZZ_WORK:-$HOME/.cache/vaultgram-fuzz-work}
+for t in $targets; do
+  mkdir -p "$work/$t"
+  echo "== fuzz $t for ${seconds}s (seeds: fuzz/corpus/$t)"
+  # The first corpus directory receives new inputs: the work one.
+  rc=0
+  cargo fuzz run --fuzz-dir fuzz "$t" "$work/$t" "fuzz/corpus/$t" -- \
+    -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 >"$work/$t.log" 2>&1 || rc=$?
+  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE|SUMMARY|Test unit written)|panicked' "$work/$t.log" || true
+  if ((rc)); then
+    tail -n 40 "$work/$t.log" >&2
+    echo "scripts/fuzz.sh: $t failed (exit $rc; the input is in fuzz/artifacts/$t/)" >&2
+    exit 1
+  fi
 done
-cargo fuzz run parse fuzz/corpus/parse -- -max_total_time="${1:-60}" -max_len=512
+((smoke)) && echo "fuzz smoke: every target ran ${seconds}s without a finding"
+exit 0
