@@ -226,6 +226,16 @@ bao_binary() {
   printf '%s\n' "$dir/bin/bao"
 }
 
+# The Go toolchain: on PATH, or where a fresh machine has it. Prints its
+# path; says so and fails when there is none.
+go_binary() { # caller (for the message)
+  local go
+  go=$(command -v go || true)
+  [[ -n $go ]] || go=/usr/local/go/bin/go
+  [[ -x $go ]] || { echo "$1: toolchain check: no go on PATH nor at /usr/local/go/bin/go" >&2; return 1; }
+  printf '%s\n' "$go"
+}
+
 # A HashiCorp Vault server binary built from source fetched through the Go
 # module proxy, cached per version under
 # ${XDG_CACHE_HOME:-$HOME/.cache}/vaultgram-tools/vault-<version>/vault.
@@ -266,12 +276,7 @@ vault_binary() { # the version: $VAULT_VERSION, default 1.14.1
   esac
 
   local go
-  go=$(command -v go || true)
-  [[ -n $go ]] || go=/usr/local/go/bin/go
-  if [[ ! -x $go ]]; then
-    echo "vault_binary: toolchain check: no go on PATH nor at /usr/local/go/bin/go (needed to build $mod@v$version)" >&2
-    return 1
-  fi
+  go=$(go_binary "vault_binary (to build $mod@v$version)") || return 1
 
   local tmp
   if ! mkdir -p "$root" || ! tmp=$(mktemp -d "$root/.vault-$version.XXXXXX"); then
@@ -408,12 +413,7 @@ kube_build() { # command...
     return 1
   fi
   local go
-  go=$(command -v go || true)
-  [[ -n $go ]] || go=/usr/local/go/bin/go
-  if [[ ! -x $go ]]; then
-    echo "kube_build: toolchain check: no go on PATH nor at /usr/local/go/bin/go" >&2
-    return 1
-  fi
+  go=$(go_binary kube_build) || return 1
   local tmp
   if ! mkdir -p "$root" || ! tmp=$(mktemp -d "$root/.kube-$version.XXXXXX"); then
     echo "kube_build: cache dir: cannot create a build dir under $root" >&2
@@ -485,9 +485,7 @@ kube_router_binary() { # the version: $KUBE_ROUTER_VERSION, default 2.1.0
     return 0
   fi
   local go
-  go=$(command -v go || true)
-  [[ -n $go ]] || go=/usr/local/go/bin/go
-  [[ -x $go ]] || { echo "kube_router_binary: toolchain check: no go on PATH nor at /usr/local/go/bin/go" >&2; return 1; }
+  go=$(go_binary kube_router_binary) || return 1
   local tmp start=$SECONDS
   mkdir -p "$root" && tmp=$(mktemp -d "$root/.kube-router.XXXXXX") || return 1
   echo "kube_router_binary: building github.com/cloudnativelabs/kube-router/v2@v$version (nice 19; ~2 min cold)" >&2

@@ -240,6 +240,14 @@ class Node:
             input=input,
         )
 
+    def get_for_apply(self, kind, name, ns="vaultgram"):
+        """An object as JSON without the fields the server sets, ready to be
+        changed and applied again (or re-created after a delete)."""
+        obj = json.loads(self.kubectl("get", kind, name, "-n", ns, "-o", "json").stdout)
+        for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields", "generation"):
+            obj["metadata"].pop(k, None)
+        return obj
+
     def apply(self, obj):
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(obj))
 
@@ -835,14 +843,12 @@ def scenario(node):
     # -- the policies change under the pod
     vault = f"tcp:{ips['vault']}:8200"
     anywhere = f"tcp:{ELSEWHERE_IP}:443"
-    egress = json.loads(node.kubectl("get", "networkpolicy", "vaultgram-egress", "-n", "vaultgram", "-o", "json").stdout)
+    egress = node.get_for_apply("networkpolicy", "vaultgram-egress")
     t = time.monotonic()
     node.kubectl("delete", "networkpolicy", "vaultgram-egress", "-n", "vaultgram")
     node.wait("Vault blocked after the egress policy is deleted", lambda: probe_from_broker({vault}, "200ms")[vault] is False,
               10, every=0.05)
     node.timings["egress policy deleted -> Vault blocked"] = time.monotonic() - t
-    for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields", "generation"):
-        egress["metadata"].pop(k, None)
     t = time.monotonic()
     node.apply(egress)
     node.wait("Vault allowed after the egress policy is restored", lambda: probe_from_broker({vault}, "200ms")[vault] is True,
@@ -1001,7 +1007,7 @@ def broker_config(node):
     would rightly fail a leader without a client) and the confinement
     re-checked every 10 s (the least allowed) instead of 300: the test
     measures the reaction."""
-    cm = json.loads(node.kubectl("get", "configmap", "vaultgram-config", "-n", "vaultgram", "-o", "json").stdout)
+    cm = node.get_for_apply("configmap", "vaultgram-config")
     toml = cm["data"]["vaultgram.toml"]
     for old, new in (("\n[telegram]\n", "\n[telegram]\nenabled = false\n"),
                      ("\nrecheck_secs = 300\n", "\nrecheck_secs = 10\n")):
@@ -1009,8 +1015,6 @@ def broker_config(node):
             raise Fail(f"k8s/ ConfigMap changed: {old.strip()!r} is not there once; update the node test")
         toml = toml.replace(old, new)
     cm["data"]["vaultgram.toml"] = toml
-    for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
-        cm["metadata"].pop(k, None)
     node.apply(cm)
 
 
@@ -1088,10 +1092,7 @@ def readyz_follows_policies(node, server, name):
     # turns unready; restored: ready again.
     policies = {}
     for pol in ("vaultgram-egress", "default-deny-egress"):
-        obj = json.loads(node.kubectl("get", "networkpolicy", pol, "-n", "vaultgram", "-o", "json").stdout)
-        for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields", "generation"):
-            obj["metadata"].pop(k, None)
-        policies[pol] = obj
+        policies[pol] = node.get_for_apply("networkpolicy", pol)
     t = time.monotonic()
     node.kubectl("delete", "networkpolicy", *policies, "-n", "vaultgram")
     node.wait("/readyz 503 without egress policies", lambda: readyz(node, ip) == "503", 30, every=0.2)
@@ -1126,7 +1127,7 @@ def dns_records():
 
 def mutate(node, how):
     """--mutate: the test must fail on a broken policy set (run.sh checks)."""
-    pol = json.loads(node.kubectl("get", "networkpolicy", "vaultgram-egress", "-n", "vaultgram", "-o", "json").stdout)
+    pol = node.get_for_apply("networkpolicy", "vaultgram-egress")
     rules = pol["spec"]["egress"]
     if how == "drop-vault-egress":
         pol["spec"]["egress"] = [r for r in rules if not any(p.get("port") == 8200 for p in r.get("ports", []))]
@@ -1136,8 +1137,6 @@ def mutate(node, how):
         rules.append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]})
     else:
         raise Fail(f"mutate: unknown mutation {how}")
-    for k in ("resourceVersion", "uid", "creationTimestamp", "managedFields", "generation"):
-        pol["metadata"].pop(k, None)
     node.apply(pol)
     log(f"mutated the egress policy: {how}")
 

