@@ -5,5 +5,6 @@
 //! name it; they must not import this top floor).
 
 pub mod console;
+pub mod framing;
 pub mod socket;
 pub mod telegram;

@@ -9,11 +9,13 @@
 //!
 //! Protocol: one command per line in, one JSON reply per line out (the
 //! `console --json` format), as many as the client sends. A line that is
-//! not UTF-8 gets an `invalid` reply and the connection goes on; a client
-//! idle for `ipc.idle_timeout_secs` is disconnected; at most
+//! not UTF-8 or longer than the lexer's bound gets an `invalid` reply and
+//! the connection goes on (framing: [`super::framing`]); a client that
+//! completes no line for `ipc.idle_timeout_secs` is disconnected; at most
 //! `ipc.max_connections` are served at once (the next one gets an
 //! `unavailable` reply).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +26,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 use super::console::render_json;
+use super::framing::{Frame, Framer};
 use crate::command::lexer::MAX_LINE_BYTES;
 use crate::context::CommandError;
 use crate::dispatch::App;
@@ -149,39 +153,62 @@ async fn handle(app: Arc<App>, stream: UnixStream, stop: CancellationToken) -> s
         .as_deref()
         .and_then(|u| app.cfg.operator_by_unix_user(u).cloned());
     let idle = Duration::from_secs(app.cfg.ipc.idle_timeout_secs);
-    let (read, mut write) = stream.into_split();
-    // Bounded: a client cannot make us buffer more than 1 MiB per connection.
-    let mut lines = BufReader::new(read.take(64 * MAX_LINE_BYTES as u64)).split(b'\n');
+    let (mut read, mut write) = stream.into_split();
+    // Bounded per line (too long: refused, never buffered), not per
+    // connection: a client may send any number of commands.
+    let mut framer = Framer::new(MAX_LINE_BYTES);
+    let mut frames = VecDeque::new();
+    let mut chunk = Zeroizing::new(vec![0u8; 8 * 1024]);
+    // An idle client is let go: one that completes no line for `idle`.
+    let mut deadline = tokio::time::Instant::now() + idle;
     loop {
-        // Between commands a shutdown closes the connection; a command that
-        // has started is finished first. An idle client is let go.
         let read_started = std::time::Instant::now();
-        let line = tokio::select! {
+        let n = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            l = tokio::time::timeout(idle, lines.next_segment()) => match l {
-                Ok(l) => l?,
+            r = tokio::time::timeout_at(deadline, read.read(&mut chunk[..])) => match r {
+                Ok(r) => r?,
                 Err(_) => return Ok(()),
             },
         };
-        let Some(bytes) = line else { return Ok(()) };
-        crate::metrics::observe_stage("socket_read", read_started);
-        let started = std::time::Instant::now();
-        let mut reply = match String::from_utf8(bytes) {
-            Err(_) => render_json(&Err(CommandError::invalid(
-                "the line is not UTF-8; nothing was run",
-            ))),
-            Ok(line) => {
-                let line = line.trim();
-                if line.is_empty() {
-                    continue;
-                }
-                dispatch_line(&app, op.as_ref(), uid, user.as_deref(), line).await
+        if n == 0 {
+            frames.extend(framer.finish());
+        } else {
+            framer.push(&chunk[..n], &mut frames);
+        }
+        if !frames.is_empty() {
+            crate::metrics::observe_stage("socket_read", read_started);
+        }
+        while let Some(frame) = frames.pop_front() {
+            // Between commands a shutdown closes the connection; a command
+            // that has started is finished first.
+            if stop.is_cancelled() {
+                return Ok(());
             }
-        };
-        // One write per reply: the line and its newline together.
-        reply.push('\n');
-        write.write_all(reply.as_bytes()).await?;
-        crate::metrics::observe_stage("total", started);
+            deadline = tokio::time::Instant::now() + idle;
+            let started = std::time::Instant::now();
+            let mut reply = match frame {
+                Frame::NotUtf8 => render_json(&Err(CommandError::invalid(
+                    "the line is not UTF-8; nothing was run",
+                ))),
+                Frame::TooLong(bytes) => render_json(&Err(CommandError::invalid(format!(
+                    "the line is {bytes} bytes long, more than {MAX_LINE_BYTES}; nothing was run"
+                )))),
+                Frame::Line(line) => {
+                    let line = line.trim();
+                    if line.is_empty() {
+                        continue;
+                    }
+                    dispatch_line(&app, op.as_ref(), uid, user.as_deref(), line).await
+                }
+            };
+            // One write per reply: the line and its newline together.
+            reply.push('\n');
+            write.write_all(reply.as_bytes()).await?;
+            crate::metrics::observe_stage("total", started);
+        }
+        if n == 0 {
+            return Ok(());
+        }
     }
 }
 

@@ -262,6 +262,42 @@ fn run_ctl_peercred_and_sigterm(env: &Env) {
     );
     assert!(!reply.contains("123456"));
 
+    // One connection, many commands: more bytes than the 1 MiB the old
+    // framing allowed per connection, then an over-long line and one that
+    // is not UTF-8 — each gets its reply and the connection goes on.
+    {
+        use std::io::{BufRead, BufReader, Write};
+        let s = std::os::unix::net::UnixStream::connect(&b.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let filler = format!("/nope {}\n", "a".repeat(16_000));
+        let mut input = filler.repeat(70).into_bytes();
+        input.extend(format!("/nope {}\n", "b".repeat(20_000)).as_bytes());
+        input.extend(b"\xff\xfe\n/get_keys\n");
+        // Written by a thread: the replies are read meanwhile.
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let sent = w.write_all(&input);
+            let _ = w.shutdown(std::net::Shutdown::Write);
+            sent
+        });
+        let replies: Vec<String> = BufReader::new(&s).lines().map_while(Result::ok).collect();
+        let sent = writer.join().unwrap();
+        assert_eq!(
+            replies.len(),
+            73,
+            "write: {sent:?}; last replies: {:?}",
+            replies.iter().rev().take(2).collect::<Vec<_>>()
+        );
+        assert!(
+            replies[..70].iter().all(|r| r.contains("unknown command")),
+            "{}",
+            replies[0]
+        );
+        assert!(replies[70].contains("20006 bytes long"), "{}", replies[70]);
+        assert!(replies[71].contains("not UTF-8"), "{}", replies[71]);
+        assert!(replies[72].contains("123456"), "{}", replies[72]);
+    }
+
     // SIGTERM: stop intake, finish, exit 0, socket file gone.
     let pid = b.proc_pid();
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
