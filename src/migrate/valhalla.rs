@@ -90,6 +90,16 @@ impl Keys {
         Ok(Keys { keys })
     }
 
+    /// Keys given as text: the current one first, then the old ones in the
+    /// order they are tried. `None` if one is not a Fernet key.
+    pub fn from_keys(keys: &[&str]) -> Option<Keys> {
+        let keys = keys
+            .iter()
+            .map(|k| Fernet::new(k))
+            .collect::<Option<Vec<_>>>()?;
+        (!keys.is_empty()).then_some(Keys { keys })
+    }
+
     /// How many old keys there are.
     pub fn old_keys(&self) -> usize {
         self.keys.len() - 1
@@ -201,6 +211,83 @@ fn row(raw: &RawValue, keys: &Keys) -> Result<Token, Rejection> {
     })
 }
 
+/// What `import valhalla` does with one row, decided before Vault is
+/// touched.
+#[derive(Debug)]
+pub struct Step {
+    /// The row's number, from 1.
+    pub n: usize,
+    /// Who the row is about, as the report names it (never a value).
+    pub who: String,
+    pub action: Action,
+}
+
+#[derive(Debug)]
+pub enum Action {
+    /// Store this agent's token (unless Vault already holds it); `key` is
+    /// the key that opened it (0 = current, n = old key n).
+    Store {
+        agent: String,
+        token: SecretString,
+        key: usize,
+    },
+    /// Only report: rejected, or a repeat of an earlier row's agent.
+    Report(RowOutcome, String),
+}
+
+/// Reads the export and judges every row; one agent cannot get two tokens
+/// (the same one again is unchanged, another is rejected). A document that
+/// is not a JSON array stops everything.
+pub fn plan(text: &str, name: &str, keys: &Keys) -> Result<Vec<Step>, MigrateError> {
+    let rows: Vec<&RawValue> = parse_json(
+        text,
+        name,
+        "not a ValhallaBot export (expected a JSON array of objects)",
+    )
+    .map_err(MigrateError::Input)?;
+    // agent → (first row, digest)
+    let mut seen: HashMap<String, (usize, String)> = HashMap::new();
+    let mut steps = Vec::with_capacity(rows.len());
+    for (i, raw) in rows.iter().enumerate() {
+        let n = i + 1;
+        let t = match row(raw, keys) {
+            Ok(t) => t,
+            Err(r) => {
+                steps.push(Step {
+                    n,
+                    who: r.who,
+                    action: Action::Report(RowOutcome::Rejected(r.why), String::new()),
+                });
+                continue;
+            }
+        };
+        let who = format!("agent {}", t.agent);
+        let action = match seen.get(&t.agent) {
+            Some((first, digest)) => {
+                let outcome = if *digest == t.digest {
+                    RowOutcome::Unchanged
+                } else {
+                    RowOutcome::Rejected(format!(
+                        "agent {} already has a different token at row {first}",
+                        t.agent
+                    ))
+                };
+                Action::Report(outcome, format!("same agent as row {first}"))
+            }
+            None => {
+                seen.insert(t.agent.clone(), (n, t.digest));
+                Action::Store {
+                    agent: t.agent,
+                    token: t.token,
+                    key: t.key,
+                }
+            }
+        };
+        steps.push(Step { n, who, action });
+    }
+    Ok(steps)
+}
+
 /// `vaultgram import valhalla`: per-row lines on stderr, the summary
 /// returned for the binary to print last.
 pub async fn import(
@@ -210,58 +297,36 @@ pub async fn import(
     opts: ImportOptions,
 ) -> Result<Summary, MigrateError> {
     let text = read_input(file)?;
-    let name = file.display().to_string();
-    let rows: Vec<&RawValue> = parse_json(
-        &text,
-        &name,
-        "not a ValhallaBot export (expected a JSON array of objects)",
-    )
-    .map_err(MigrateError::Input)?;
-    let mut rep = Reporter::new(rows.len(), "valhalla", opts);
-    // agent → (first row, digest): one agent cannot get two tokens.
-    let mut seen: HashMap<String, (usize, String)> = HashMap::new();
-    for (i, raw) in rows.iter().enumerate() {
-        let n = i + 1;
-        let t = match row(raw, keys) {
-            Ok(t) => t,
-            Err(r) => {
-                rep.row(n, &r.who, &RowOutcome::Rejected(r.why), "");
+    let steps = plan(&text, &file.display().to_string(), keys)?;
+    drop(text);
+    let mut rep = Reporter::new(steps.len(), "valhalla", opts);
+    for Step { n, who, action } in steps {
+        let (agent, token, key) = match action {
+            Action::Report(outcome, detail) => {
+                rep.row(n, &who, &outcome, &detail);
                 continue;
             }
+            Action::Store { agent, token, key } => (agent, token, key),
         };
-        let who = format!("agent {}", t.agent);
-        if let Some((first, digest)) = seen.get(&t.agent) {
-            let outcome = if *digest == t.digest {
-                RowOutcome::Unchanged
-            } else {
-                RowOutcome::Rejected(format!(
-                    "agent {} already has a different token at row {first}",
-                    t.agent
-                ))
-            };
-            rep.row(n, &who, &outcome, &format!("same agent as row {first}"));
-            continue;
-        }
-        seen.insert(t.agent.clone(), (n, t.digest.clone()));
-        let note = match t.key {
+        let note = match key {
             0 => "decrypted with the current key".to_string(),
             k => format!("decrypted with old key {k}"),
         };
         let record = token_record(
-            t.token.expose_secret(),
+            token.expose_secret(),
             &[
                 ("created_at", now_rfc3339()),
                 ("created_by", CREATED_BY.to_string()),
             ],
         );
-        let result = match session.path(&agent::path(&t.agent)) {
+        let result = match session.path(&agent::path(&agent)) {
             Ok(path) => {
                 store(
                     session,
                     &path,
                     &record,
                     |s| {
-                        (!same_secret(s, "token", t.token.expose_secret()))
+                        (!same_secret(s, "token", token.expose_secret()))
                             .then(|| "a different token is stored for this agent".to_string())
                     },
                     opts,
@@ -336,6 +401,46 @@ mod tests {
         assert_eq!(r.who, "agent id invalid");
         assert!(!r.why.contains("Bad Id"));
         assert!(why(raw("[1]")).contains("not a JSON object"));
+    }
+
+    #[test]
+    fn one_agent_gets_one_token() {
+        let cur = key();
+        let ks = Keys::from_keys(&[&cur]).unwrap();
+        let enc = |t: &str| Fernet::new(&cur).unwrap().encrypt(t.as_bytes());
+        let row = |agent: &str, t: &str| {
+            format!(
+                r#"{{"agent":"{agent}","token_sha256":"{}","token_encrypted":"{}"}}"#,
+                sha256_hex(t),
+                enc(t)
+            )
+        };
+        let text = format!(
+            "[{},{},{},{}]",
+            row("a1", "tok-1"),
+            row("a1", "tok-1"),
+            row("a1", "tok-2"),
+            row("a2", "tok-2")
+        );
+        let steps = plan(&text, "f", &ks).unwrap();
+        let verdicts: Vec<String> = steps
+            .iter()
+            .map(|s| match &s.action {
+                Action::Store { agent, key, .. } => format!("{} store {agent} {key}", s.n),
+                Action::Report(o, d) => format!("{} {} {d}", s.n, o.describe(false)),
+            })
+            .collect();
+        assert_eq!(verdicts[0], "1 store a1 0");
+        assert_eq!(
+            verdicts[1],
+            "2 unchanged (already stored) same agent as row 1"
+        );
+        assert!(verdicts[2].starts_with("3 rejected"), "{}", verdicts[2]);
+        assert!(verdicts[2].contains("already has a different token at row 1"));
+        assert_eq!(verdicts[3], "4 store a2 0");
+        assert!(!format!("{steps:?}").contains("tok-"), "{steps:?}");
+        assert!(Keys::from_keys(&["not a key"]).is_none());
+        assert!(Keys::from_keys(&[]).is_none());
     }
 
     #[test]

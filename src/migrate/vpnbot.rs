@@ -365,6 +365,63 @@ impl Entry {
     }
 }
 
+/// What `import vpnbot` does with one row, decided before Vault is touched.
+struct Step<'a> {
+    /// The row's number, from 1.
+    n: usize,
+    who: String,
+    action: Action<'a>,
+}
+
+enum Action<'a> {
+    /// Store this secret (unless Vault already holds it).
+    Store(&'a Entry),
+    /// Only report: rejected, or a repeat of an earlier row's owner.
+    Report(RowOutcome, String),
+}
+
+/// The rows in order; a file naming one owner twice cannot store two
+/// secrets for it (the same one again is unchanged, another is rejected).
+fn plan(doc: &Document) -> Vec<Step<'_>> {
+    // owner_user_id → (first row, fingerprint)
+    let mut seen: HashMap<u64, (usize, &str)> = HashMap::new();
+    let mut steps = Vec::with_capacity(doc.rows.len());
+    for (i, row) in doc.rows.iter().enumerate() {
+        let n = i + 1;
+        let e = match row {
+            Err(r) => {
+                steps.push(Step {
+                    n,
+                    who: r.who.clone(),
+                    action: Action::Report(RowOutcome::Rejected(r.why.clone()), String::new()),
+                });
+                continue;
+            }
+            Ok(e) => e,
+        };
+        let who = format!("owner {}", e.owner_user_id);
+        let action = match seen.get(&e.owner_user_id) {
+            Some((first, fp)) => {
+                let outcome = if *fp == e.fingerprint {
+                    RowOutcome::Unchanged
+                } else {
+                    RowOutcome::Rejected(format!(
+                        "owner_user_id {} already has a different secret at row {first}",
+                        e.owner_user_id
+                    ))
+                };
+                Action::Report(outcome, format!("same owner as row {first}"))
+            }
+            None => {
+                seen.insert(e.owner_user_id, (n, &e.fingerprint));
+                Action::Store(e)
+            }
+        };
+        steps.push(Step { n, who, action });
+    }
+    steps
+}
+
 /// `vaultgram import vpnbot FILE`: every valid user secret to
 /// `mtproto/admin/<owner_user_id>`, then the placeholder and the
 /// generation. Per-row lines on stderr; the returned summary is what the
@@ -383,32 +440,14 @@ pub async fn import(
         error,
         summary,
     };
-    // owner_user_id → (first row, fingerprint): a file naming one owner
-    // twice cannot be stored twice.
-    let mut seen: HashMap<u64, (usize, String)> = HashMap::new();
-    for (i, row) in doc.rows.iter().enumerate() {
-        let n = i + 1;
-        let e = match row {
-            Err(r) => {
-                rep.row(n, &r.who, &RowOutcome::Rejected(r.why.clone()), "");
+    for Step { n, who, action } in plan(&doc) {
+        let e = match action {
+            Action::Report(outcome, detail) => {
+                rep.row(n, &who, &outcome, &detail);
                 continue;
             }
-            Ok(e) => e,
+            Action::Store(e) => e,
         };
-        let who = format!("owner {}", e.owner_user_id);
-        if let Some((first, fp)) = seen.get(&e.owner_user_id) {
-            let outcome = if *fp == e.fingerprint {
-                RowOutcome::Unchanged
-            } else {
-                RowOutcome::Rejected(format!(
-                    "owner_user_id {} already has a different secret at row {first}",
-                    e.owner_user_id
-                ))
-            };
-            rep.row(n, &who, &outcome, &format!("same owner as row {first}"));
-            continue;
-        }
-        seen.insert(e.owner_user_id, (n, e.fingerprint.clone()));
         let result =
             match session.path(&mtproto::path(RESERVED_OWNER, &e.owner_user_id.to_string())) {
                 Ok(path) => store(session, &path, &e.record(), |s| e.differs(s), opts).await,
@@ -590,6 +629,32 @@ fn list_or_empty(r: Result<Vec<String>, VaultError>) -> Result<Vec<String>, Vaul
     }
 }
 
+/// The export's view of one stored record at `mtproto/<owner>/<user>`:
+/// `None` when it holds no valid secret. A user key that is a number is
+/// vpnbot's `owner_user_id` when the record does not name one.
+fn found_in(owner: &str, user: &str, data: &KvData) -> Option<Found> {
+    let secret = match field(data, "secret") {
+        Some(s) if is_hex(s, 32) => Zeroizing::new(s.to_string()),
+        _ => return None,
+    };
+    let owner_user_id = field(data, "owner_user_id")
+        .and_then(|v| v.parse::<u64>().ok())
+        .or_else(|| {
+            (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| user.parse::<u64>().ok())
+                .flatten()
+        });
+    let access_id = field(data, "access_id").and_then(|v| v.parse::<i64>().ok());
+    Some(Found {
+        fingerprint: fingerprint(&secret),
+        secret,
+        owner: owner.to_string(),
+        user: user.to_string(),
+        owner_user_id,
+        access_id,
+    })
+}
+
 /// Every live secret under `mtproto/*/*`, in (owner, user) order.
 /// Soft-deleted and destroyed ones read as not found and are left out; a
 /// record without a valid secret is left out with a warning.
@@ -628,29 +693,10 @@ async fn collect(session: &Session) -> Result<Vec<Found>, MigrateError> {
                 Err(VaultError::NotFound(_)) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let secret = match field(&rec.data, "secret") {
-                Some(s) if is_hex(s, 32) => Zeroizing::new(s.to_string()),
-                _ => {
-                    eprintln!("warning: skipped {path}: its record holds no 32-hex secret");
-                    continue;
-                }
-            };
-            let owner_user_id = field(&rec.data, "owner_user_id")
-                .and_then(|v| v.parse::<u64>().ok())
-                .or_else(|| {
-                    (!user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()))
-                        .then(|| user.parse::<u64>().ok())
-                        .flatten()
-                });
-            let access_id = field(&rec.data, "access_id").and_then(|v| v.parse::<i64>().ok());
-            found.push(Found {
-                fingerprint: fingerprint(&secret),
-                secret,
-                owner: owner.clone(),
-                user,
-                owner_user_id,
-                access_id,
-            });
+            match found_in(&owner, &user, &rec.data) {
+                Some(f) => found.push(f),
+                None => eprintln!("warning: skipped {path}: its record holds no 32-hex secret"),
+            }
         }
     }
     Ok(found)
@@ -841,6 +887,37 @@ pub async fn export(session: &Session, opts: &ExportOptions) -> Result<ExportRep
     })
 }
 
+/// `import vpnbot` then `export mtproxy`, with an empty in-memory store in
+/// place of Vault: the same parsing, planning, records, reading back,
+/// sorting and rendering; only the I/O differs. A document without user
+/// secrets or a placeholder exports the all-zero placeholder here (a random
+/// one in the real export). What the `vpnbot_roundtrip` fuzz target and the
+/// unit tests check: a canonical document comes back byte for byte; any
+/// other accepted one comes back canonical.
+pub fn round_trip(text: &str) -> Result<Zeroizing<Vec<u8>>, MigrateError> {
+    let doc = parse(text, "input")?;
+    // (owner, user) → record: Vault lists keys sorted, as this iterates.
+    let mut stored = std::collections::BTreeMap::new();
+    for step in plan(&doc) {
+        if let Action::Store(e) = step.action {
+            let user = e.owner_user_id.to_string();
+            stored.insert((RESERVED_OWNER.to_string(), user), e.record());
+        }
+    }
+    let found: Vec<Found> = stored
+        .iter()
+        .filter_map(|((owner, user), data)| found_in(owner, user, data))
+        .collect();
+    let found = sort_and_dedup(found);
+    let zero = "0".repeat(32);
+    let placeholder = match &doc.placeholder {
+        Some(p) => p.expose_secret(),
+        None => zero.as_str(),
+    };
+    let placeholder = found.is_empty().then_some(placeholder);
+    render(&found, placeholder, doc.generation)
+}
+
 /// Writes `bytes` to `path` atomically with mode 0600: a temporary file in
 /// the same directory, fsync, rename over `path`, fsync the directory. A
 /// reader sees the old document or the new one, never a part. `false`
@@ -965,6 +1042,34 @@ mod tests {
             "{{\n  \"generation\": 0,\n  \"managed_by\": \"vpn-bot\",\n  \"runtime_secrets\": [\n    {{\n      \"fingerprint\": \"empty-placeholder\",\n      \"purpose\": \"empty-placeholder\",\n      \"secret\": \"{S1}\"\n    }}\n  ],\n  \"secrets\": [],\n  \"version\": 1\n}}\n"
         );
         assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+    }
+
+    #[test]
+    fn import_then_export_gives_a_canonical_document_back_unchanged() {
+        let canonical = render(
+            &sort_and_dedup(vec![
+                found("admin", "7", S1, Some(7), Some(3)),
+                found("admin", "8", S2, Some(8), None),
+            ]),
+            None,
+            5,
+        )
+        .unwrap();
+        let text = std::str::from_utf8(&canonical).unwrap();
+        assert_eq!(round_trip(text).unwrap().as_slice(), canonical.as_slice());
+        // Compact, unsorted, with a repeated owner and a rejected row: the
+        // export is the canonical form, which then stays as it is.
+        let messy = format!(
+            r#"{{"version":1,"secrets":[{{"secret":"{S2}","fingerprint":"{}","owner_user_id":8}},{{"secret":"{S1}","fingerprint":"{}","owner_user_id":7,"access_id":3}},{{"secret":"{S1}","fingerprint":"{}","owner_user_id":7,"access_id":3}},{{"owner_user_id":0}}],"generation":5}}"#,
+            fingerprint(S2),
+            fingerprint(S1),
+            fingerprint(S1)
+        );
+        assert_eq!(round_trip(&messy).unwrap().as_slice(), canonical.as_slice());
+        // No user secrets: the placeholder is what runtime_secrets holds.
+        let empty = render(&[], Some(S1), 0).unwrap();
+        let text = std::str::from_utf8(&empty).unwrap();
+        assert_eq!(round_trip(text).unwrap().as_slice(), empty.as_slice());
     }
 
     fn doc(secrets: &str) -> String {
