@@ -46,7 +46,7 @@ for t in $targets; do
   rc=0
   cargo fuzz run --fuzz-dir fuzz "$t" "$work/$t" "fuzz/corpus/$t" -- \
     -max_total_time="$seconds" "${runs[@]}" -max_len=4096 -print_final_stats=1 >"$work/$t.log" 2>&1 || rc=$?
-  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE|SUMMARY|Test unit written)|panicked' "$work/$t.log" || true
+  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+[[:space:]]+DONE|SUMMARY|Test unit written)|panicked' "$work/$t.log" || true
   if ((rc)); then
     tail -n 40 "$work/$t.log" >&2
     echo "scripts/fuzz.sh: $t failed (exit $rc; the input is in fuzz/artifacts/$t/)" >&2

@@ -79,13 +79,14 @@ pub fn split(line: &str) -> Result<Vec<String>, LexError> {
 /// `-name` / `-name=value` (two or more letters) → `--name…`, as the Vault
 /// CLI accepts single-dash long flags. `k=v` pairs and paths are untouched.
 pub fn vault_style_flag(word: String) -> String {
-    let bytes = word.as_bytes();
-    let is_long = bytes.len() > 2
-        && bytes[0] == b'-'
-        && bytes[1].is_ascii_lowercase()
-        && word[1..].split('=').next().is_some_and(|n| {
-            n.len() >= 2 && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
-        });
+    // The name: after one `-`, up to `=`; it starts with a letter (so
+    // `--x` and `-5` stay as they are).
+    let name = word.strip_prefix('-').and_then(|w| w.split('=').next());
+    let is_long = name.is_some_and(|n| {
+        n.len() >= 2
+            && n.as_bytes()[0].is_ascii_lowercase()
+            && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+    });
     if is_long {
         format!("-{word}")
     } else {
@@ -113,11 +114,40 @@ mod tests {
     }
 
     #[test]
+    fn a_line_may_hold_16_kib() {
+        // The figure itself, not the constant: the documented bound
+        // (Telegram's 4096 characters fit, a paste of a key file too) must
+        // not change unnoticed.
+        let at = 16_384;
+        assert!(split(&"a".repeat(at)).is_ok());
+        assert_eq!(
+            split(&"a".repeat(at + 1)).unwrap_err(),
+            LexError::TooLong(at + 1)
+        );
+    }
+
+    #[test]
+    fn a_line_may_hold_256_words() {
+        // Counted while splitting (a space after the last word) and at the
+        // end (none): 256 pass, 257 do not, either way.
+        for tail in [" ", ""] {
+            let line = |n: usize| format!("{}a{tail}", "a ".repeat(n - 1));
+            assert_eq!(split(&line(256)).unwrap().len(), 256, "{tail:?}");
+            assert_eq!(split(&line(257)).unwrap_err(), LexError::TooManyWords);
+        }
+    }
+
+    #[test]
     fn vault_flags_become_long_flags() {
         assert_eq!(vault_style_flag("-version=2".into()), "--version=2");
         assert_eq!(vault_style_flag("-wrap-ttl=5m".into()), "--wrap-ttl=5m");
         assert_eq!(vault_style_flag("--reveal".into()), "--reveal");
         assert_eq!(vault_style_flag("-x".into()), "-x");
+        assert_eq!(vault_style_flag("-x=1".into()), "-x=1");
+        assert_eq!(vault_style_flag("-ab".into()), "--ab");
+        assert_eq!(vault_style_flag("-".into()), "-");
+        assert_eq!(vault_style_flag("-Ab".into()), "-Ab");
+        assert_eq!(vault_style_flag("-a_b".into()), "-a_b");
         assert_eq!(vault_style_flag("a=-b".into()), "a=-b");
         assert_eq!(vault_style_flag("-5".into()), "-5");
     }
