@@ -401,6 +401,26 @@ pub(crate) async fn store(
 }
 
 /// Whether a stored field equals `want` (`None`: absent or empty).
+/// The verdict on a row whose owner/agent an earlier row (`first`) already
+/// named: unchanged when it carries the same value, else rejected (one
+/// owner/agent cannot get two values from one file); with the detail.
+pub(crate) fn repeated(
+    first: usize,
+    same: bool,
+    who: &str,
+    what: &str,
+    noun: &str,
+) -> (RowOutcome, String) {
+    let outcome = if same {
+        RowOutcome::Unchanged
+    } else {
+        RowOutcome::Rejected(format!(
+            "{who} already has a different {what} at row {first}"
+        ))
+    };
+    (outcome, format!("same {noun} as row {first}"))
+}
+
 pub(crate) fn same_field(data: &KvData, key: &str, want: Option<&str>) -> bool {
     field(data, key).filter(|v| !v.is_empty()) == want
 }

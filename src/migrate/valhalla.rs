@@ -21,8 +21,8 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::{
-    is_hex, parse_json, read_input, same_secret, store, ImportOptions, MigrateError, Reporter,
-    RowOutcome, Session, Summary,
+    is_hex, parse_json, read_input, repeated, same_secret, store, ImportOptions, MigrateError,
+    Reporter, RowOutcome, Session, Summary,
 };
 use crate::clock::now_rfc3339;
 use crate::records::agent::{self, check_id as check_agent_id, token_record};
@@ -264,15 +264,14 @@ pub fn plan(text: &str, name: &str, keys: &Keys) -> Result<Vec<Step>, MigrateErr
         let who = format!("agent {}", t.agent);
         let action = match seen.get(&t.agent) {
             Some((first, digest)) => {
-                let outcome = if *digest == t.digest {
-                    RowOutcome::Unchanged
-                } else {
-                    RowOutcome::Rejected(format!(
-                        "agent {} already has a different token at row {first}",
-                        t.agent
-                    ))
-                };
-                Action::Report(outcome, format!("same agent as row {first}"))
+                let (outcome, detail) = repeated(
+                    *first,
+                    *digest == t.digest,
+                    &format!("agent {}", t.agent),
+                    "token",
+                    "agent",
+                );
+                Action::Report(outcome, detail)
             }
             None => {
                 seen.insert(t.agent.clone(), (n, t.digest));

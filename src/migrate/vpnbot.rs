@@ -37,8 +37,8 @@ use serde_json::value::RawValue;
 use zeroize::Zeroizing;
 
 use super::{
-    is_hex, parse_json, read_input, same_field, same_secret, store, ImportOptions, MigrateError,
-    Reporter, RowOutcome, Session, Summary,
+    is_hex, parse_json, read_input, repeated, same_field, same_secret, store, ImportOptions,
+    MigrateError, Reporter, RowOutcome, Session, Summary,
 };
 use crate::clock::now_rfc3339;
 use crate::ids::{hex, random};
@@ -402,15 +402,14 @@ fn plan(doc: &Document) -> Vec<Step<'_>> {
         let who = format!("owner {}", e.owner_user_id);
         let action = match seen.get(&e.owner_user_id) {
             Some((first, fp)) => {
-                let outcome = if *fp == e.fingerprint {
-                    RowOutcome::Unchanged
-                } else {
-                    RowOutcome::Rejected(format!(
-                        "owner_user_id {} already has a different secret at row {first}",
-                        e.owner_user_id
-                    ))
-                };
-                Action::Report(outcome, format!("same owner as row {first}"))
+                let (outcome, detail) = repeated(
+                    *first,
+                    *fp == e.fingerprint,
+                    &format!("owner_user_id {}", e.owner_user_id),
+                    "secret",
+                    "owner",
+                );
+                Action::Report(outcome, detail)
             }
             None => {
                 seen.insert(e.owner_user_id, (n, &e.fingerprint));
